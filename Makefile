@@ -1,0 +1,26 @@
+# make run    set up (virtual environment, pinned torch, data) and train configs/base.yaml
+# make test   set up and run the checks: ruff, mypy, the test suite, the docs and their doctests
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: setup run test lint docs bench clean
+
+setup:
+	bash scripts/setup.sh
+
+run: setup
+	$(PY) -m fmnist_ignite configs/base.yaml
+
+lint: setup
+	$(VENV)/bin/ruff check fmnist_ignite tests benchmarks
+	$(VENV)/bin/ruff format --check fmnist_ignite tests benchmarks
+	$(VENV)/bin/mypy fmnist_ignite
+
+test: lint
+	$(PY) -m pytest
+
+bench: setup
+	$(PY) benchmarks/epoch_speed.py
+
+clean:
+	rm -rf $(VENV) docs/_build .pytest_cache .ruff_cache .mypy_cache

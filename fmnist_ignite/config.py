@@ -1,0 +1,349 @@
+"""The configuration: a validated, immutable tree built from YAML and ``key=value`` overrides.
+
+The schema is the single source of truth: validation, defaults and the configuration reference
+in the docs all come from the classes below. Every problem becomes a :class:`ConfigError` whose
+message names the file, the key path and what is allowed.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from ignite.engine import Events
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError
+from .registry import DATASETS, MODELS
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+DEVICE_PATTERN = r"^(auto|cpu|mps|cuda(:[0-9]+)?)$"
+ENGINE_EVENTS = sorted(e.name for e in Events if not e.name.startswith(("GET_BATCH", "DATALOADER")))
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+def _check_registered(kind: str, names: Iterable[str], value: str) -> str:
+    if ":" in value or value in names:
+        return value
+    names = sorted(names)
+    hint = difflib.get_close_matches(value, names, n=1)
+    suggestion = f" (did you mean '{hint[0]}'?)" if hint else ""
+    raise ValueError(f"unknown {kind} '{value}'{suggestion}; choose one of {', '.join(names)} or 'package.module:Name'")
+
+
+class DataConfig(_Section):
+    """Where the images come from and how they are batched."""
+
+    dataset: str = Field("fashion_mnist", description="Data set: `fashion_mnist`, `cifar10` or a registered plugin.")
+    root: str = Field("data", description="Folder holding (or receiving) the data set files.")
+    system_dir: str | None = Field(
+        "/usr/share/datasets/fashion-mnist",
+        description="Folder with a system copy of the Fashion-MNIST `*-ubyte.gz` files, used when `root` lacks them.",
+    )
+    download: bool = Field(False, description="Download the data set when no local or system copy is found.")
+    val_size: int = Field(
+        10000, ge=1, description="Training images held out, by a seeded random split, for validation."
+    )
+    batch_size: int = Field(128, ge=1, description="Training batch size.")
+    eval_batch_size: int = Field(1000, ge=1, description="Batch size for validation and test evaluation.")
+    loader: Literal["tensor", "dataloader"] = Field(
+        "tensor",
+        description="`tensor`: the split held in memory as one uint8 tensor, batched by index (fast). "
+        "`dataloader`: torchvision dataset + `DataLoader`, one image at a time (for custom transforms).",
+    )
+    num_workers: int = Field(0, ge=0, description="Worker processes for the `dataloader` loader.")
+    normalize: bool = Field(
+        True, description="Standardise pixels with the data set's mean and std (else scale to [0, 1])."
+    )
+
+    @field_validator("dataset")
+    @classmethod
+    def _known_dataset(cls, value: str) -> str:
+        return _check_registered("dataset", DATASETS.names(), value)
+
+
+class ModelConfig(_Section):
+    """The model to train."""
+
+    name: str = Field("logistic", description="Model: `logistic` or a registered plugin.")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for the model's constructor.")
+
+    @field_validator("name")
+    @classmethod
+    def _known_model(cls, value: str) -> str:
+        return _check_registered("model", MODELS.names(), value)
+
+
+class OptimizerConfig(_Section):
+    """The optimizer and its hyperparameters."""
+
+    name: Literal["sgd", "adam", "adamw"] = Field("sgd", description="`sgd`, `adam` or `adamw`.")
+    lr: float = Field(0.02, gt=0, description="Learning rate (the peak rate when a schedule is set).")
+    momentum: float = Field(0.9, ge=0, lt=1, description="Momentum (sgd only).")
+    nesterov: bool = Field(True, description="Nesterov momentum (sgd only; needs momentum > 0).")
+    weight_decay: float = Field(0.0, ge=0, description="L2 penalty (decoupled for adamw).")
+
+
+class SchedulerConfig(_Section):
+    """How the learning rate changes during training (applied every iteration)."""
+
+    name: Literal["none", "cosine", "step"] = Field(
+        "cosine", description="`none`, `cosine` (anneal to `min_lr` over the run) or `step`."
+    )
+    min_lr: float = Field(0.0, ge=0, description="Final learning rate of the cosine schedule.")
+    step_size: int = Field(5, ge=1, description="Epochs between decays of the step schedule.")
+    gamma: float = Field(0.1, gt=0, le=1, description="Factor applied at each decay of the step schedule.")
+
+
+class TrainerConfig(_Section):
+    """The training loop."""
+
+    max_epochs: int = Field(10, ge=1, description="Number of epochs to train (early stopping may end sooner).")
+    compile: bool = Field(False, description="Compile the training step with `torch.compile` where supported.")
+
+
+class EarlyStoppingConfig(_Section):
+    """Stop when the validation metric stops improving."""
+
+    enabled: bool = Field(True, description="Turn early stopping on.")
+    patience: int = Field(3, ge=1, description="Epochs without improvement before stopping.")
+    min_delta: float = Field(0.0, ge=0, description="Smallest change that counts as an improvement.")
+    metric: Literal["val_accuracy", "val_loss"] = Field("val_accuracy", description="Metric to watch.")
+    mode: Literal["auto", "max", "min"] = Field(
+        "auto", description="`max`, `min`, or `auto` (max for accuracy, min for loss)."
+    )
+    restore_best: bool = Field(
+        True, description="At the end, put back the weights of the best epoch (used for `model.pt` and the test)."
+    )
+
+
+class CheckpointConfig(_Section):
+    """Full training states saved under `RUN_DIR/checkpoints/`."""
+
+    n_saved: int = Field(2, ge=1, description="How many of the newest training states to keep.")
+
+
+class LoggingConfig(_Section):
+    """What is shown and logged while training."""
+
+    progress_bar: bool = Field(True, description="Show a progress bar during each epoch.")
+    tensorboard: bool = Field(False, description="Write TensorBoard logs to `RUN_DIR/tb/`.")
+    log_every: int = Field(50, ge=1, description="Iterations between train-loss points in TensorBoard.")
+
+
+class HandlerConfig(_Section):
+    """A handler to attach: a registered name or `package.module:Name`, an event and keyword arguments."""
+
+    target: str = Field(description="Registered handler name or `package.module:Name`.")
+    event: str = Field("EPOCH_COMPLETED", description="Ignite event name, e.g. `EPOCH_COMPLETED`.")
+    engine: Literal["trainer", "evaluator"] = Field("trainer", description="Engine whose event fires the handler.")
+    every: int | None = Field(None, ge=1, description="Fire on every n-th event only.")
+    once: int | None = Field(None, ge=1, description="Fire once, on the n-th event.")
+    before: int | None = Field(None, ge=0, description="Fire only before the n-th event.")
+    after: int | None = Field(None, ge=0, description="Fire only after the n-th event.")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for the handler.")
+
+    @field_validator("event")
+    @classmethod
+    def _known_event(cls, value: str) -> str:
+        if value not in ENGINE_EVENTS:
+            hint = difflib.get_close_matches(value.upper(), ENGINE_EVENTS, n=1)
+            suggestion = f" (did you mean '{hint[0]}'?)" if hint else ""
+            raise ValueError(f"unknown event '{value}'{suggestion}; choose one of {', '.join(ENGINE_EVENTS)}")
+        return value
+
+    @model_validator(mode="after")
+    def _filters_combine(self) -> HandlerConfig:
+        try:
+            self.ignite_event()
+        except ValueError as err:
+            raise ValueError(f"event filters do not combine: {err}") from None
+        return self
+
+    def ignite_event(self) -> Any:
+        """The Ignite event, with this entry's ``every``/``once``/``before``/``after`` filter applied."""
+        event: Any = Events[self.event]
+        filters = {"every": self.every, "once": self.once, "before": self.before, "after": self.after}
+        if all(v is None for v in filters.values()):
+            return event
+        return event(**{k: v for k, v in filters.items() if v is not None})
+
+
+class Config(_Section):
+    """A whole experiment. Load one with :func:`load_config`."""
+
+    name: str = Field("base", pattern=NAME_PATTERN, description="Run name; the run directory is `output_dir/name`.")
+    output_dir: str = Field("runs", min_length=1, description="Folder that holds the run directories.")
+    seed: int = Field(0, ge=0, description="Seed for the split, the initial weights and the shuffling.")
+    device: str = Field(
+        "auto",
+        pattern=DEVICE_PATTERN,
+        description="`auto` (CUDA, then MPS, then CPU), `cpu`, `cuda`, `cuda:N` or `mps`.",
+    )
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
+    trainer: TrainerConfig = Field(default_factory=TrainerConfig)
+    early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    handlers: list[HandlerConfig] = Field(default_factory=list, description="Extra handlers to attach, in order.")
+
+    @property
+    def run_dir(self) -> Path:
+        """The run directory, ``output_dir/name``."""
+        return Path(self.output_dir) / self.name
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config as plain data (what ``config.yaml`` holds)."""
+        return self.model_dump(mode="json")
+
+    def to_yaml(self) -> str:
+        """The config as YAML text; loading it gives an equal config."""
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def load_config(source: str | Path | Mapping[str, Any] | None = None, overrides: Iterable[str] = ()) -> Config:
+    """Load and validate a config.
+
+    Args:
+        source: a YAML file, a mapping, or None for the defaults.
+        overrides: ``key.sub=value`` strings applied in order; values are read as YAML.
+
+    Raises:
+        ConfigError: with a one-line message naming the file, key and what is allowed.
+
+    Example:
+        >>> cfg = load_config({"name": "demo"}, ["optimizer.lr=0.1", "trainer.max_epochs=3"])
+        >>> cfg.optimizer.lr, cfg.trainer.max_epochs
+        (0.1, 3)
+    """
+    if source is None:
+        data: dict[str, Any] = {}
+        where = "config"
+    elif isinstance(source, Mapping):
+        data = _copy_tree(source)
+        where = "config"
+    else:
+        where = str(source)
+        data = read_yaml(Path(source))
+    for item in overrides:
+        _apply_override(data, item)
+    return validate_config(data, where)
+
+
+def validate_config(data: Mapping[str, Any], where: str = "config") -> Config:
+    """Validate plain data against the schema, turning every problem into one :class:`ConfigError`."""
+    try:
+        return Config.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(f"{where}: " + "; ".join(_describe(e) for e in err.errors())) from None
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """Read a YAML mapping safely (no Python tags); errors name the file, line and column."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file '{path}' does not exist; pass the path of a YAML config") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"config file '{path}' cannot be read: {err}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        at = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"{path}{at}: YAML error: {problem}") from None
+    if data is None:
+        raise ConfigError(f"{path}: the config file is empty; it must be a YAML mapping such as 'name: my-run'")
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the config must be a YAML mapping of keys to values, not a {type(data).__name__}")
+    return data
+
+
+def _copy_tree(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _copy_tree(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_copy_tree(v) for v in value]
+    return value
+
+
+def _apply_override(data: dict[str, Any], item: str) -> None:
+    key, sep, text = item.partition("=")
+    if not sep or not key or not re.fullmatch(r"[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*", key):
+        raise ConfigError(f"override '{item}' must look like key.sub=value (e.g. optimizer.lr=0.1)")
+    try:
+        value = yaml.safe_load(text) if text else None
+    except yaml.YAMLError:
+        raise ConfigError(f"override '{item}': the value '{text}' is not valid YAML; quote it") from None
+    node: Any = data
+    parts = key.split(".")
+    for depth, part in enumerate(parts[:-1]):
+        node = _child(node, part, ".".join(parts[: depth + 1]), item)
+    last = parts[-1]
+    if isinstance(node, list):
+        node[_index(node, last, key, item)] = value
+    elif isinstance(node, dict):
+        node[last] = value
+    else:
+        raise ConfigError(f"override '{item}': '{'.'.join(parts[:-1])}' is not a section")
+
+
+def _child(node: Any, part: str, path: str, item: str) -> Any:
+    if isinstance(node, list):
+        return node[_index(node, part, path, item)]
+    if not isinstance(node, dict):
+        raise ConfigError(f"override '{item}': '{path.rpartition('.')[0]}' is not a section")
+    child = node.get(part)
+    if child is None:
+        child = node[part] = {}
+    return child
+
+
+def _index(node: list[Any], part: str, path: str, item: str) -> int:
+    if not part.isdigit() or int(part) >= len(node):
+        raise ConfigError(f"override '{item}': '{path}' needs an index from 0 to {len(node) - 1}")
+    return int(part)
+
+
+def _describe(error: Any) -> str:
+    loc = error["loc"]
+    path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".") or "config"
+    if error["type"] == "extra_forbidden":
+        known = _fields_at(loc[:-1])
+        hint = difflib.get_close_matches(str(loc[-1]), known, n=1)
+        suggestion = f"; did you mean '{hint[0]}'?" if hint else ""
+        return f"unknown key '{path}'{suggestion} (allowed here: {', '.join(known)})"
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "missing":
+        return f"'{path}' is required"
+    shown = error.get("input")
+    if isinstance(shown, dict | list):
+        return f"'{path}': {message}"
+    return f"'{path}': {message} (got {shown!r})"
+
+
+def _fields_at(loc: tuple[Any, ...]) -> list[str]:
+    model: Any = Config
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part)
+        if field is None:
+            return []
+        annotation = field.annotation
+        args = getattr(annotation, "__args__", ())
+        model = next((a for a in (annotation, *args) if isinstance(a, type) and issubclass(a, BaseModel)), None)
+        if model is None:
+            return []
+    return list(model.model_fields)

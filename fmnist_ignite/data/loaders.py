@@ -1,0 +1,123 @@
+"""Batches for the engines: an in-memory tensor loader (default) and a DataLoader path.
+
+Both shuffle with the same seeded permutation per epoch (:func:`epoch_permutation`), so they give
+the same batches, and a resumed run sees exactly the batches an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """The training order of epoch ``epoch``: a function of the seed and the epoch alone."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=generator)
+
+
+class TensorLoader:
+    """Batches sliced from uint8 tensors held in memory (on the training device when it fits).
+
+    Args:
+        images: uint8 ``(N, C, H, W)``.
+        labels: int64 ``(N,)``.
+        batch_size: images per batch; the last batch may be smaller.
+        shuffle: draw a new :func:`epoch_permutation` each epoch (see :meth:`set_epoch`).
+        seed: seed of the permutations.
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, shuffle: bool, seed: int = 0):
+        self.images = images
+        self.labels = labels
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.epoch = 1
+
+    def set_epoch(self, epoch: int) -> None:
+        """Choose the permutation for the next pass (the trainer calls this as each epoch starts)."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return -(-len(self.labels) // self.batch_size)
+
+    def __iter__(self) -> Iterator[Batch]:
+        n, size = len(self.labels), self.batch_size
+        if not self.shuffle:
+            for start in range(0, n, size):
+                yield self.images[start : start + size], self.labels[start : start + size]
+            return
+        order = epoch_permutation(n, self.seed, self.epoch).to(self.images.device)
+        for start in range(0, n, size):
+            index = order[start : start + size]
+            yield self.images[index], self.labels[index]
+
+
+class ImageDataset(Dataset[Batch]):
+    """Per-image access for the DataLoader path: each image goes through PIL and ``transform``."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform: Callable | None = None):
+        from torchvision.transforms import PILToTensor
+        from torchvision.transforms.functional import to_pil_image
+
+        self.images = images
+        self.labels = labels
+        self.transform = transform or PILToTensor()
+        self._to_pil = to_pil_image
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> Batch:
+        return self.transform(self._to_pil(self.images[i])), self.labels[i]
+
+
+class EpochSampler(Sampler[int]):
+    """Yields :func:`epoch_permutation` for the current epoch."""
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed, self.epoch = n, seed, 1
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(epoch_permutation(self.n, self.seed, self.epoch).tolist())
+
+
+class EpochDataLoader:
+    """A ``DataLoader`` over :class:`ImageDataset` with the same epoch-seeded order as :class:`TensorLoader`."""
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        batch_size: int,
+        shuffle: bool,
+        seed: int = 0,
+        num_workers: int = 0,
+        transform: Callable | None = None,
+    ):
+        self.sampler = EpochSampler(len(labels), seed) if shuffle else None
+        self.loader = DataLoader(
+            ImageDataset(images, labels, transform),
+            batch_size=batch_size,
+            sampler=self.sampler,
+            num_workers=num_workers,
+        )
+
+    def set_epoch(self, epoch: int) -> None:
+        """Choose the permutation for the next pass."""
+        if self.sampler is not None:
+            self.sampler.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[Batch]:
+        return iter(self.loader)

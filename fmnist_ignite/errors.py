@@ -1,0 +1,37 @@
+"""The exceptions fmnist_ignite raises, each with a message a user can act on.
+
+Library code raises these; only the command line turns them into one line on stderr and an
+exit code (:attr:`FmnistIgniteError.exit_code`).
+"""
+
+from __future__ import annotations
+
+
+class FmnistIgniteError(Exception):
+    """Base class: a problem the user can fix, described in one line."""
+
+    exit_code = 1
+
+
+class ConfigError(FmnistIgniteError):
+    """The configuration or the command line is invalid (a usage error)."""
+
+    exit_code = 2
+
+
+class RunDirError(FmnistIgniteError):
+    """The run directory cannot be used as asked (exists already, missing, locked, not writable)."""
+
+    exit_code = 2
+
+
+class DataError(FmnistIgniteError):
+    """A data set is missing, truncated or malformed."""
+
+
+class CheckpointError(FmnistIgniteError):
+    """No usable checkpoint or model file could be loaded."""
+
+
+class TrainingError(FmnistIgniteError):
+    """Training cannot go on (for example, the loss became NaN)."""

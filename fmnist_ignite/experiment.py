@@ -1,0 +1,454 @@
+"""Building an experiment from a config, running it, and resuming it.
+
+:func:`build_experiment` assembles data, model, optimizer, schedule, engines and handlers without
+touching the disk; :meth:`Experiment.run` creates the run directory, trains, then evaluates on the
+test set and writes ``metrics.json`` and ``model.pt``; :func:`resume_experiment` rebuilds a run
+from its own ``config.yaml`` and continues it from its newest readable checkpoint.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+import random
+import tempfile
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from ignite.engine import Engine, Events
+from ignite.handlers import CosineAnnealingScheduler, LRScheduler
+
+from .config import Config, HandlerConfig, read_yaml, validate_config
+from .context import Context
+from .data.datasets import ImageData, load_data
+from .data.loaders import EpochDataLoader, TensorLoader
+from .engine import create_evaluator, create_trainer, make_prepare_batch, resolve_device
+from .errors import ConfigError, RunDirError
+from .fileio import atomic_torch_save, atomic_write_json, atomic_write_text, current_umask
+from .handlers import Checkpointing, EarlyStopping, History
+from .registry import HANDLERS, MODELS
+
+logger = logging.getLogger(__name__)
+
+Loader = TensorLoader | EpochDataLoader
+
+
+class RNGState:
+    """The global random generators (torch, CUDA, Python) as one stateful object for checkpoints.
+
+    The data order does not depend on them (it is seeded per epoch), but user code may.
+    """
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "python": random.getstate(),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        torch.set_rng_state(state["torch"].cpu())
+        if state["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+        version, internal, gauss = state["python"]
+        random.setstate((version, tuple(internal), gauss))
+
+
+class Experiment:
+    """A built experiment: engines, model, loaders and handlers, ready to run.
+
+    Attach more handlers before :meth:`run`, either on the engines directly
+    (``experiment.trainer.add_event_handler(...)``) or with :meth:`add_handler`, which also puts a
+    stateful handler into the checkpoints.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        context: Context,
+        data: ImageData,
+        loaders: dict[str, Loader],
+        handlers: dict[str, Any],
+    ) -> None:
+        self.config = config
+        self.context = context
+        self.data = data
+        self.loaders = loaders
+        self.handlers = handlers
+        self.resuming = False
+        self._user_handlers = len(config.handlers)
+
+    @property
+    def trainer(self) -> Engine:
+        """The training engine."""
+        return self.context.trainer
+
+    @property
+    def evaluator(self) -> Engine:
+        """The validation engine, run after every training epoch."""
+        return self.context.evaluator
+
+    @property
+    def model(self) -> torch.nn.Module:
+        """The model."""
+        return self.context.model
+
+    @property
+    def run_dir(self) -> Path:
+        """Where the run writes its files."""
+        return self.context.run_dir
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        """One record per completed epoch: ``epoch, train_loss, val_loss, val_accuracy, lr, seconds``."""
+        history: History = self.handlers["history"]
+        return history.records
+
+    def add_handler(
+        self,
+        target: str | Callable[..., Any],
+        event: str = "EPOCH_COMPLETED",
+        engine: Literal["trainer", "evaluator"] = "trainer",
+        **kwargs: Any,
+    ) -> Any:
+        """Attach a handler as a config entry would (a registered name, a dotted path, or the object itself).
+
+        Returns:
+            the handler instance for a class, or the function.
+        """
+        name = f"handlers[{self._user_handlers}]"
+        spec = HandlerConfig(target=target if isinstance(target, str) else "<python>", event=event, engine=engine)
+        handler = attach_handler(self.context, spec, name, target=None if isinstance(target, str) else target, **kwargs)
+        self._user_handlers += 1
+        self.handlers[name] = handler
+        return handler
+
+    def run(self) -> dict[str, Any]:
+        """Train (or continue training), evaluate on the test set, and write the run's files.
+
+        Returns:
+            the test metrics, as written to ``metrics.json``.
+
+        Raises:
+            RunDirError: a new run's directory exists already, or a resumed run's is locked.
+        """
+        if not self.resuming:
+            create_run_dir(self.run_dir, self.config)
+        with run_lock(self.run_dir):
+            if self.resuming:
+                path = self.handlers["checkpoint"].load_latest()
+                logger.info("Resuming %s from %s (epoch %d)", self.run_dir, path.name, self.trainer.state.epoch)
+            if not self.training_done():
+                self.trainer.run(self.loaders["train"], max_epochs=self.config.trainer.max_epochs)
+            return self.finish()
+
+    def training_done(self) -> bool:
+        """Whether the trainer reached ``max_epochs`` or early stopping ended it."""
+        stopper: EarlyStopping | None = self.handlers.get("early_stopping")
+        return self.trainer.state.epoch >= self.config.trainer.max_epochs or bool(stopper and stopper.stopped)
+
+    def finish(self) -> dict[str, Any]:
+        """Restore the best weights if asked, evaluate on the test set, write ``model.pt`` and ``metrics.json``."""
+        stopper: EarlyStopping | None = self.handlers.get("early_stopping")
+        records = self.history
+        if stopper is not None and stopper.restore_best_weights:
+            stopper.restore_best()
+            best_epoch, weights = stopper.best_epoch, "best"
+        else:
+            best = max(records, key=lambda r: r["val_accuracy"], default={"epoch": 0})
+            best_epoch, weights = best["epoch"], "last"
+        test = evaluate(self.model, self.loaders["test"], self.context, len(self.data.classes))
+        best_record = next((r for r in records if r["epoch"] == best_epoch), None)
+        metrics = {
+            "test_accuracy": test["accuracy"],
+            "test_loss": test["loss"],
+            "best_epoch": best_epoch,
+            "best_val_accuracy": best_record["val_accuracy"] if best_record else None,
+            "epochs_trained": len(records),
+            "weights": weights,
+            "per_class_accuracy": test["per_class_accuracy"],
+        }
+        atomic_torch_save(self.run_dir / "model.pt", self.model.state_dict())
+        atomic_write_json(self.run_dir / "metrics.json", metrics)
+        logger.info(
+            "Test (%s weights, epoch %d): accuracy %.4f loss %.4f",
+            weights,
+            best_epoch,
+            metrics["test_accuracy"],
+            metrics["test_loss"],
+        )
+        return metrics
+
+
+def evaluate(model: torch.nn.Module, loader: Loader, context: Context, num_classes: int) -> dict[str, Any]:
+    """Accuracy, loss, confusion matrix and per-class accuracy of ``model`` on ``loader``."""
+    evaluator = create_evaluator(model, context.device, context.prepare_batch, num_classes)
+    metrics = evaluator.run(loader).metrics
+    confusion = metrics["confusion"].cpu().double()
+    per_class = (confusion.diag() / confusion.sum(1).clamp(min=1)).tolist()
+    return {
+        "accuracy": float(metrics["accuracy"]),
+        "loss": float(metrics["loss"]),
+        "confusion": confusion.long().tolist(),
+        "per_class_accuracy": dict(zip(context.classes, per_class, strict=True)),
+    }
+
+
+def create_run_dir(run_dir: Path, config: Config) -> None:
+    """Create ``run_dir`` with its ``config.yaml``, all at once: it appears whole or not at all.
+
+    Raises:
+        RunDirError: it exists already, or the output folder cannot be written.
+    """
+    if run_dir.exists():
+        raise RunDirError(
+            f"run directory {run_dir} exists already; continue it with 'python -m fmnist_ignite --resume {run_dir}' "
+            f"or start another run with name=<new-name>"
+        )
+    try:
+        run_dir.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=run_dir.parent, prefix=f".{run_dir.name}.partial-"))
+        os.chmod(staging, 0o777 & ~current_umask())
+        atomic_write_text(staging / "config.yaml", config.to_yaml())
+        os.rename(staging, run_dir)
+    except OSError as err:
+        raise RunDirError(
+            f"cannot create run directory {run_dir}: {err.strerror or err}; choose a writable output_dir"
+        ) from None
+
+
+@contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``run_dir`` while training; the OS releases it if the process dies."""
+    try:
+        import fcntl
+    except ImportError:  # not on POSIX: no lock
+        yield
+        return
+    with open(run_dir / ".lock", "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunDirError(f"{run_dir} is in use by another training process; wait for it or stop it") from None
+        f.write(str(os.getpid()))
+        f.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def split_indices(n: int, val_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Seeded random split of ``range(n)`` into ``(train, val)`` index tensors."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return order[val_size:], order[:val_size]
+
+
+def make_optimizer(config: Config, model: torch.nn.Module) -> torch.optim.Optimizer:
+    """The optimizer named in ``config.optimizer``."""
+    opt = config.optimizer
+    if opt.name == "sgd":
+        return torch.optim.SGD(
+            model.parameters(),
+            lr=opt.lr,
+            momentum=opt.momentum,
+            nesterov=opt.nesterov and opt.momentum > 0,
+            weight_decay=opt.weight_decay,
+        )
+    optimizer_class = torch.optim.Adam if opt.name == "adam" else torch.optim.AdamW
+    return optimizer_class(model.parameters(), lr=opt.lr, weight_decay=opt.weight_decay)
+
+
+def attach_scheduler(config: Config, optimizer: torch.optim.Optimizer, trainer: Engine, epoch_length: int) -> Any:
+    """Attach the learning-rate schedule (updated every iteration); ``None`` for ``scheduler.name: none``."""
+    sched = config.scheduler
+    if sched.name == "none":
+        return None
+    if sched.name == "cosine":
+        total = max(2, epoch_length * config.trainer.max_epochs)
+        scheduler: Any = CosineAnnealingScheduler(
+            optimizer, "lr", start_value=config.optimizer.lr, end_value=sched.min_lr, cycle_size=total
+        )
+    else:
+        step = torch.optim.lr_scheduler.StepLR(optimizer, step_size=sched.step_size * epoch_length, gamma=sched.gamma)
+        scheduler = LRScheduler(step)
+    trainer.add_event_handler(Events.ITERATION_STARTED, scheduler)
+    return scheduler
+
+
+def make_loader(config: Config, images: torch.Tensor, labels: torch.Tensor, train: bool) -> Loader:
+    """A loader of the configured kind over the given images."""
+    data = config.data
+    batch_size = data.batch_size if train else data.eval_batch_size
+    if data.loader == "dataloader":
+        return EpochDataLoader(
+            images, labels, batch_size, shuffle=train, seed=config.seed, num_workers=data.num_workers
+        )
+    return TensorLoader(images, labels, batch_size, shuffle=train, seed=config.seed)
+
+
+def builtin_handlers(config: Config) -> list[HandlerConfig]:
+    """The built-in handlers a config asks for, as the same entries a user writes under ``handlers:``."""
+    specs = [HandlerConfig(target="history")]
+    es = config.early_stopping
+    if es.enabled:
+        kwargs = {k: getattr(es, k) for k in ("patience", "min_delta", "metric", "mode", "restore_best")}
+        specs.append(HandlerConfig(target="early_stopping", kwargs=kwargs))
+    specs.append(HandlerConfig(target="progress", kwargs={"bar": config.logging.progress_bar}))
+    if config.logging.tensorboard:
+        specs.append(HandlerConfig(target="tensorboard", kwargs={"log_every": config.logging.log_every}))
+    return specs
+
+
+def attach_handler(
+    context: Context, spec: HandlerConfig, where: str, target: Callable[..., Any] | None = None, **extra: Any
+) -> Any:
+    """Resolve, check and attach one handler entry; errors name the entry (``handlers[2].kwargs``).
+
+    A class is instantiated once with ``(context, **kwargs)``; the instance is attached with its own
+    ``attach(engine, event)`` if it has one, else called with the engine at each event. A function
+    is called at each event with ``(context, **kwargs)``. An instance with ``state_dict`` and
+    ``load_state_dict`` joins the checkpoints.
+    """
+    if target is None:
+        try:
+            target = HANDLERS.get(spec.target)
+        except ConfigError as err:
+            raise ConfigError(f"{where}.target: {err}") from None
+    kwargs = {**spec.kwargs, **extra}
+    if not callable(target):
+        raise ConfigError(f"{where}.target: '{spec.target}' is a {type(target).__name__}, not a class or function")
+    try:
+        signature = inspect.signature(target)
+    except (TypeError, ValueError):
+        signature = None
+    if signature is not None:
+        try:
+            signature.bind(context, **kwargs)
+        except TypeError as err:
+            raise ConfigError(f"{where}.kwargs: {spec.target} {err} (it takes {signature})") from None
+    engine = context.trainer if spec.engine == "trainer" else context.evaluator
+    event = spec.ignite_event()
+    if inspect.isclass(target):
+        try:
+            handler: Any = target(context, **kwargs)
+        except Exception as err:  # the handler's own check of its arguments
+            raise ConfigError(f"{where}: {spec.target} cannot be created: {type(err).__name__}: {err}") from None
+        if hasattr(handler, "attach"):
+            handler.attach(engine, event)
+        else:
+            engine.add_event_handler(event, handler)
+        if hasattr(handler, "state_dict") and hasattr(handler, "load_state_dict"):
+            context.state[where] = handler
+        return handler
+    function = target
+    engine.add_event_handler(event, lambda: function(context, **kwargs))
+    return function
+
+
+def build_experiment(config: Config, data: ImageData | None = None) -> Experiment:
+    """Build everything the config describes, without writing anything.
+
+    Args:
+        config: a validated config (see :func:`~fmnist_ignite.load_config`).
+        data: the data set, if already loaded (else loaded from ``config.data``).
+
+    Raises:
+        ConfigError: a device, plugin or value that the config names cannot be used.
+        DataError: the data set is missing or damaged.
+
+    Example:
+        Attach a handler in Python, then run::
+
+            experiment = build_experiment(load_config("configs/base.yaml"))
+            experiment.trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda e: print(e.state.epoch))
+            metrics = experiment.run()
+    """
+    device = resolve_device(config.device)
+    data = data if data is not None else load_data(config.data)
+    if config.data.val_size >= len(data.train_labels):
+        raise ConfigError(
+            f"data.val_size={config.data.val_size} must be smaller than the {len(data.train_labels)} training images"
+        )
+    train_idx, val_idx = split_indices(len(data.train_labels), config.data.val_size, config.seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        model = _build_model(config, data).to(device)
+    optimizer = make_optimizer(config, model)
+    prepare_batch = make_prepare_batch(data.mean, data.std, config.data.normalize)
+    trainer = create_trainer(model, optimizer, device, prepare_batch)
+    evaluator = create_evaluator(model, device, prepare_batch)
+
+    on_device = config.data.loader == "tensor"
+    images = data.train_images.to(device) if on_device else data.train_images
+    labels = data.train_labels.to(device) if on_device else data.train_labels
+    test_images = data.test_images.to(device) if on_device else data.test_images
+    test_labels = data.test_labels.to(device) if on_device else data.test_labels
+    train_idx, val_idx = train_idx.to(images.device), val_idx.to(images.device)
+    loaders: dict[str, Loader] = {
+        "train": make_loader(config, images[train_idx], labels[train_idx], train=True),
+        "val": make_loader(config, images[val_idx], labels[val_idx], train=False),
+        "test": make_loader(config, test_images, test_labels, train=False),
+    }
+    scheduler = attach_scheduler(config, optimizer, trainer, len(loaders["train"]))
+    trainer.add_event_handler(Events.EPOCH_STARTED, lambda e: loaders["train"].set_epoch(e.state.epoch))
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda: evaluator.run(loaders["val"]))
+
+    context = Context(
+        config=config,
+        run_dir=config.run_dir,
+        device=device,
+        model=model,
+        optimizer=optimizer,
+        trainer=trainer,
+        evaluator=evaluator,
+        classes=data.classes,
+        prepare_batch=prepare_batch,
+    )
+    context.state.update(model=model, optimizer=optimizer, trainer=trainer, rng=RNGState())
+    if scheduler is not None:
+        context.state["scheduler"] = scheduler
+    handlers: dict[str, Any] = {}
+    for spec in builtin_handlers(config):
+        handlers[spec.target] = attach_handler(context, spec, spec.target)
+    for i, spec in enumerate(config.handlers):
+        handlers[f"handlers[{i}]"] = attach_handler(context, spec, f"handlers[{i}]")
+    checkpoint_spec = HandlerConfig(target="checkpoint", kwargs={"n_saved": config.checkpoint.n_saved})
+    handlers["checkpoint"] = attach_handler(context, checkpoint_spec, "checkpoint")
+    assert isinstance(handlers["checkpoint"], Checkpointing)
+    return Experiment(config, context, data, loaders, handlers)
+
+
+def resume_experiment(run_dir: str | Path, data: ImageData | None = None) -> Experiment:
+    """Rebuild a run from ``RUN_DIR/config.yaml``; its :meth:`~Experiment.run` continues from the newest checkpoint.
+
+    Raises:
+        RunDirError: ``run_dir`` is not a run directory, or the run has finished.
+    """
+    run_dir = Path(run_dir)
+    config_path = run_dir / "config.yaml"
+    if not config_path.is_file():
+        raise RunDirError(f"{run_dir} is not a run directory (no config.yaml); pass the folder a run created")
+    if (run_dir / "metrics.json").exists():
+        raise RunDirError(f"the run in {run_dir} has finished (metrics.json exists); nothing to resume")
+    data_tree = read_yaml(config_path)
+    data_tree.update(output_dir=str(run_dir.parent), name=run_dir.name)
+    config = validate_config(data_tree, str(config_path))
+    experiment = build_experiment(config, data)
+    experiment.resuming = True
+    return experiment
+
+
+def _build_model(config: Config, data: ImageData) -> torch.nn.Module:
+    build = MODELS.get(config.model.name)
+    try:
+        model = build(data.image_shape, len(data.classes), **config.model.kwargs)
+    except TypeError as err:
+        raise ConfigError(f"model.kwargs: {config.model.name} cannot be built: {err}") from None
+    if not isinstance(model, torch.nn.Module):
+        raise ConfigError(f"model.name: '{config.model.name}' returned {type(model).__name__}, not a torch.nn.Module")
+    return model

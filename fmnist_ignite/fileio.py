@@ -1,0 +1,74 @@
+"""Writing files so that a crash never leaves a half-written one, and loading them safely."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+import torch
+
+from .errors import CheckpointError
+
+
+def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
+    """Write ``path`` through a temporary file in the same folder, then rename it into place.
+
+    A reader sees either the old file or the whole new one, even if the process is killed midway.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.chmod(tmp, 0o666 & ~current_umask())
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def current_umask() -> int:
+    """The process's umask (files made through ``tempfile`` would otherwise be private)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """:func:`atomic_write` for text (UTF-8)."""
+    data = text.encode("utf-8")
+    atomic_write(path, lambda f: f.write(data) and None)
+
+
+def atomic_write_json(path: Path, data: Any) -> None:
+    """:func:`atomic_write` for JSON, indented for people to read."""
+    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
+
+
+def atomic_torch_save(path: Path, obj: Any) -> None:
+    """:func:`atomic_write` for ``torch.save``."""
+    atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def safe_torch_load(path: Path, map_location: Any = "cpu") -> Any:
+    """Load a checkpoint or weights file without running code from it (``weights_only=True``).
+
+    Raises:
+        CheckpointError: the file is missing, truncated, corrupt, or holds anything but tensors
+            and plain data (a crafted pickle is refused, not executed).
+    """
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} does not exist") from None
+    except Exception as err:  # torch.load fails in many ways on a bad file
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if "weights_only" in str(err) or "Unsupported global" in str(err):
+            reason = "it holds objects other than tensors and plain data, which are refused for safety"
+        raise CheckpointError(f"{path} cannot be loaded: {reason}") from None

@@ -1,0 +1,117 @@
+"""Checkpointing: the newest full training states, and the best model, under ``RUN_DIR/checkpoints``."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from ignite.engine import Engine
+from ignite.handlers import Checkpoint, DiskSaver, global_step_from_engine
+
+from ..context import Context
+from ..errors import CheckpointError
+from ..fileio import safe_torch_load
+from ..registry import HANDLERS
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_RE = re.compile(r"^checkpoint_(\d+)\.pt$")
+
+
+class RunDirSaver(DiskSaver):
+    """Ignite's atomic ``DiskSaver``, creating its folder at the first save instead of on construction.
+
+    Building an experiment must not touch the disk; only running it does.
+    """
+
+    @staticmethod
+    def _check_and_setup(dirname: Path, create_dir: bool, require_empty: bool) -> None:
+        return None
+
+    def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
+        self.dirname.mkdir(parents=True, exist_ok=True)
+        super().__call__(checkpoint, filename, metadata)
+
+
+@HANDLERS.register("checkpoint")
+class Checkpointing:
+    """Saves the full training state after every epoch and the best model by validation accuracy.
+
+    Runs when an epoch completes, after every other handler, so that what it saves includes their
+    updates for that epoch. Each ``checkpoint_<epoch>.pt`` holds exactly the ``state_dict()`` of
+    every object in :attr:`Context.state` (model, optimizer, scheduler, trainer, RNG, history, early
+    stopping, stateful user handlers, and the checkpoint bookkeeping); the newest ``n_saved`` are
+    kept. ``best_model_<epoch>_val_accuracy=<score>.pt`` holds the weights of the best epoch so far.
+    Files are written to a temporary name and renamed, so a killed process leaves no partial file.
+
+    Args:
+        context: the experiment context.
+        n_saved: how many training states to keep.
+    """
+
+    def __init__(self, context: Context, n_saved: int = 2) -> None:
+        self.context = context
+        self.dirname = context.run_dir / "checkpoints"
+        saver = RunDirSaver(self.dirname, require_empty=False)
+        step = global_step_from_engine(context.trainer)
+        evaluator = context.evaluator
+        self.best = Checkpoint(
+            {"model": context.model},
+            saver,
+            filename_prefix="best",
+            score_function=lambda _: float(evaluator.state.metrics["accuracy"]),
+            score_name="val_accuracy",
+            n_saved=1,
+            global_step_transform=step,
+        )
+        context.state["best_checkpoint"] = self.best
+        self.last = Checkpoint(context.state, saver, n_saved=n_saved, global_step_transform=step, include_self=True)
+
+    def attach(self, engine: Engine, event: Any) -> None:
+        engine.add_event_handler(event, self.best)
+        engine.add_event_handler(event, self.last)
+
+    def candidates(self) -> list[Path]:
+        """Saved training states, newest first."""
+        if not self.dirname.is_dir():
+            return []
+        found = [(int(m.group(1)), p) for p in self.dirname.iterdir() if (m := CHECKPOINT_RE.match(p.name))]
+        return [p for _, p in sorted(found, reverse=True)]
+
+    def load_latest(self) -> Path:
+        """Load the newest checkpoint that can be read into every stateful object.
+
+        Unreadable files (truncated, corrupt, or refused as unsafe) are skipped with a warning
+        naming them; nothing is deleted.
+
+        Raises:
+            CheckpointError: no checkpoint exists or none can be read.
+        """
+        candidates = self.candidates()
+        if not candidates:
+            raise CheckpointError(f"no checkpoint in {self.dirname}; the run cannot be resumed, start a new one")
+        for path in candidates:
+            try:
+                state = safe_torch_load(path, map_location=self.context.device)
+            except CheckpointError as err:
+                logger.warning("Skipping checkpoint: %s", err)
+                continue
+            if not isinstance(state, dict):
+                logger.warning("Skipping checkpoint: %s does not hold a training state", path)
+                continue
+            to_load = {**self.context.state, "checkpointer": self.last}
+            missing = [k for k in to_load if k not in state]
+            if missing:
+                raise CheckpointError(
+                    f"{path} lacks the state of {', '.join(missing)}: it was saved by a different "
+                    "configuration (handlers); resume with the run's own config.yaml"
+                )
+            Checkpoint.load_objects(to_load=to_load, checkpoint=state)
+            return path
+        raise CheckpointError(
+            f"none of the {len(candidates)} checkpoint(s) in {self.dirname} can be read (see the warnings above); "
+            "nothing was deleted"
+        )

@@ -1,0 +1,60 @@
+"""TensorBoard logging through Ignite's ``TensorboardLogger``, into ``RUN_DIR/tb``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ignite.engine import Engine, Events
+from ignite.handlers.tensorboard_logger import TensorboardLogger
+
+from ..context import Context
+from ..registry import HANDLERS
+
+
+@HANDLERS.register("tensorboard")
+class TensorBoard:
+    """Logs the train loss every ``log_every`` iterations, and validation loss, accuracy and learning rate per epoch.
+
+    The writer is opened when training starts (not when the experiment is built) and closed when
+    it ends. ``tensorboard --logdir runs`` then shows every run.
+
+    Args:
+        context: the experiment context.
+        log_every: iterations between train-loss points (each point reads the loss from the device).
+    """
+
+    def __init__(self, context: Context, log_every: int = 50) -> None:
+        self.context = context
+        self.log_every = log_every
+        self.logger: TensorboardLogger | None = None
+
+    def attach(self, engine: Engine, event: Any) -> None:
+        engine.add_event_handler(Events.STARTED, self._open)
+        engine.add_event_handler(Events.COMPLETED, self.close)
+        engine.add_event_handler(Events.EXCEPTION_RAISED, self.close)
+        engine.add_event_handler(Events.ITERATION_COMPLETED(every=self.log_every), self._log_iteration)
+        engine.add_event_handler(event, self)
+
+    def _open(self) -> None:
+        self.logger = TensorboardLogger(log_dir=str(self.context.run_dir / "tb"))
+
+    def _log_iteration(self, engine: Engine) -> None:
+        if self.logger is not None:
+            loss = float(engine.state.output)  # type: ignore[arg-type]
+            self.logger.writer.add_scalar("train/batch_loss", loss, engine.state.iteration)
+
+    def __call__(self, engine: Engine) -> None:
+        if self.logger is None:
+            return
+        epoch = engine.state.epoch
+        writer = self.logger.writer
+        writer.add_scalar("train/loss", float(engine.state.metrics["train_loss"]), epoch)
+        for name, value in self.context.evaluator.state.metrics.items():
+            writer.add_scalar(f"val/{name}", float(value), epoch)
+        writer.add_scalar("lr", float(self.context.optimizer.param_groups[0]["lr"]), epoch)
+        writer.flush()
+
+    def close(self, *_: Any) -> None:
+        if self.logger is not None:
+            self.logger.close()
+            self.logger = None
