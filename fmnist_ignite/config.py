@@ -25,6 +25,21 @@ DEVICE_PATTERN = r"^(auto|cpu|mps|cuda(:[0-9]+)?)$"
 ENGINE_EVENTS = sorted(e.name for e in Events if not e.name.startswith(("GET_BATCH", "DATALOADER")))
 
 
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader (no Python tags), reading ``1e-3`` as a float as YAML 1.2 does."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def _parse_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)  # _Loader is a SafeLoader: Python tags are refused
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
@@ -257,7 +272,7 @@ def read_yaml(path: Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError) as err:
         raise ConfigError(f"config file '{path}' cannot be read: {err}") from None
     try:
-        data = yaml.safe_load(text)
+        data = _parse_yaml(text)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         at = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
@@ -283,7 +298,7 @@ def _apply_override(data: dict[str, Any], item: str) -> None:
     if not sep or not key or not re.fullmatch(r"[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*", key):
         raise ConfigError(f"override '{item}' must look like key.sub=value (e.g. optimizer.lr=0.1)")
     try:
-        value = yaml.safe_load(text) if text else None
+        value = _parse_yaml(text) if text else None
     except yaml.YAMLError:
         raise ConfigError(f"override '{item}': the value '{text}' is not valid YAML; quote it") from None
     node: Any = data

@@ -16,7 +16,7 @@ import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 from ignite.engine import Engine, Events
@@ -138,6 +138,7 @@ class Experiment:
         """
         if not self.resuming:
             create_run_dir(self.run_dir, self.config)
+            seed_everything(self.config.seed)
         with run_lock(self.run_dir):
             if self.resuming:
                 path = self.handlers["checkpoint"].load_latest()
@@ -242,6 +243,19 @@ def run_lock(run_dir: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def seed_everything(seed: int) -> None:
+    """Seed the global generators (torch, CUDA, Python, NumPy) that user code may draw from.
+
+    The split, the initial weights and the data order use their own seeded generators; this is for
+    everything else. A resumed run restores the generators' states from its checkpoint instead.
+    """
+    import numpy as np
+
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed)
+
+
 def split_indices(n: int, val_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Seeded random split of ``range(n)`` into ``(train, val)`` index tensors."""
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
@@ -298,6 +312,7 @@ def builtin_handlers(config: Config) -> list[HandlerConfig]:
     if es.enabled:
         kwargs = {k: getattr(es, k) for k in ("patience", "min_delta", "metric", "mode", "restore_best")}
         specs.append(HandlerConfig(target="early_stopping", kwargs=kwargs))
+    specs.append(HandlerConfig(target="best_model"))
     specs.append(HandlerConfig(target="progress", kwargs={"bar": config.logging.progress_bar}))
     if config.logging.tensorboard:
         specs.append(HandlerConfig(target="tensorboard", kwargs={"log_every": config.logging.log_every}))
@@ -335,7 +350,7 @@ def attach_handler(
     event = spec.ignite_event()
     if inspect.isclass(target):
         try:
-            handler: Any = target(context, **kwargs)
+            handler: Any = cast(Any, target)(context, **kwargs)
         except Exception as err:  # the handler's own check of its arguments
             raise ConfigError(f"{where}: {spec.target} cannot be created: {type(err).__name__}: {err}") from None
         if hasattr(handler, "attach"):

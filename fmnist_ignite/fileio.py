@@ -14,7 +14,7 @@ import torch
 from .errors import CheckpointError
 
 
-def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
+def atomic_write(path: Path, write: Callable[[IO[bytes]], object]) -> None:
     """Write ``path`` through a temporary file in the same folder, then rename it into place.
 
     A reader sees either the old file or the whole new one, even if the process is killed midway.
@@ -42,8 +42,7 @@ def current_umask() -> int:
 
 def atomic_write_text(path: Path, text: str) -> None:
     """:func:`atomic_write` for text (UTF-8)."""
-    data = text.encode("utf-8")
-    atomic_write(path, lambda f: f.write(data) and None)
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
 def atomic_write_json(path: Path, data: Any) -> None:

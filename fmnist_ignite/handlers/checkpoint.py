@@ -36,6 +36,42 @@ class RunDirSaver(DiskSaver):
         super().__call__(checkpoint, filename, metadata)
 
 
+@HANDLERS.register("best_model")
+class BestModel:
+    """Saves the weights of the epoch with the best validation accuracy so far.
+
+    The file is ``best_model_<epoch>_val_accuracy=<score>.pt`` under ``RUN_DIR/checkpoints``.
+
+    Runs when an epoch completes, right after validation and before any user handler, so the file
+    holds exactly the weights that were validated. Only the best file is kept; its bookkeeping is
+    part of the training state, so a resumed run replaces it only when it is beaten.
+
+    Args:
+        context: the experiment context.
+    """
+
+    def __init__(self, context: Context) -> None:
+        evaluator = context.evaluator
+        self.checkpoint = Checkpoint(
+            {"model": context.model},
+            RunDirSaver(context.run_dir / "checkpoints", require_empty=False),
+            filename_prefix="best",
+            score_function=lambda _: float(evaluator.state.metrics["accuracy"]),
+            score_name="val_accuracy",
+            n_saved=1,
+            global_step_transform=global_step_from_engine(context.trainer),
+        )
+
+    def __call__(self, engine: Engine) -> None:
+        self.checkpoint(engine)
+
+    def state_dict(self) -> dict[str, Any]:
+        return dict(self.checkpoint.state_dict())
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.checkpoint.load_state_dict(state)
+
+
 @HANDLERS.register("checkpoint")
 class Checkpointing:
     """Saves the full training state after every epoch and the best model by validation accuracy.
@@ -43,9 +79,8 @@ class Checkpointing:
     Runs when an epoch completes, after every other handler, so that what it saves includes their
     updates for that epoch. Each ``checkpoint_<epoch>.pt`` holds exactly the ``state_dict()`` of
     every object in :attr:`Context.state` (model, optimizer, scheduler, trainer, RNG, history, early
-    stopping, stateful user handlers, and the checkpoint bookkeeping); the newest ``n_saved`` are
-    kept. ``best_model_<epoch>_val_accuracy=<score>.pt`` holds the weights of the best epoch so far.
-    Files are written to a temporary name and renamed, so a killed process leaves no partial file.
+    stopping, best model, stateful user handlers, and its own bookkeeping); the newest ``n_saved``
+    are kept. Files are written to a temporary name and renamed, so a killed process leaves no partial file.
 
     Args:
         context: the experiment context.
@@ -55,24 +90,16 @@ class Checkpointing:
     def __init__(self, context: Context, n_saved: int = 2) -> None:
         self.context = context
         self.dirname = context.run_dir / "checkpoints"
-        saver = RunDirSaver(self.dirname, require_empty=False)
-        step = global_step_from_engine(context.trainer)
-        evaluator = context.evaluator
-        self.best = Checkpoint(
-            {"model": context.model},
-            saver,
-            filename_prefix="best",
-            score_function=lambda _: float(evaluator.state.metrics["accuracy"]),
-            score_name="val_accuracy",
-            n_saved=1,
-            global_step_transform=step,
+        self.last = Checkpoint(
+            context.state,
+            RunDirSaver(self.dirname, require_empty=False),
+            n_saved=n_saved,
+            global_step_transform=global_step_from_engine(context.trainer),
+            include_self=True,
         )
-        context.state["best_checkpoint"] = self.best
-        self.last = Checkpoint(context.state, saver, n_saved=n_saved, global_step_transform=step, include_self=True)
 
-    def attach(self, engine: Engine, event: Any) -> None:
-        engine.add_event_handler(event, self.best)
-        engine.add_event_handler(event, self.last)
+    def __call__(self, engine: Engine) -> None:
+        self.last(engine)
 
     def candidates(self) -> list[Path]:
         """Saved training states, newest first."""

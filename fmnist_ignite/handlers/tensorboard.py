@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ignite.engine import Engine, Events
-from ignite.handlers.tensorboard_logger import TensorboardLogger
 
 from ..context import Context
 from ..registry import HANDLERS
+
+if TYPE_CHECKING:
+    from ignite.handlers.tensorboard_logger import TensorboardLogger
 
 
 @HANDLERS.register("tensorboard")
@@ -36,6 +38,8 @@ class TensorBoard:
         engine.add_event_handler(event, self)
 
     def _open(self) -> None:
+        from ignite.handlers.tensorboard_logger import TensorboardLogger  # imports TensorBoard: only when used
+
         self.logger = TensorboardLogger(log_dir=str(self.context.run_dir / "tb"))
 
     def _log_iteration(self, engine: Engine) -> None:

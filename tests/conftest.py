@@ -1,0 +1,116 @@
+"""Fixtures: small data sets written by the tests in the real file formats, and small configs."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import pickle
+import struct
+import subprocess
+import sys
+import tarfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fmnist_ignite import Config, load_config
+
+REPO = Path(__file__).resolve().parents[1]
+N_TRAIN, N_TEST = 600, 200
+CLASS_SPREAD = 10.0
+
+
+def synthetic_images(n: int, shape: tuple[int, ...], seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Learnable images: a fixed random prototype per class plus noise."""
+    base = np.random.default_rng(0)
+    prototypes = base.integers(60, 200, size=shape) + base.normal(0, CLASS_SPREAD, size=(10, *shape))
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 10, size=n)
+    noise = rng.normal(0, 60, size=(n, *shape))
+    images = np.clip(prototypes[labels] + noise, 0, 255).astype(np.uint8)
+    return images, labels.astype(np.uint8)
+
+
+def idx_images(images: np.ndarray) -> bytes:
+    n, rows, cols = images.shape
+    return struct.pack(">IIII", 2051, n, rows, cols) + images.tobytes()
+
+
+def idx_labels(labels: np.ndarray) -> bytes:
+    return struct.pack(">II", 2049, len(labels)) + labels.tobytes()
+
+
+def write_fashion_gz(folder: Path, n_train: int = N_TRAIN, n_test: int = N_TEST) -> Path:
+    """The four Fashion-MNIST ``*-ubyte.gz`` files, as Debian's package installs them."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for prefix, n, seed in (("train", n_train, 1), ("t10k", n_test, 2)):
+        images, labels = synthetic_images(n, (28, 28), seed)
+        (folder / f"{prefix}-images-idx3-ubyte.gz").write_bytes(gzip.compress(idx_images(images)))
+        (folder / f"{prefix}-labels-idx1-ubyte.gz").write_bytes(gzip.compress(idx_labels(labels)))
+    return folder
+
+
+def write_cifar_archive(root: Path, per_batch: int = 20, n_test: int = 30) -> Path:
+    """``cifar-10-python.tar.gz`` in CIFAR-10's own python format, with few images."""
+    root.mkdir(parents=True, exist_ok=True)
+    names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    members: dict[str, bytes] = {"batches.meta": pickle.dumps({"label_names": names, "num_cases_per_batch": per_batch})}
+    for i, name in enumerate([*(f"data_batch_{k}" for k in range(1, 6)), "test_batch"]):
+        n = n_test if name == "test_batch" else per_batch
+        images, labels = synthetic_images(n, (3, 32, 32), 10 + i)
+        batch = {"batch_label": name, "labels": labels.tolist(), "data": images.reshape(n, -1), "filenames": []}
+        members[name] = pickle.dumps(batch)
+    archive = root / "cifar-10-python.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for name, payload in members.items():
+            info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
+            info.size = len(payload)
+            tar.addfile(info, io.BytesIO(payload))
+    return archive
+
+
+@pytest.fixture(scope="session")
+def system_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A read-only stand-in for /usr/share/datasets/fashion-mnist with small data."""
+    return write_fashion_gz(tmp_path_factory.mktemp("system") / "fashion-mnist")
+
+
+def small_overrides(tmp_path: Path, system_dir: Path) -> list[str]:
+    return [
+        f"data.root={tmp_path / 'data'}",
+        f"data.system_dir={system_dir}",
+        f"output_dir={tmp_path / 'runs'}",
+        "data.val_size=100",
+        "data.batch_size=32",
+        "data.eval_batch_size=64",
+        "trainer.max_epochs=4",
+        "optimizer.lr=0.01",
+        "logging.progress_bar=false",
+        "name=small",
+    ]
+
+
+@pytest.fixture
+def make_config(tmp_path: Path, system_dir: Path) -> Callable[..., Config]:
+    """``make_config("key=value", ...)``: a small, fast config writing under ``tmp_path``."""
+
+    def make(*overrides: str) -> Config:
+        return load_config(REPO / "configs" / "base.yaml", [*small_overrides(tmp_path, system_dir), *overrides])
+
+    return make
+
+
+def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """``python -m fmnist_ignite ARGS`` in a subprocess, with the repository importable."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run(
+        [sys.executable, "-m", "fmnist_ignite", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd or REPO,
+        env=env,
+        timeout=timeout,
+    )

@@ -1,0 +1,131 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from .conftest import REPO, run_cli, small_overrides
+
+BASE = str(REPO / "configs" / "base.yaml")
+
+
+@pytest.fixture
+def small(tmp_path: Path, system_dir: Path) -> list[str]:
+    return small_overrides(tmp_path, system_dir)
+
+
+def test_print_config_shows_the_resolved_config_and_writes_nothing(tmp_path: Path, small: list[str]) -> None:
+    result = run_cli(BASE, *small, "optimizer.lr=0.3", "--print-config")
+    assert result.returncode == 0, result.stderr
+    printed = yaml.safe_load(result.stdout)
+    assert printed["optimizer"]["lr"] == 0.3 and printed["data"]["val_size"] == 100
+    assert not (tmp_path / "runs").exists()
+
+
+def test_train_prints_one_line_per_epoch_and_writes_the_run(tmp_path: Path, small: list[str]) -> None:
+    result = run_cli(BASE, *small, "trainer.max_epochs=2")
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("Epoch [")]
+    assert len(lines) == 2
+    history = json.loads((tmp_path / "runs" / "small" / "history.json").read_text())
+    assert lines[1] == (
+        f"Epoch [2] train_loss {history[1]['train_loss']:.4f} val_loss {history[1]['val_loss']:.4f} "
+        f"val_acc {history[1]['val_accuracy']:.4f}"
+    )
+    assert "Test (best weights" in result.stderr
+    run = tmp_path / "runs" / "small"
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["trainer"]["max_epochs"] == 2
+
+    again = run_cli(str(run / "config.yaml"), f"output_dir={tmp_path / 'again'}")
+    assert again.returncode == 0, again.stderr
+    assert json.loads((tmp_path / "again" / "small" / "history.json").read_text()) == [
+        {**r, "seconds": json.loads((tmp_path / "again" / "small" / "history.json").read_text())[i]["seconds"]}
+        for i, r in enumerate(history)
+    ], "re-running from the saved config.yaml reproduces the run"
+
+    refused = run_cli(BASE, *small, "trainer.max_epochs=2")
+    assert refused.returncode == 2
+    assert refused.stderr.strip() == (
+        f"error: run directory {run} exists already; continue it with "
+        f"'python -m fmnist_ignite --resume {run}' or start another run with name=<new-name>"
+    )
+
+
+def test_resume_from_the_command_line_continues_the_same_run(tmp_path: Path, small: list[str]) -> None:
+    stop = "handlers=[{target: 'tests.plugins:StopOnce', event: EPOCH_STARTED, kwargs: {epoch: 2}}]"
+    first = run_cli(BASE, *small, stop, "early_stopping.enabled=false")
+    assert first.returncode != 0
+    run = tmp_path / "runs" / "small"
+    assert len(json.loads((run / "history.json").read_text())) == 2
+    resumed = run_cli("--resume", str(run))
+    assert resumed.returncode == 0, resumed.stderr
+    assert "Resuming" in resumed.stderr and "checkpoint_2.pt" in resumed.stderr
+    assert [r["epoch"] for r in json.loads((run / "history.json").read_text())] == [1, 2, 3, 4]
+    finished = run_cli("--resume", str(run))
+    assert finished.returncode == 2 and "has finished" in finished.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["optimizer.lrr=0.1"], "unknown key 'optimizer.lrr'; did you mean 'lr'?"),
+        (["optimizer.lr=-1"], "'optimizer.lr': Input should be greater than 0"),
+        (["optimizer.name=rmsprop"], "'optimizer.name': Input should be 'sgd', 'adam' or 'adamw'"),
+        (["data.val_size=600"], "data.val_size=600 must be smaller than the 600 training images"),
+        (["data.batch_size=0"], "'data.batch_size': Input should be greater than or equal to 1"),
+        (["data.dataset=mnist"], "unknown dataset 'mnist'"),
+        (["device=tpu"], "'device': String should match pattern"),
+        (["name=../../escape"], "'name': String should match pattern"),
+        (["handlers=[{target: 'x:Y', event: NOPE}]"], "unknown event 'NOPE'"),
+        (["handlers=[{target: 'tests.nothere:Y'}]"], "handlers[0].target: cannot import module 'tests.nothere'"),
+        (["optimizer.lr"], "override 'optimizer.lr' must look like key.sub=value"),
+    ],
+)
+def test_config_errors_exit_2_with_one_line_and_write_nothing(
+    tmp_path: Path, small: list[str], args: list[str], expected: str
+) -> None:
+    result = run_cli(BASE, *small, *args)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: "), result.stderr
+    assert expected in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_cuda_on_a_machine_without_it_exits_2(tmp_path: Path, small: list[str]) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    result = run_cli(BASE, *small, "device=cuda")
+    assert result.returncode == 2
+    assert "device 'cuda': CUDA is not available on this machine; use device=cpu or device=auto" in result.stderr
+
+
+def test_yaml_syntax_error_names_the_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\noptimizer:\n  lr: [0.1\n")
+    result = run_cli(str(bad))
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"error: {bad}:4:1: YAML error")
+
+
+def test_missing_config_file_and_usage_errors(tmp_path: Path) -> None:
+    missing = run_cli(str(tmp_path / "nope.yaml"))
+    assert missing.returncode == 2 and "does not exist" in missing.stderr
+    nothing = run_cli()
+    assert nothing.returncode == 2 and "give a config file" in nothing.stderr
+    both = run_cli(BASE, "--resume", str(tmp_path))
+    assert both.returncode == 2 and "--resume takes the run directory alone" in both.stderr
+    not_a_run = run_cli("--resume", str(tmp_path))
+    assert not_a_run.returncode == 2 and "is not a run directory (no config.yaml)" in not_a_run.stderr
+
+
+def test_missing_data_is_reported_in_one_line(tmp_path: Path, small: list[str]) -> None:
+    result = run_cli(BASE, *small, f"data.system_dir={tmp_path / 'none'}")
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: Fashion-MNIST not found (looked in ")
+    assert not (tmp_path / "runs").exists()

@@ -1,0 +1,171 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fmnist_ignite import Config, ConfigError, load_config
+from fmnist_ignite.config import validate_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_defaults_and_base_config_are_valid() -> None:
+    base = load_config(REPO / "configs" / "base.yaml")
+    assert base.data.batch_size == 128
+    assert base.data.val_size == 10000
+    assert base.model.name == "logistic"
+    assert base.run_dir == Path("runs/base")
+    assert load_config().trainer.max_epochs == 10
+
+
+def test_overrides_are_typed_as_yaml_and_applied_in_order() -> None:
+    cfg = load_config(
+        {}, ["optimizer.lr=0.5", "trainer.max_epochs=7", "early_stopping.enabled=false", "optimizer.lr=1e-3"]
+    )
+    assert cfg.optimizer.lr == 0.001
+    assert cfg.trainer.max_epochs == 7
+    assert cfg.early_stopping.enabled is False
+
+
+def test_override_into_a_handler_list_entry() -> None:
+    cfg = load_config({"handlers": [{"target": "tests.plugins:RecordMetrics"}]}, ["handlers.0.every=2"])
+    assert cfg.handlers[0].every == 2
+
+
+def test_saved_config_round_trips(tmp_path: Path) -> None:
+    cfg = load_config(REPO / "configs" / "base.yaml", ["optimizer.name=adamw", "seed=7"])
+    path = tmp_path / "config.yaml"
+    path.write_text(cfg.to_yaml())
+    assert load_config(path) == cfg
+
+
+def test_config_is_immutable() -> None:
+    cfg = load_config()
+    with pytest.raises(Exception, match="frozen"):
+        cfg.seed = 3  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["optimizer.lrr=0.1"], "unknown key 'optimizer.lrr'; did you mean 'lr'?"),
+        (["trainer.max_epoch=3"], "did you mean 'max_epochs'?"),
+        (["optimizer.lr=fast"], "'optimizer.lr': Input should be a valid number"),
+        (["optimizer.lr=0"], "'optimizer.lr': Input should be greater than 0 (got 0)"),
+        (["optimizer.lr=-1"], "'optimizer.lr': Input should be greater than 0"),
+        (["data.batch_size=0"], "'data.batch_size': Input should be greater than or equal to 1"),
+        (["early_stopping.patience=-1"], "'early_stopping.patience'"),
+        (["optimizer.name=rmsprop"], "'optimizer.name': Input should be 'sgd', 'adam' or 'adamw'"),
+        (["data.dataset=mnist"], "unknown dataset 'mnist'"),
+        (["data.dataset=fashion-mnist"], "did you mean 'fashion_mnist'?"),
+        (["model.name=mlp"], "unknown model 'mlp'"),
+        (["device=gpu"], "'device': String should match pattern"),
+        (["name=../../x"], "'name': String should match pattern"),
+        (["name=a/b"], "'name': String should match pattern"),
+        (
+            ["handlers=[{target: x:Y, event: EPOCH_COMPLETE}]"],
+            "unknown event 'EPOCH_COMPLETE' (did you mean 'EPOCH_COMPLETED'?)",
+        ),
+        (["handlers=[{target: x:Y, every: 2, once: 3}]"], "event filters do not combine"),
+        (["handlers=[{event: STARTED}]"], "'handlers[0].target' is required"),
+        (["seed=1.5"], "'seed': Input should be a valid integer"),
+    ],
+)
+def test_bad_values_name_the_key_and_what_is_allowed(overrides: list[str], expected: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config({}, overrides)
+    message = str(info.value)
+    assert expected in message
+    assert "\n" not in message
+    assert message.startswith("config: ")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("", "the config file is empty"),
+        ("- a\n- b\n", "must be a YAML mapping of keys to values, not a list"),
+        ("name: x\noptimizer: {lr: 0.1\n", ":3:1: YAML error"),
+        ("name: !!python/object/apply:os.system ['echo hi']\n", "YAML error: could not determine a constructor"),
+        ("optimizer:\n  lr: 0.1\n  mommentum: 0.5\n", "unknown key 'optimizer.mommentum'; did you mean 'momentum'?"),
+    ],
+)
+def test_bad_files_name_the_file(tmp_path: Path, text: str, expected: str) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(path) in str(info.value)
+    assert expected in str(info.value)
+
+
+def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="config file .*nope.yaml' does not exist"):
+        load_config(tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize("item", ["lr", "=3", "a..b=1", "optimizer.lr=["])
+def test_malformed_overrides(item: str) -> None:
+    with pytest.raises(ConfigError, match="override"):
+        load_config({}, [item])
+
+
+def test_override_below_a_value_is_refused() -> None:
+    with pytest.raises(ConfigError, match="override 'optimizer.lr.x=1': 'optimizer.lr' is not a section"):
+        load_config({}, ["optimizer.lr=0.1", "optimizer.lr.x=1"])
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    key=st.sampled_from(
+        [
+            "seed",
+            "name",
+            "device",
+            "optimizer.lr",
+            "optimizer.name",
+            "data.val_size",
+            "data.batch_size",
+            "trainer.max_epochs",
+            "early_stopping.mode",
+            "handlers",
+            "data",
+            "x.y",
+            "scheduler.name",
+        ]
+    ),
+    value=st.one_of(
+        st.integers(-5, 10**6),
+        st.floats(allow_nan=True),
+        st.text(max_size=12),
+        st.booleans(),
+        st.none(),
+        st.lists(st.integers(), max_size=2),
+    ),
+)
+def test_any_override_gives_a_config_or_a_one_line_config_error(key: str, value: object) -> None:
+    try:
+        cfg = load_config({}, [f"{key}={value}"])
+    except ConfigError as err:
+        assert "\n" not in str(err)
+    else:
+        assert isinstance(cfg, Config)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.recursive(
+        st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+        lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=8), c, max_size=3),
+    )
+)
+def test_any_yaml_value_gives_a_config_or_a_config_error(data: object) -> None:
+    if not isinstance(data, dict):
+        data = {"data": data}
+    try:
+        validate_config(data)
+    except ConfigError as err:
+        assert "\n" not in str(err)

@@ -1,0 +1,279 @@
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from ignite.engine import Events
+
+from fmnist_ignite import Config, ConfigError, RunDirError, build_experiment, resume_experiment
+from fmnist_ignite.fileio import safe_torch_load
+
+from . import plugins
+
+VALUES = ("epoch", "train_loss", "val_loss", "val_accuracy", "lr")
+
+
+def values(history: list[dict]) -> list[tuple]:
+    return [tuple(r[k] for k in VALUES) for r in history]
+
+
+def test_run_writes_history_checkpoints_metrics_and_model(make_config: Callable[..., Config]) -> None:
+    cfg = make_config("trainer.max_epochs=3", "early_stopping.enabled=false")
+    experiment = build_experiment(cfg)
+    assert not cfg.run_dir.exists(), "building must not write anything"
+    metrics = experiment.run()
+    run = cfg.run_dir
+    history = json.loads((run / "history.json").read_text())
+    assert [r["epoch"] for r in history] == [1, 2, 3]
+    assert history == experiment.history
+    assert set(history[0]) == {"epoch", "train_loss", "val_loss", "val_accuracy", "lr", "seconds"}
+    csv_lines = (run / "history.csv").read_text().splitlines()
+    assert csv_lines[0] == "epoch,train_loss,val_loss,val_accuracy,lr,seconds" and len(csv_lines) == 4
+    assert history[-1]["val_accuracy"] > 0.7, "the synthetic data set can be learnt"
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    assert history[0]["lr"] < 0.01 and history[-1]["lr"] < history[0]["lr"], "cosine schedule"
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [
+        f"best_model_{max(history, key=lambda r: r['val_accuracy'])['epoch']}_val_accuracy="
+        f"{max(r['val_accuracy'] for r in history):.4f}.pt",
+        "checkpoint_2.pt",
+        "checkpoint_3.pt",
+    ]
+    saved = json.loads((run / "metrics.json").read_text())
+    assert saved == metrics
+    assert set(saved) >= {"test_accuracy", "test_loss", "best_epoch", "best_val_accuracy", "per_class_accuracy"}
+    assert next(iter(saved["per_class_accuracy"])) == "T-shirt/top"
+    assert saved["weights"] == "last"
+    weights = safe_torch_load(run / "model.pt")
+    assert set(weights) == {"linear.weight", "linear.bias"} and weights["linear.weight"].shape == (10, 784)
+    assert torch.equal(weights["linear.weight"], experiment.model.state_dict()["linear.weight"])
+    assert (run / "config.yaml").read_text() == cfg.to_yaml()
+
+
+def test_test_metrics_match_a_direct_computation(make_config: Callable[..., Config]) -> None:
+    experiment = build_experiment(make_config("trainer.max_epochs=2"))
+    metrics = experiment.run()
+    data = experiment.data
+    x = (data.test_images.float() / 255 - data.mean) / data.std
+    with torch.no_grad():
+        logits = experiment.model(x)
+    assert metrics["test_accuracy"] == pytest.approx((logits.argmax(1) == data.test_labels).float().mean().item())
+    assert metrics["test_loss"] == pytest.approx(
+        torch.nn.functional.cross_entropy(logits, data.test_labels).item(), rel=1e-5
+    )
+    shirt = data.test_labels == 6
+    assert metrics["per_class_accuracy"]["Shirt"] == pytest.approx((logits[shirt].argmax(1) == 6).float().mean().item())
+
+
+def test_same_config_and_seed_give_identical_history(make_config: Callable[..., Config]) -> None:
+    a = build_experiment(make_config("name=a"))
+    b = build_experiment(make_config("name=b"))
+    a.run()
+    b.run()
+    assert values(a.history) == values(b.history)
+    c = build_experiment(make_config("name=c", "seed=5"))
+    c.run()
+    assert values(c.history) != values(a.history)
+
+
+@pytest.mark.parametrize("loader", ["tensor", "dataloader"])
+def test_resume_ends_with_the_same_history_as_an_uninterrupted_run(
+    make_config: Callable[..., Config], loader: str
+) -> None:
+    overrides = (
+        "trainer.max_epochs=5",
+        f"data.loader={loader}",
+        "early_stopping.patience=5",
+        "handlers=[{target: 'tests.plugins:CountingState'}]",
+    )
+    full = build_experiment(make_config("name=full", *overrides))
+    full.run()
+
+    cut = build_experiment(make_config("name=cut", *overrides))
+    cut.add_handler(plugins.StopAfter, event="EPOCH_STARTED", epoch=2)
+    with pytest.raises(KeyboardInterrupt):
+        cut.run()
+    assert [r["epoch"] for r in json.loads((cut.run_dir / "history.json").read_text())] == [1, 2]
+
+    resumed = resume_experiment(cut.run_dir)
+    metrics = resumed.run()
+    assert values(resumed.history) == values(full.history)
+    assert [r["epoch"] for r in resumed.history] == [1, 2, 3, 4, 5]
+    assert json.loads((cut.run_dir / "history.json").read_text())[2:] == resumed.history[2:]
+    assert resumed.handlers["handlers[0]"].count == full.handlers["handlers[0]"].count == 5
+    full_metrics = json.loads((full.run_dir / "metrics.json").read_text())
+    assert metrics == full_metrics
+    for key, tensor in safe_torch_load(full.run_dir / "model.pt").items():
+        assert torch.equal(tensor, safe_torch_load(cut.run_dir / "model.pt")[key])
+
+
+def test_resume_keeps_early_stopping_and_best_checkpoint_state(make_config: Callable[..., Config]) -> None:
+    overrides = (
+        "trainer.max_epochs=8",
+        "early_stopping.patience=2",
+        "handlers=[{target: 'tests.plugins:Sabotage', kwargs: {start: 3}}]",
+    )
+    full = build_experiment(make_config("name=full", *overrides))
+    full.run()
+    cut = build_experiment(make_config("name=cut", *overrides))
+    cut.add_handler(plugins.StopAfter, event="EPOCH_STARTED", epoch=4)
+    with pytest.raises(KeyboardInterrupt):
+        cut.run()
+    resumed = resume_experiment(cut.run_dir)
+    resumed.run()
+    assert values(resumed.history) == values(full.history)
+    stopper = resumed.handlers["early_stopping"]
+    assert (stopper.counter, stopper.best_epoch) == (full.handlers["early_stopping"].counter, 3)
+    names = sorted(p.name for p in (cut.run_dir / "checkpoints").iterdir())
+    assert names == sorted(p.name for p in (full.run_dir / "checkpoints").iterdir())
+    assert len([n for n in names if n.startswith("best_model")]) == 1
+
+
+def test_early_stopping_restores_the_best_weights(make_config: Callable[..., Config]) -> None:
+    cfg = make_config(
+        "trainer.max_epochs=10",
+        "early_stopping.patience=2",
+        "handlers=[{target: 'tests.plugins:Sabotage', kwargs: {start: 3}}]",
+    )
+    experiment = build_experiment(cfg)
+    metrics = experiment.run()
+    history = experiment.history
+    assert len(history) == 5, "stops after 2 epochs without improvement on epoch 3"
+    best = max(history, key=lambda r: r["val_accuracy"])
+    assert metrics["best_epoch"] == best["epoch"] == 3 and metrics["weights"] == "best"
+    assert metrics["best_val_accuracy"] == best["val_accuracy"]
+    assert history[-1]["val_accuracy"] < best["val_accuracy"] - 0.2
+    assert metrics["test_accuracy"] > 0.8, "the test uses the restored weights, not the sabotaged ones"
+    model = safe_torch_load(cfg.run_dir / "model.pt")
+    best_file = next((cfg.run_dir / "checkpoints").glob("best_model_3_*.pt"))
+    for key, tensor in safe_torch_load(best_file).items():
+        assert torch.equal(model[key], tensor)
+
+
+def test_early_stopping_on_val_loss(make_config: Callable[..., Config]) -> None:
+    cfg = make_config(
+        "trainer.max_epochs=10",
+        "early_stopping.patience=1",
+        "early_stopping.metric=val_loss",
+        "handlers=[{target: 'tests.plugins:Sabotage', kwargs: {start: 2}}]",
+    )
+    metrics = build_experiment(cfg).run()
+    assert metrics["best_epoch"] == 2 and metrics["epochs_trained"] == 3
+
+
+def test_yaml_handler_is_called_every_epoch_with_the_metrics(make_config: Callable[..., Config]) -> None:
+    cfg = make_config(
+        "trainer.max_epochs=3",
+        "handlers=[{target: 'tests.plugins:RecordMetrics'}, "
+        "{target: 'tests.plugins:log_epoch', event: EPOCH_COMPLETED, every: 2, kwargs: {tag: e}}]",
+    )
+    experiment = build_experiment(cfg)
+    experiment.run()
+    rows = [json.loads(line) for line in (cfg.run_dir / "recorded.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    for row, record in zip(rows, experiment.history, strict=True):
+        assert row["accuracy"] == record["val_accuracy"] and row["loss"] == record["val_loss"]
+    assert (cfg.run_dir / "function_calls.txt").read_text() == "e2\n"
+
+
+def test_python_api_attaches_a_handler_in_three_lines(make_config: Callable[..., Config]) -> None:
+    seen: list[float] = []
+    experiment = build_experiment(make_config("trainer.max_epochs=2"))
+    experiment.trainer.add_event_handler(
+        Events.EPOCH_COMPLETED, lambda: seen.append(experiment.evaluator.state.metrics["accuracy"])
+    )
+    experiment.run()
+    assert seen == [r["val_accuracy"] for r in experiment.history]
+
+
+@pytest.mark.parametrize(
+    ("handler", "expected"),
+    [
+        ("{target: 'tests.nope:X'}", "handlers[0].target: cannot import module 'tests.nope'"),
+        ("{target: 'tests.plugins:Missing'}", "handlers[0].target: module 'tests.plugins' has no attribute 'Missing'"),
+        ("{target: 'tests.plugins:NOT_CALLABLE'}", "handlers[0].target: 'tests.plugins:NOT_CALLABLE' is a int"),
+        (
+            "{target: 'tests.plugins:RecordMetrics', kwargs: {colour: red}}",
+            "handlers[0].kwargs: tests.plugins:RecordMetrics got an unexpected keyword argument 'colour'",
+        ),
+        (
+            "{target: 'tests.plugins:StopAfter'}",
+            "handlers[0].kwargs: tests.plugins:StopAfter missing a required argument: 'epoch'",
+        ),
+        ("{target: nonesuch}", "handlers[0].target: unknown handler 'nonesuch'"),
+    ],
+)
+def test_bad_handler_entries_fail_at_build_time(
+    make_config: Callable[..., Config], handler: str, expected: str
+) -> None:
+    cfg = make_config(f"handlers=[{handler}]")
+    with pytest.raises(ConfigError) as info:
+        build_experiment(cfg)
+    assert expected in str(info.value)
+    assert not cfg.run_dir.exists()
+
+
+def test_existing_run_directory_is_never_overwritten(make_config: Callable[..., Config]) -> None:
+    cfg = make_config("trainer.max_epochs=1")
+    build_experiment(cfg).run()
+    before = (cfg.run_dir / "metrics.json").read_bytes()
+    with pytest.raises(RunDirError, match=f"run directory {cfg.run_dir} exists already; continue it with .*--resume"):
+        build_experiment(cfg).run()
+    assert (cfg.run_dir / "metrics.json").read_bytes() == before
+    with pytest.raises(RunDirError, match="has finished"):
+        resume_experiment(cfg.run_dir)
+
+
+def test_val_size_must_leave_training_images(make_config: Callable[..., Config]) -> None:
+    with pytest.raises(ConfigError, match="data.val_size=600 must be smaller than the 600 training images"):
+        build_experiment(make_config("data.val_size=600"))
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "adamw"])
+def test_other_optimizers_and_schedules_train(make_config: Callable[..., Config], optimizer: str) -> None:
+    cfg = make_config(
+        f"optimizer.name={optimizer}",
+        "optimizer.lr=0.01",
+        "scheduler.name=step",
+        "scheduler.step_size=1",
+        "scheduler.gamma=0.5",
+        "trainer.max_epochs=3",
+    )
+    experiment = build_experiment(cfg)
+    experiment.run()
+    assert [r["lr"] for r in experiment.history] == pytest.approx([0.01, 0.005, 0.0025])
+    assert experiment.history[-1]["val_accuracy"] > 0.7
+
+
+def test_cifar10_trains_with_3072_features(tmp_path: Path, make_config: Callable[..., Config]) -> None:
+    from .conftest import write_cifar_archive
+
+    write_cifar_archive(tmp_path / "cifar")
+    cfg = make_config(
+        "data.dataset=cifar10", f"data.root={tmp_path / 'cifar'}", "data.val_size=20", "trainer.max_epochs=2"
+    )
+    experiment = build_experiment(cfg)
+    experiment.run()
+    assert experiment.model.linear.in_features == 3072
+    metrics = json.loads((cfg.run_dir / "metrics.json").read_text())
+    assert list(metrics["per_class_accuracy"]) == [
+        "airplane",
+        "automobile",
+        "bird",
+        "cat",
+        "deer",
+        "dog",
+        "frog",
+        "horse",
+        "ship",
+        "truck",
+    ]
+
+
+def test_device_that_the_machine_lacks_is_refused(make_config: Callable[..., Config]) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(ConfigError, match="device 'cuda': CUDA is not available on this machine; use device=cpu"):
+        build_experiment(make_config("device=cuda"))
