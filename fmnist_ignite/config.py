@@ -50,7 +50,7 @@ def _check_registered(kind: str, names: Iterable[str], value: str) -> str:
     names = sorted(names)
     hint = difflib.get_close_matches(value, names, n=1)
     suggestion = f" (did you mean '{hint[0]}'?)" if hint else ""
-    raise ValueError(f"unknown {kind} '{value}'{suggestion}; choose one of {', '.join(names)} or 'package.module:Name'")
+    raise ValueError(f"unknown {kind} {value!r}{suggestion}; choose one of {', '.join(names)} or 'package.module:Name'")
 
 
 class DataConfig(_Section):
@@ -171,7 +171,7 @@ class HandlerConfig(_Section):
         if value not in ENGINE_EVENTS:
             hint = difflib.get_close_matches(value.upper(), ENGINE_EVENTS, n=1)
             suggestion = f" (did you mean '{hint[0]}'?)" if hint else ""
-            raise ValueError(f"unknown event '{value}'{suggestion}; choose one of {', '.join(ENGINE_EVENTS)}")
+            raise ValueError(f"unknown event {value!r}{suggestion}; choose one of {', '.join(ENGINE_EVENTS)}")
         return value
 
     @model_validator(mode="after")
@@ -296,11 +296,11 @@ def _copy_tree(value: Any) -> Any:
 def _apply_override(data: dict[str, Any], item: str) -> None:
     key, sep, text = item.partition("=")
     if not sep or not key or not re.fullmatch(r"[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*", key):
-        raise ConfigError(f"override '{item}' must look like key.sub=value (e.g. optimizer.lr=0.1)")
+        raise ConfigError(f"override {item!r} must look like key.sub=value (e.g. optimizer.lr=0.1)")
     try:
         value = _parse_yaml(text) if text else None
     except yaml.YAMLError:
-        raise ConfigError(f"override '{item}': the value '{text}' is not valid YAML; quote it") from None
+        raise ConfigError(f"override {item!r}: the value {text!r} is not valid YAML; quote it") from None
     node: Any = data
     parts = key.split(".")
     for depth, part in enumerate(parts[:-1]):
@@ -311,14 +311,14 @@ def _apply_override(data: dict[str, Any], item: str) -> None:
     elif isinstance(node, dict):
         node[last] = value
     else:
-        raise ConfigError(f"override '{item}': '{'.'.join(parts[:-1])}' is not a section")
+        raise ConfigError(f"override {item!r}: '{'.'.join(parts[:-1])}' is not a section")
 
 
 def _child(node: Any, part: str, path: str, item: str) -> Any:
     if isinstance(node, list):
         return node[_index(node, part, path, item)]
     if not isinstance(node, dict):
-        raise ConfigError(f"override '{item}': '{path.rpartition('.')[0]}' is not a section")
+        raise ConfigError(f"override {item!r}: '{path.rpartition('.')[0]}' is not a section")
     child = node.get(part)
     if child is None:
         child = node[part] = {}
@@ -327,7 +327,7 @@ def _child(node: Any, part: str, path: str, item: str) -> Any:
 
 def _index(node: list[Any], part: str, path: str, item: str) -> int:
     if not part.isdigit() or int(part) >= len(node):
-        raise ConfigError(f"override '{item}': '{path}' needs an index from 0 to {len(node) - 1}")
+        raise ConfigError(f"override {item!r}: '{path}' needs an index from 0 to {len(node) - 1}")
     return int(part)
 
 
@@ -338,14 +338,14 @@ def _describe(error: Any) -> str:
         known = _fields_at(loc[:-1])
         hint = difflib.get_close_matches(str(loc[-1]), known, n=1)
         suggestion = f"; did you mean '{hint[0]}'?" if hint else ""
-        return f"unknown key '{path}'{suggestion} (allowed here: {', '.join(known)})"
+        return f"unknown key {path!r}{suggestion} (allowed here: {', '.join(known)})"
     message = error["msg"].removeprefix("Value error, ")
     if error["type"] == "missing":
-        return f"'{path}' is required"
+        return f"{path!r} is required"
     shown = error.get("input")
     if isinstance(shown, dict | list):
-        return f"'{path}': {message}"
-    return f"'{path}': {message} (got {shown!r})"
+        return f"{path!r}: {message}"
+    return f"{path!r}: {message} (got {shown!r})"
 
 
 def _fields_at(loc: tuple[Any, ...]) -> list[str]:
