@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import traceback
 from collections.abc import Sequence
 from typing import NoReturn
 
@@ -43,13 +44,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def setup_logging() -> None:
     """Log the library's INFO lines to stderr as plain messages; keep Ignite's own chatter down."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    root = logging.getLogger("fmnist_ignite")
-    root.handlers[:] = [handler]
-    root.setLevel(logging.INFO)
-    root.propagate = False
+    logging.basicConfig(stream=sys.stderr, format="%(message)s", level=logging.WARNING)
+    logging.getLogger("fmnist_ignite").setLevel(logging.INFO)
     logging.getLogger("ignite").setLevel(logging.WARNING)
+    # The CLI reports every exception itself; Ignite's log line about it would say it twice.
+    logging.getLogger("ignite.engine.engine.Engine").addFilter(
+        lambda record: not record.getMessage().startswith("Engine run is terminating due to exception")
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -70,10 +71,37 @@ def main(argv: Sequence[str] | None = None) -> int:
                 sys.stdout.write(config.to_yaml())
                 return 0
             experiment = build_experiment(config)
+    except FmnistIgniteError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return err.exit_code
+    try:
         experiment.run()
     except FmnistIgniteError as err:
         print(f"error: {err}", file=sys.stderr)
         return err.exit_code
+    except KeyboardInterrupt:
+        print(f"error: interrupted; {experiment.resume_hint()}", file=sys.stderr)
+        return 130
+    except OSError as err:
+        where = f" {err.filename}" if err.filename else ""
+        print(
+            f"error: cannot write{where}: {err.strerror or err}; the files already written are whole: "
+            f"free space or fix the folder, then {experiment.resume_hint()}",
+            file=sys.stderr,
+        )
+        return 1
+    except Exception as err:
+        # A bug or a user handler's error: show the whole traceback, then how to go on.
+        traceback.print_exc()
+        if experiment.run_dir.is_dir() and not (experiment.run_dir / "metrics.json").exists():
+            print(
+                f"error: the run stopped on {type(err).__name__}; its last checkpoint is kept: "
+                f"{experiment.resume_hint()}",
+                file=sys.stderr,
+            )
+        else:
+            print(f"error: {type(err).__name__}: {err}", file=sys.stderr)
+        return 1
     return 0
 
 

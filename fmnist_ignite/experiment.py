@@ -12,6 +12,7 @@ import inspect
 import logging
 import os
 import random
+import signal
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -30,6 +31,7 @@ from .engine import create_evaluator, create_trainer, make_prepare_batch, resolv
 from .errors import ConfigError, RunDirError
 from .fileio import atomic_torch_save, atomic_write_json, atomic_write_text, current_umask
 from .handlers import Checkpointing, EarlyStopping, History
+from .interrupt import Interrupted, StopRequest, stop_on_signals
 from .registry import HANDLERS, MODELS
 
 logger = logging.getLogger(__name__)
@@ -80,6 +82,8 @@ class Experiment:
         self.loaders = loaders
         self.handlers = handlers
         self.resuming = False
+        self.stop_request = StopRequest()
+        self.trainer.add_event_handler(Events.EPOCH_COMPLETED, self.stop_request.stop_if_asked)
         self._user_handlers = len(config.handlers)
 
     @property
@@ -135,17 +139,43 @@ class Experiment:
 
         Raises:
             RunDirError: a new run's directory exists already, or a resumed run's is locked.
+            Interrupted: SIGINT or SIGTERM stopped training (after saving the epoch, or at once on
+                a second signal); the message says how to resume.
         """
         if not self.resuming:
             create_run_dir(self.run_dir, self.config)
             seed_everything(self.config.seed)
-        with run_lock(self.run_dir):
+        with run_lock(self.run_dir), stop_on_signals(self.trainer, self.stop_request):
             if self.resuming:
-                path = self.handlers["checkpoint"].load_latest()
-                logger.info("Resuming %s from %s (epoch %d)", self.run_dir, path.name, self.trainer.state.epoch)
+                self._load_newest_checkpoint()
             if not self.training_done():
-                self.trainer.run(self.loaders["train"], max_epochs=self.config.trainer.max_epochs)
+                try:
+                    self.trainer.run(self.loaders["train"], max_epochs=self.config.trainer.max_epochs)
+                except Interrupted as err:
+                    message = f"{err} during epoch {self.trainer.state.epoch}; {self.resume_hint()}"
+                    raise Interrupted(message, err.signum) from None
+            signum = self.stop_request.signum
+            if signum is not None and not self.training_done():
+                raise Interrupted(
+                    f"{signal.Signals(signum).name} received: stopped after epoch {self.trainer.state.epoch}, "
+                    f"which is saved; {self.resume_hint()}",
+                    signum,
+                )
             return self.finish()
+
+    def _load_newest_checkpoint(self) -> None:
+        remove_temporary_files(self.run_dir)
+        checkpointing: Checkpointing = self.handlers["checkpoint"]
+        if not checkpointing.candidates():
+            logger.info("Resuming %s: no epoch was saved yet, so training starts from epoch 1", self.run_dir)
+            seed_everything(self.config.seed)
+            return
+        path = checkpointing.load_latest()
+        logger.info("Resuming %s from %s (epoch %d)", self.run_dir, path.name, self.trainer.state.epoch)
+
+    def resume_hint(self) -> str:
+        """How to continue this run from its newest checkpoint."""
+        return f"resume with 'python -m fmnist_ignite --resume {self.run_dir}'"
 
     def training_done(self) -> bool:
         """Whether the trainer reached ``max_epochs`` or early stopping ended it."""
@@ -241,6 +271,14 @@ def run_lock(run_dir: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def remove_temporary_files(run_dir: Path) -> None:
+    """Delete what a killed process may have left half-written: never a file a run reads."""
+    leftovers = [*run_dir.glob(".*.tmp"), *run_dir.glob("checkpoints/tmp*")]
+    for path in leftovers:
+        logger.info("Removing %s, left half-written by an interrupted process", path)
+        path.unlink(missing_ok=True)
 
 
 def seed_everything(seed: int) -> None:

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import io
 import json
+import os
+import signal as signal_module
+import time
+from pathlib import Path
 from typing import Any
 
 import torch
-from ignite.engine import Engine
+from ignite.engine import Engine, Events
 
 from fmnist_ignite import Context
 
@@ -97,3 +102,125 @@ class Exploding:
 
 
 NOT_CALLABLE = 42
+
+
+def freeze(marker: Path) -> None:
+    """Tell the test where we are, then wait to be killed."""
+    marker.touch()
+    time.sleep(600)
+
+
+class Stall:
+    """Fault injection: the first time (until ``marker`` exists), freeze in epoch ``epoch`` at ``where``.
+
+    ``train``: after the 3rd training iteration; ``validation``: after the 1st validation batch;
+    ``checkpoint``: halfway through writing the checkpoint; ``history``: halfway through writing
+    history.json. The test then kills the process with SIGKILL.
+    """
+
+    def __init__(self, context: Context, where: str, epoch: int, marker: str) -> None:
+        self.context = context
+        self.where = where
+        self.epoch = epoch
+        self.marker = Path(marker)
+        if where == "checkpoint":
+            real_save = torch.save
+
+            def stalling_save(obj: Any, f: Any, *args: Any, **kwargs: Any) -> None:
+                if self._due() and hasattr(f, "write"):
+                    buffer = io.BytesIO()
+                    real_save(obj, buffer)
+                    f.write(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+                    f.flush()
+                    freeze(self.marker)
+                real_save(obj, f, *args, **kwargs)
+
+            torch.save = stalling_save
+        if where == "history":
+            from fmnist_ignite.handlers import history
+
+            real_write = history.atomic_write_json
+
+            def stalling_write(path: Path, data: Any) -> None:
+                if self._due() and path.name == "history.json":
+                    text = json.dumps(data)
+                    (path.parent / f".{path.name}.stalled.tmp").write_text(text[: len(text) // 2])
+                    freeze(self.marker)
+                real_write(path, data)
+
+            history.atomic_write_json = stalling_write
+
+    def _due(self) -> bool:
+        return self.context.trainer.state.epoch == self.epoch and not self.marker.exists()
+
+    def attach(self, engine: Engine, event: Any) -> None:
+        if self.where == "train":
+            engine.add_event_handler(Events.ITERATION_COMPLETED, self._maybe_freeze_in_training)
+        if self.where == "validation":
+            self.context.evaluator.add_event_handler(Events.ITERATION_COMPLETED, self._maybe_freeze)
+
+    def _maybe_freeze_in_training(self, engine: Engine) -> None:
+        if (engine.state.iteration - 1) % engine.state.epoch_length + 1 == 3:
+            self._maybe_freeze()
+
+    def _maybe_freeze(self) -> None:
+        if self._due():
+            freeze(self.marker)
+
+
+class SignalSelf:
+    """Sends ``signal`` to its own process ``times`` times, at iterations 3, 4, ... of epoch ``epoch``.
+
+    Only once per run directory, so that the resumed run goes on.
+    """
+
+    def __init__(self, context: Context, signal: str, epoch: int, times: int = 1) -> None:
+        self.context = context
+        self.signum = getattr(signal_module, signal)
+        self.epoch = epoch
+        self.times = times
+        self.marker = context.run_dir / "signalled"
+
+    def __call__(self, engine: Engine) -> None:
+        within = (engine.state.iteration - 1) % engine.state.epoch_length + 1
+        if engine.state.epoch == self.epoch and 3 <= within < 3 + self.times and not self.marker.exists():
+            if within == 2 + self.times:
+                self.marker.touch()
+            os.kill(os.getpid(), self.signum)
+
+
+class Slow:
+    """From epoch ``epoch`` on, sleeps ``seconds`` per iteration, and says so in ``marker``."""
+
+    def __init__(self, context: Context, epoch: int, marker: str, seconds: float = 0.05) -> None:
+        self.epoch = epoch
+        self.marker = Path(marker)
+        self.seconds = seconds
+
+    def __call__(self, engine: Engine) -> None:
+        if engine.state.epoch >= self.epoch:
+            self.marker.touch()
+            time.sleep(self.seconds)
+
+
+class ExplodeOnce:
+    """Raises a user error in epoch ``epoch``, the first time only (until ``RUN_DIR/exploded`` exists)."""
+
+    def __init__(self, context: Context, epoch: int) -> None:
+        self.epoch = epoch
+        self.marker = context.run_dir / "exploded"
+
+    def __call__(self, engine: Engine) -> None:
+        if engine.state.epoch == self.epoch and not self.marker.exists():
+            self.marker.touch()
+            raise RuntimeError("boom from a user handler")
+
+
+class Evil:
+    """A pickle payload: unpickling it would run a shell command."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (os.system, (f"touch {self.marker}",))

@@ -35,6 +35,11 @@ class RunDirSaver(DiskSaver):
         self.dirname.mkdir(parents=True, exist_ok=True)
         super().__call__(checkpoint, filename, metadata)
 
+    def remove(self, filename: str) -> None:
+        # A process killed between rotating the best model and saving its checkpoint leaves
+        # bookkeeping that names an already-deleted file; the resumed run must not trip on it.
+        (self.dirname / filename).unlink(missing_ok=True)
+
 
 @HANDLERS.register("best_model")
 class BestModel:

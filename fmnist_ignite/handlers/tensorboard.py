@@ -33,7 +33,7 @@ class TensorBoard:
     def attach(self, engine: Engine, event: Any) -> None:
         engine.add_event_handler(Events.STARTED, self._open)
         engine.add_event_handler(Events.COMPLETED, self.close)
-        engine.add_event_handler(Events.EXCEPTION_RAISED, self.close)
+        engine.add_event_handler(Events.EXCEPTION_RAISED, self._close_and_reraise)
         engine.add_event_handler(Events.ITERATION_COMPLETED(every=self.log_every), self._log_iteration)
         engine.add_event_handler(event, self)
 
@@ -57,6 +57,11 @@ class TensorBoard:
             writer.add_scalar(f"val/{name}", float(value), epoch)
         writer.add_scalar("lr", float(self.context.optimizer.param_groups[0]["lr"]), epoch)
         writer.flush()
+
+    def _close_and_reraise(self, engine: Engine, error: BaseException) -> None:
+        # Ignite stops propagating an exception once any EXCEPTION_RAISED handler exists.
+        self.close()
+        raise error
 
     def close(self, *_: Any) -> None:
         if self.logger is not None:
