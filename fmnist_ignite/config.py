@@ -121,7 +121,11 @@ class TrainerConfig(_Section):
     """The training loop."""
 
     max_epochs: int = Field(10, ge=1, description="Number of epochs to train (early stopping may end sooner).")
-    compile: bool = Field(False, description="Compile the training step with `torch.compile` where supported.")
+    compile: bool = Field(
+        False,
+        description="Compile the model for the training step with `torch.compile` (CUDA graphs on GPU); "
+        "falls back to eager execution, with a warning, where compiling fails.",
+    )
 
 
 class EarlyStoppingConfig(_Section):

@@ -16,6 +16,7 @@ import signal
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal, cast
 
@@ -27,7 +28,7 @@ from .config import Config, HandlerConfig, read_yaml, validate_config
 from .context import Context
 from .data.datasets import ImageData, load_data
 from .data.loaders import EpochDataLoader, TensorLoader
-from .engine import create_evaluator, create_trainer, make_prepare_batch, resolve_device
+from .engine import compile_for_training, create_evaluator, create_trainer, make_prepare_batch, resolve_device
 from .errors import ConfigError, RunDirError
 from .fileio import atomic_torch_save, atomic_write_json, atomic_write_text, current_umask
 from .handlers import Checkpointing, EarlyStopping, History
@@ -295,9 +296,23 @@ def seed_everything(seed: int) -> None:
 
 
 def split_indices(n: int, val_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Seeded random split of ``range(n)`` into ``(train, val)`` index tensors."""
+    """The seeded random split of ``range(n)``: ``(train, validation)`` indices, validation ``val_size`` long.
+
+    The loaders read the images through these indices, so the images are held once.
+    """
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     return order[val_size:], order[:val_size]
+
+
+def to_device(data: ImageData, device: torch.device) -> ImageData:
+    """The data set's tensors on ``device`` (the uint8 images are small enough for any GPU)."""
+    return replace(
+        data,
+        train_images=data.train_images.to(device),
+        train_labels=data.train_labels.to(device),
+        test_images=data.test_images.to(device),
+        test_labels=data.test_labels.to(device),
+    )
 
 
 def make_optimizer(config: Config, model: torch.nn.Module) -> torch.optim.Optimizer:
@@ -332,15 +347,17 @@ def attach_scheduler(config: Config, optimizer: torch.optim.Optimizer, trainer: 
     return scheduler
 
 
-def make_loader(config: Config, images: torch.Tensor, labels: torch.Tensor, train: bool) -> Loader:
-    """A loader of the configured kind over the given images."""
+def make_loader(
+    config: Config, images: torch.Tensor, labels: torch.Tensor, train: bool, indices: torch.Tensor | None = None
+) -> Loader:
+    """A loader of the configured kind over ``images[indices]`` (all images when ``indices`` is None)."""
     data = config.data
     batch_size = data.batch_size if train else data.eval_batch_size
     if data.loader == "dataloader":
         return EpochDataLoader(
-            images, labels, batch_size, shuffle=train, seed=config.seed, num_workers=data.num_workers
+            images, labels, batch_size, train, seed=config.seed, num_workers=data.num_workers, indices=indices
         )
-    return TensorLoader(images, labels, batch_size, shuffle=train, seed=config.seed)
+    return TensorLoader(images, labels, batch_size, shuffle=train, seed=config.seed, indices=indices)
 
 
 def builtin_handlers(config: Config) -> list[HandlerConfig]:
@@ -433,19 +450,21 @@ def build_experiment(config: Config, data: ImageData | None = None) -> Experimen
         model = _build_model(config, data).to(device)
     optimizer = make_optimizer(config, model)
     prepare_batch = make_prepare_batch(data.mean, data.std, config.data.normalize)
-    trainer = create_trainer(model, optimizer, device, prepare_batch)
+    step_model = model
+    if config.trainer.compile:
+        example, _ = prepare_batch((data.train_images[: config.data.batch_size], data.train_labels[:1]), device, False)
+        step_model = compile_for_training(model, example)
+    trainer = create_trainer(step_model, optimizer, device, prepare_batch)
     evaluator = create_evaluator(model, device, prepare_batch)
 
-    on_device = config.data.loader == "tensor"
-    images = data.train_images.to(device) if on_device else data.train_images
-    labels = data.train_labels.to(device) if on_device else data.train_labels
-    test_images = data.test_images.to(device) if on_device else data.test_images
-    test_labels = data.test_labels.to(device) if on_device else data.test_labels
-    train_idx, val_idx = train_idx.to(images.device), val_idx.to(images.device)
+    if config.data.loader == "tensor":
+        data = to_device(data, device)
+        train_idx, val_idx = train_idx.to(device), val_idx.to(device)
+    images, labels = data.train_images, data.train_labels
     loaders: dict[str, Loader] = {
-        "train": make_loader(config, images[train_idx], labels[train_idx], train=True),
-        "val": make_loader(config, images[val_idx], labels[val_idx], train=False),
-        "test": make_loader(config, test_images, test_labels, train=False),
+        "train": make_loader(config, images, labels, train=True, indices=train_idx),
+        "val": make_loader(config, images, labels, train=False, indices=val_idx),
+        "test": make_loader(config, data.test_images, data.test_labels, train=False),
     }
     scheduler = attach_scheduler(config, optimizer, trainer, len(loaders["train"]))
     trainer.add_event_handler(Events.EPOCH_STARTED, lambda e: loaders["train"].set_epoch(e.state.epoch))

@@ -21,7 +21,10 @@ def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
 
 
 class TensorLoader:
-    """Batches sliced from uint8 tensors held in memory (on the training device when it fits).
+    """Batches gathered from uint8 tensors held in memory (on the training device when it fits).
+
+    The split is a tensor of indices into the whole set, so the images are held once, however
+    many splits read them.
 
     Args:
         images: uint8 ``(N, C, H, W)``.
@@ -29,11 +32,21 @@ class TensorLoader:
         batch_size: images per batch; the last batch may be smaller.
         shuffle: draw a new :func:`epoch_permutation` each epoch (see :meth:`set_epoch`).
         seed: seed of the permutations.
+        indices: the images of this split (default: all), on the same device as ``images``.
     """
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, shuffle: bool, seed: int = 0):
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        batch_size: int,
+        shuffle: bool,
+        seed: int = 0,
+        indices: torch.Tensor | None = None,
+    ):
         self.images = images
         self.labels = labels
+        self.indices = indices
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.seed = seed
@@ -44,37 +57,49 @@ class TensorLoader:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return -(-len(self.labels) // self.batch_size)
+        return -(-self._size() // self.batch_size)
+
+    def _size(self) -> int:
+        return len(self.labels) if self.indices is None else len(self.indices)
 
     def __iter__(self) -> Iterator[Batch]:
-        n, size = len(self.labels), self.batch_size
-        if not self.shuffle:
-            for start in range(0, n, size):
-                yield self.images[start : start + size], self.labels[start : start + size]
-            return
-        order = epoch_permutation(n, self.seed, self.epoch).to(self.images.device)
+        n, size = self._size(), self.batch_size
+        order = epoch_permutation(n, self.seed, self.epoch).to(self.images.device) if self.shuffle else None
+        if self.indices is not None:
+            order = self.indices if order is None else self.indices[order]
         for start in range(0, n, size):
-            index = order[start : start + size]
-            yield self.images[index], self.labels[index]
+            if order is None:
+                yield self.images[start : start + size], self.labels[start : start + size]
+            else:
+                index = order[start : start + size]
+                yield self.images[index], self.labels[index]
 
 
 class ImageDataset(Dataset[Batch]):
     """Per-image access for the DataLoader path: each image goes through PIL and ``transform``."""
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform: Callable | None = None):
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        transform: Callable | None = None,
+        indices: torch.Tensor | None = None,
+    ):
         from torchvision.transforms import PILToTensor
         from torchvision.transforms.functional import to_pil_image
 
         self.images = images
         self.labels = labels
+        self.indices = indices.tolist() if indices is not None else None
         self.transform = transform or PILToTensor()
         self._to_pil = to_pil_image
 
     def __len__(self) -> int:
-        return len(self.labels)
+        return len(self.labels) if self.indices is None else len(self.indices)
 
     def __getitem__(self, i: int) -> Batch:
-        return self.transform(self._to_pil(self.images[i])), self.labels[i]
+        j = i if self.indices is None else self.indices[i]
+        return self.transform(self._to_pil(self.images[j])), self.labels[j]
 
 
 class EpochSampler(Sampler[int]):
@@ -102,10 +127,12 @@ class EpochDataLoader:
         seed: int = 0,
         num_workers: int = 0,
         transform: Callable | None = None,
+        indices: torch.Tensor | None = None,
     ):
-        self.sampler = EpochSampler(len(labels), seed) if shuffle else None
+        dataset = ImageDataset(images, labels, transform, indices)
+        self.sampler = EpochSampler(len(dataset), seed) if shuffle else None
         self.loader = DataLoader(
-            ImageDataset(images, labels, transform),
+            dataset,
             batch_size=batch_size,
             sampler=self.sampler,
             num_workers=num_workers,
