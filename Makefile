@@ -1,5 +1,6 @@
 # make run    set up (virtual environment, pinned torch, data) and train configs/base.yaml
 # make test   set up and run the checks: ruff, mypy, the test suite, the docs and their doctests
+# make docs   build the HTML docs (warnings are errors) and run their examples as doctests
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
@@ -18,6 +19,11 @@ lint: setup
 
 test: lint
 	$(PY) -m pytest
+	$(MAKE) docs
+
+docs: setup
+	$(VENV)/bin/sphinx-build -W --keep-going -q -b html docs docs/_build/html
+	$(VENV)/bin/sphinx-build -W --keep-going -q -b doctest docs docs/_build/doctest
 
 bench: setup
 	$(PY) benchmarks/epoch_speed.py

@@ -42,6 +42,8 @@ intersphinx_mapping = {}
 doctest_global_setup = """
 import os, tempfile
 from pathlib import Path
+import torch
+from fmnist_ignite import *
 os.chdir(tempfile.mkdtemp(prefix="fmnist-docs-"))
 REPO = Path(%r)
 """ % str(ROOT)

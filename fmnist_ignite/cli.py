@@ -17,6 +17,7 @@ from . import __version__
 from .config import load_config
 from .errors import FmnistIgniteError
 from .experiment import build_experiment, resume_experiment
+from .registry import DATASETS, HANDLERS, MODELS
 
 
 class _Parser(argparse.ArgumentParser):
@@ -38,8 +39,27 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="override a config value (read as YAML)")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its newest checkpoint")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    parser.add_argument(
+        "--list-plugins", action="store_true", help="list the handlers, models and data sets a config can name"
+    )
     parser.add_argument("--version", action="version", version=f"fmnist_ignite {__version__}")
     return parser
+
+
+def plugin_listing() -> str:
+    """What ``--list-plugins`` prints: every registered name and where it comes from."""
+    lines = []
+    for title, registry, key in (
+        ("handlers", HANDLERS, "handlers[].target"),
+        ("models", MODELS, "model.name"),
+        ("datasets", DATASETS, "data.dataset"),
+    ):
+        lines.append(f"{title} ({key}; entry-point group {registry.group}):")
+        rows = registry.describe()
+        width = max(len(name) for name, _ in rows)
+        lines += [f"  {name:<{width}}  {origin}" for name, origin in rows]
+    lines.append("Any of them may also be named as package.module:Name.")
+    return "\n".join(lines) + "\n"
 
 
 def setup_logging() -> None:
@@ -57,6 +77,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.list_plugins:
+        sys.stdout.write(plugin_listing())
+        return 0
     if args.resume and (args.config or args.overrides):
         parser.error("--resume takes the run directory alone: its config.yaml is used as saved")
     if not args.resume and not args.config:

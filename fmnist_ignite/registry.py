@@ -58,6 +58,14 @@ class Registry:
         """Entry points of installed distributions: name -> ``module:attr``."""
         return {ep.name: ep.value for ep in entry_points(group=self.group)}
 
+    def describe(self) -> list[tuple[str, str]]:
+        """``(name, origin)`` for every name: built-ins first, then installed plugins by distribution."""
+        rows = [(name, f"built-in ({_qualified(obj)})") for name, obj in sorted(self.builtins().items())]
+        for ep in sorted(entry_points(group=self.group), key=lambda ep: ep.name):
+            dist = f"{ep.dist.name} {ep.dist.version}" if ep.dist is not None else "an installed package"
+            rows.append((ep.name, f"{dist} ({ep.value})"))
+        return rows
+
     def names(self) -> list[str]:
         """Every name a config may use (dotted paths aside)."""
         return sorted({*self.builtins(), *self.plugins()})
@@ -82,6 +90,10 @@ class Registry:
         if ":" not in ref:
             raise ConfigError(f"unknown {self.kind} '{ref}'; choose one of {', '.join(self.names())}")
         return import_target(ref)
+
+
+def _qualified(obj: Any) -> str:
+    return f"{getattr(obj, '__module__', '?')}:{getattr(obj, '__qualname__', repr(obj))}"
 
 
 def import_target(ref: str) -> Any:

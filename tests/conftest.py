@@ -103,9 +103,11 @@ def make_config(tmp_path: Path, system_dir: Path) -> Callable[..., Config]:
     return make
 
 
-def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    """``python -m fmnist_ignite ARGS`` in a subprocess, with the repository importable."""
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+def run_cli(
+    *args: str, cwd: Path | None = None, timeout: float = 300, path: tuple[Path, ...] = ()
+) -> subprocess.CompletedProcess[str]:
+    """``python -m fmnist_ignite ARGS`` in a subprocess, with the repository (and ``path``) importable."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(str(p) for p in (*path, REPO))}
     return subprocess.run(
         [sys.executable, "-m", "fmnist_ignite", *args],
         capture_output=True,

@@ -1,8 +1,10 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 import pytest
 import torch
@@ -277,3 +279,55 @@ def test_device_that_the_machine_lacks_is_refused(make_config: Callable[..., Con
         pytest.skip("this machine has CUDA")
     with pytest.raises(ConfigError, match="device 'cuda': CUDA is not available on this machine; use device=cpu"):
         build_experiment(make_config("device=cuda"))
+
+
+def test_compile_runs_eagerly_on_cpu_with_the_same_history(
+    make_config: Callable[..., Config], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="fmnist_ignite")
+    eager = build_experiment(make_config("name=eager", "trainer.max_epochs=2"))
+    eager.run()
+    compiled = build_experiment(make_config("name=compiled", "trainer.max_epochs=2", "trainer.compile=true"))
+    compiled.run()
+    assert "trainer.compile: compiling pays off on CUDA only; training on cpu runs eagerly" in caplog.text
+    assert values(compiled.history) == values(eager.history)
+
+
+def test_compile_failure_falls_back_to_eager(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    from fmnist_ignite.engine import compile_for_training
+
+    class CudaBatch:  # stands for a batch on a GPU; torch.compile fails before using it
+        device = torch.device("cuda")
+
+    model = torch.nn.Linear(4, 2)
+    example = cast(torch.Tensor, CudaBatch())
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("no backend here")
+
+    monkeypatch.setattr(torch, "compile", broken)
+    assert compile_for_training(model, example) is model
+    assert "trainer.compile: torch.compile failed here (no backend here); training runs eagerly" in caplog.text
+
+
+def test_compiled_module_is_the_training_step_and_checkpoints_keep_plain_keys(
+    make_config: Callable[..., Config], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import fmnist_ignite.experiment as experiment_module
+
+    calls: list[int] = []
+
+    class Wrapped(torch.nn.Module):
+        def __init__(self, inner: torch.nn.Module) -> None:
+            super().__init__()
+            self._orig_mod = inner
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            calls.append(len(x))
+            return self._orig_mod(x)
+
+    monkeypatch.setattr(experiment_module, "compile_for_training", lambda model, example: Wrapped(model))
+    experiment = build_experiment(make_config("trainer.max_epochs=1", "trainer.compile=true"))
+    experiment.run()
+    assert calls and calls[0] == 32, "the training step goes through the compiled module"
+    assert set(safe_torch_load(experiment.run_dir / "model.pt")) == {"linear.weight", "linear.bias"}

@@ -1,0 +1,107 @@
+"""A plugin in a separate installed package, used from YAML by the names its entry points register."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fmnist_ignite import HANDLERS, ConfigError, Registry
+from fmnist_ignite.cli import plugin_listing
+from fmnist_ignite.fileio import safe_torch_load
+
+from .conftest import REPO, run_cli
+
+PLUGIN = REPO / "examples" / "fmnist_ignite_example_plugin"
+
+
+@pytest.fixture(scope="session")
+def plugin_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The example plugin package, installed (with its entry points) into a folder of its own."""
+    site = tmp_path_factory.mktemp("site")
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "--target",
+            str(site),
+            str(PLUGIN),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return site
+
+
+def test_list_plugins_shows_built_ins_and_installed_entry_points(plugin_site: Path) -> None:
+    result = run_cli("--list-plugins", path=(plugin_site,))
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert "handlers (handlers[].target; entry-point group fmnist_ignite.handlers):" in lines
+    assert any(line.split()[:2] == ["history", "built-in"] for line in lines)
+    assert "  epoch_log       fmnist-ignite-example-plugin 0.1.0 (fmnist_ignite_example_plugin:EpochLog)" in lines
+    assert "  mlp       fmnist-ignite-example-plugin 0.1.0 (fmnist_ignite_example_plugin:build_mlp)" in lines
+    assert any(line.split()[0] == "prototypes" for line in lines if line.startswith("  "))
+
+
+def test_plugin_names_from_yaml_train_and_resume(tmp_path: Path, plugin_site: Path) -> None:
+    config = str(REPO / "examples" / "plugin.yaml")
+    stop = (
+        "handlers=[{target: epoch_log, kwargs: {filename: epochs.txt}}, "
+        "{target: 'tests.plugins:StopOnce', event: EPOCH_STARTED, kwargs: {epoch: 1}}]"
+    )
+    common = (f"output_dir={tmp_path}", "logging.progress_bar=false", "early_stopping.enabled=false")
+    first = run_cli(config, *common, stop, path=(plugin_site,))
+    assert first.returncode == 130, first.stderr
+    run = tmp_path / "plugin-demo"
+    resumed = run_cli("--resume", str(run), path=(plugin_site,))
+    assert resumed.returncode == 0, resumed.stderr
+    lines = (run / "epochs.txt").read_text().splitlines()
+    assert [line.split()[1] for line in lines] == ["1", "2", "3"]
+    assert [line.split()[-1] for line in lines] == ["1)", "2)", "3)"], "the plugin's state resumed"
+    weights = safe_torch_load(run / "model.pt")
+    assert weights["1.weight"].shape == (32, 784), "the mlp plugin model, with its kwargs"
+    assert weights["3.weight"].shape == (10, 32)
+
+
+def test_plugin_kwargs_are_checked_at_start_up(tmp_path: Path, plugin_site: Path) -> None:
+    result = run_cli(
+        str(REPO / "examples" / "plugin.yaml"),
+        f"output_dir={tmp_path}",
+        "handlers=[{target: history}, {target: epoch_log, kwargs: {colour: red}}]",
+        path=(plugin_site,),
+    )
+    assert result.returncode == 2
+    assert "error: handlers[1].kwargs: epoch_log got an unexpected keyword argument 'colour'" in result.stderr
+    assert not (tmp_path / "plugin-demo").exists()
+
+
+def test_without_the_package_its_names_are_unknown(tmp_path: Path) -> None:
+    result = run_cli(str(REPO / "examples" / "plugin.yaml"), f"output_dir={tmp_path}")
+    assert result.returncode == 2
+    assert "unknown dataset 'prototypes'" in result.stderr
+
+
+def test_registry_resolution_order_and_errors() -> None:
+    registry = Registry("widget", "fmnist_ignite.widgets-for-tests", "fmnist_ignite.models")
+
+    @registry.register("spanner")
+    def spanner() -> str:
+        return "built-in"
+
+    assert registry.get("spanner") is spanner
+    assert registry.get("tests.plugins:RecordMetrics").__name__ == "RecordMetrics"
+    with pytest.raises(ConfigError, match="unknown widget 'hammer'; choose one of spanner"):
+        registry.get("hammer")
+    with pytest.raises(ValueError, match="registered twice"):
+        registry.register("spanner")(lambda: None)
+    assert "history" in HANDLERS.names()
+    assert "built-in (fmnist_ignite.handlers.history:History)" in plugin_listing()
