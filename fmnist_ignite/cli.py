@@ -7,17 +7,21 @@ errors); nothing here does work the Python API cannot do.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import traceback
 from collections.abc import Sequence
-from typing import NoReturn
+from pathlib import Path
+from typing import Any, NoReturn
 
 from . import __version__
 from .config import load_config
 from .errors import FmnistIgniteError
 from .experiment import build_experiment, resume_experiment
+from .inspect_runs import compare_figure, compare_runs, evaluate_run, predict_images
 from .registry import DATASETS, HANDLERS, MODELS
+from .reports import format_report, save_figure
 
 
 class _Parser(argparse.ArgumentParser):
@@ -29,10 +33,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="python -m fmnist_ignite",
         description="Train and evaluate a logistic-regression classifier on Fashion-MNIST or CIFAR-10 from YAML.",
-        epilog="examples:\n"
+        epilog="commands (each has --help):\n"
+        "  evaluate RUN_DIR [--split val|test] [--checkpoint best|last|PATH]   metrics of a saved model\n"
+        "  predict RUN_DIR IMAGE [IMAGE ...] [--json]                          classify image files\n"
+        "  compare RUN_DIR [RUN_DIR ...] [--output compare.png]                 runs side by side\n"
+        "\nexamples:\n"
         "  python -m fmnist_ignite configs/base.yaml\n"
         "  python -m fmnist_ignite configs/base.yaml optimizer.lr=0.05 name=lr005\n"
-        "  python -m fmnist_ignite --resume runs/base",
+        "  python -m fmnist_ignite --resume runs/base\n"
+        "  python -m fmnist_ignite evaluate runs/base --split val",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("config", nargs="?", help="YAML config file")
@@ -73,8 +82,97 @@ def setup_logging() -> None:
     )
 
 
+def build_command_parser(command: str) -> argparse.ArgumentParser:
+    """The parser of ``evaluate``, ``predict`` or ``compare``."""
+    parser = _Parser(prog=f"python -m fmnist_ignite {command}", description=COMMANDS[command])
+    if command == "compare":
+        parser.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories")
+        parser.add_argument("--output", default="compare.png", help="where to write the figure (default: compare.png)")
+    else:
+        parser.add_argument("run", metavar="RUN_DIR", help="run directory")
+        parser.add_argument(
+            "--checkpoint",
+            metavar="best|last|PATH",
+            help="weights: best model, newest checkpoint, or a file (default: model.pt, else the best model)",
+        )
+    if command == "evaluate":
+        parser.add_argument("--split", choices=("val", "test"), default="test", help="which split (default: test)")
+    if command == "predict":
+        parser.add_argument("images", nargs="+", metavar="IMAGE", help="PNG or JPEG files, any size or colour")
+    if command in ("evaluate", "predict"):
+        parser.add_argument("--json", action="store_true", help="print JSON instead of text")
+    return parser
+
+
+COMMANDS = {
+    "evaluate": "Metrics and the per-class report of a saved model on the validation or test split, without training.",
+    "predict": "Class and top-3 probabilities of image files, converted the way the training data was.",
+    "compare": "Final metrics and differing settings of several runs, and compare.png overlaying their curves.",
+}
+
+
+def run_command(command: str, argv: Sequence[str]) -> int:
+    """``evaluate``, ``predict`` or ``compare``; returns the exit code."""
+    args = build_command_parser(command).parse_args(argv)
+    setup_logging()
+    logging.getLogger("fmnist_ignite").setLevel(logging.WARNING)
+    try:
+        if command == "evaluate":
+            result = evaluate_run(Path(args.run), args.split, args.checkpoint)
+            if args.json:
+                print(json.dumps(result, indent=2))
+            else:
+                print(
+                    f"{result['run']}, {result['split']} split, weights {result['weights']}: "
+                    f"accuracy {result['accuracy']:.4f} loss {result['loss']:.4f}"
+                )
+                print(format_report(result))
+            return 0
+        if command == "predict":
+            answers = predict_images(Path(args.run), args.images, args.checkpoint)
+            if args.json:
+                print(json.dumps(answers, indent=2))
+            for answer in answers:
+                if "error" in answer:
+                    print(f"error: {answer['error']}", file=sys.stderr)
+                elif not args.json:
+                    top = ", ".join(f"{t['class']} {t['probability']:.3f}" for t in answer["top"])
+                    print(f"{answer['file']}: {answer['prediction']} ({top})")
+            return 1 if any("error" in a for a in answers) else 0
+        result = compare_runs([Path(r) for r in args.runs])
+        print(format_comparison(result))
+        save_figure(compare_figure(result["histories"]), Path(args.output))
+        print(f"validation curves: {args.output}")
+        return 0
+    except FmnistIgniteError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return err.exit_code
+
+
+def format_comparison(result: dict[str, Any]) -> str:
+    """The table ``compare`` prints: final metrics, then each setting that differs."""
+
+    def show(value: Any) -> str:
+        return "-" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
+
+    columns = ["run", "test_accuracy", "best_val_accuracy", "best_epoch", "epochs", *result["differing"]]
+    rows = [
+        [row["run"], *(show(row[k]) for k in columns[1:5]), *(str(row["settings"][k]) for k in result["differing"])]
+        for row in result["runs"]
+    ]
+    widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip()]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    if not result["differing"]:
+        lines.append("(the runs' settings are the same)")
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in COMMANDS:
+        return run_command(argv[0], argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.list_plugins:

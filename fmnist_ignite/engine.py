@@ -100,18 +100,21 @@ def create_trainer(
     """The training engine: one optimizer step per batch on cross-entropy.
 
     A plain Ignite :class:`~ignite.engine.Engine` whose step does only the step: the model is put
-    in training mode once per epoch, not once per batch, and the loss stays on the device. After
-    each epoch ``trainer.state.metrics["train_loss"]`` holds the mean of the batch losses (see
-    :class:`EpochLoss`).
+    in training mode once per epoch, not once per batch, and nothing leaves the device. The step's
+    output (``trainer.state.output``) is a tensor ``[loss, correct predictions in the batch]``.
+    After each epoch ``trainer.state.metrics`` holds ``train_loss`` (the mean of the batch losses)
+    and ``train_accuracy`` (see :class:`EpochLoss`).
     """
 
     def train_step(engine: Engine, batch: Any) -> torch.Tensor:
         x, y = prepare_batch(batch, device, True)
-        loss = F.cross_entropy(model(x), y)
+        logits = model(x)
+        loss = F.cross_entropy(logits, y)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        return loss.detach()
+        with torch.no_grad():
+            return torch.stack((loss, (logits.argmax(1) == y).sum()))
 
     trainer = Engine(train_step)
     trainer.add_event_handler(Events.EPOCH_STARTED, lambda: model.train())
@@ -135,18 +138,20 @@ def create_evaluator(
 
 
 class EpochLoss:
-    """The epoch's train loss, and a stop when it becomes NaN or infinite, for one device write per step.
+    """The epoch's train loss and accuracy, and a stop when the loss becomes NaN or infinite.
 
-    Each batch loss is copied into a buffer on the device (no host synchronisation). When the
-    epoch completes, before validation or any handler, their mean becomes
-    ``trainer.state.metrics["train_loss"]``; if any is not finite, :class:`TrainingError` names the
-    epoch and the first bad iteration, so nothing of that epoch is saved and the last good
-    checkpoint stays the newest.
+    Each step's ``[loss, correct]`` is copied into a buffer on the device: one device write per
+    step, no host synchronisation. When the epoch completes, before validation or any handler,
+    ``trainer.state.metrics`` gets ``train_loss`` (the mean batch loss) and ``train_accuracy``;
+    if a loss is not finite, :class:`TrainingError` names the epoch and the first bad iteration,
+    so nothing of that epoch is saved and the last good checkpoint stays the newest.
     """
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
-        self.losses = torch.empty(0, device=device)
+        self.outputs = torch.empty(0, 2, device=device)
+        self.count = 0
+        self.samples = 0
 
     def attach(self, trainer: Engine) -> None:
         trainer.add_event_handler(Events.EPOCH_STARTED, self.reset)
@@ -155,16 +160,18 @@ class EpochLoss:
 
     def reset(self, engine: Engine) -> None:
         length = engine.state.epoch_length or 0
-        if len(self.losses) != length:
-            self.losses = torch.empty(length, device=self.device)
+        if len(self.outputs) != length:
+            self.outputs = torch.empty(length, 2, device=self.device)
         self.count = 0
+        self.samples = 0
 
     def update(self, engine: Engine) -> None:
-        self.losses[self.count] = engine.state.output  # type: ignore[assignment]
+        self.outputs[self.count] = engine.state.output  # type: ignore[assignment]
         self.count += 1
+        self.samples += len(engine.state.batch[1])  # type: ignore[index]
 
     def complete(self, engine: Engine) -> None:
-        losses = self.losses[: self.count]
+        losses, correct = self.outputs[: self.count].unbind(1)
         finite = torch.isfinite(losses)
         if not bool(finite.all()):
             within = int((~finite).nonzero()[0]) + 1
@@ -174,3 +181,4 @@ class EpochLoss:
                 f"(global iteration {first}); lower optimizer.lr and start a new run"
             )
         engine.state.metrics["train_loss"] = float(losses.mean())
+        engine.state.metrics["train_accuracy"] = float(correct.sum()) / max(1, self.samples)

@@ -24,16 +24,25 @@ import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import CosineAnnealingScheduler, LRScheduler
 
-from .config import Config, HandlerConfig, read_yaml, validate_config
+from .config import Config, HandlerConfig
 from .context import Context
 from .data.datasets import ImageData, load_data
 from .data.loaders import EpochDataLoader, TensorLoader
 from .engine import compile_for_training, create_evaluator, create_trainer, make_prepare_batch, resolve_device
 from .errors import ConfigError, RunDirError
 from .fileio import atomic_torch_save, atomic_write_json, atomic_write_text, current_umask
-from .handlers import Checkpointing, EarlyStopping, History
+from .handlers import Checkpointing, EarlyStopping, History, TensorBoard
+from .inspect_runs import load_run_config
 from .interrupt import Interrupted, StopRequest, stop_on_signals
 from .registry import HANDLERS, MODELS
+from .reports import (
+    classification_report,
+    confusion_figure,
+    format_report,
+    history_figure,
+    predictions_figure,
+    save_figure,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -109,7 +118,7 @@ class Experiment:
 
     @property
     def history(self) -> list[dict[str, Any]]:
-        """One record per completed epoch: ``epoch, train_loss, val_loss, val_accuracy, lr, seconds``."""
+        """One record per completed epoch (see :class:`~fmnist_ignite.handlers.History`)."""
         history: History = self.handlers["history"]
         return history.records
 
@@ -145,6 +154,7 @@ class Experiment:
         """
         if not self.resuming:
             create_run_dir(self.run_dir, self.config)
+            atomic_write_json(self.run_dir / "data.json", self.input_description())
             seed_everything(self.config.seed)
         with run_lock(self.run_dir), stop_on_signals(self.trainer, self.stop_request):
             if self.resuming:
@@ -178,13 +188,28 @@ class Experiment:
         """How to continue this run from its newest checkpoint."""
         return f"resume with 'python -m fmnist_ignite --resume {self.run_dir}'"
 
+    def input_description(self) -> dict[str, Any]:
+        """What the model expects as input and what its outputs mean (``data.json``; used by ``predict``)."""
+        return {
+            "classes": list(self.data.classes),
+            "image_shape": list(self.data.image_shape),
+            "mean": self.data.mean,
+            "std": self.data.std,
+            "normalize": self.config.data.normalize,
+        }
+
     def training_done(self) -> bool:
         """Whether the trainer reached ``max_epochs`` or early stopping ended it."""
         stopper: EarlyStopping | None = self.handlers.get("early_stopping")
         return self.trainer.state.epoch >= self.config.trainer.max_epochs or bool(stopper and stopper.stopped)
 
     def finish(self) -> dict[str, Any]:
-        """Restore the best weights if asked, evaluate on the test set, write ``model.pt`` and ``metrics.json``."""
+        """Restore the best weights if asked, evaluate on the test set, write the results.
+
+        Writes ``model.pt``, ``report.json``, ``history.png``, ``confusion_matrix.png``,
+        ``predictions.png`` and, last (it marks the run as finished), ``metrics.json``; logs the
+        per-class report; and, with TensorBoard on, adds the figures and the hyperparameters.
+        """
         stopper: EarlyStopping | None = self.handlers.get("early_stopping")
         records = self.history
         if stopper is not None and stopper.restore_best_weights:
@@ -205,7 +230,20 @@ class Experiment:
             "per_class_accuracy": test["per_class_accuracy"],
         }
         atomic_torch_save(self.run_dir / "model.pt", self.model.state_dict())
+        report = classification_report(test["confusion"], self.data.classes)
+        atomic_write_json(self.run_dir / "report.json", {"split": "test", "weights": weights, **report})
+        figures = {
+            "history": history_figure(records, best_epoch if weights == "best" else None),
+            "confusion_matrix": confusion_figure(test["confusion"], self.data.classes),
+            "predictions": self._predictions_figure(),
+        }
+        tensorboard: TensorBoard | None = self.handlers.get("tensorboard")
+        if tensorboard is not None:
+            tensorboard.log_results(figures, self.config, metrics)
+        for name, figure in figures.items():
+            save_figure(figure, self.run_dir / f"{name}.png")
         atomic_write_json(self.run_dir / "metrics.json", metrics)
+        logger.info("%s", format_report(report))
         logger.info(
             "Test (%s weights, epoch %d): accuracy %.4f loss %.4f",
             weights,
@@ -214,6 +252,14 @@ class Experiment:
             metrics["test_loss"],
         )
         return metrics
+
+    def _predictions_figure(self, count: int = 32) -> Any:
+        images, labels = self.data.test_images[:count], self.data.test_labels[:count]
+        x, _ = self.context.prepare_batch((images, labels), self.context.device, False)
+        self.model.eval()
+        with torch.no_grad():
+            predicted = self.model(x).argmax(1).tolist()
+        return predictions_figure(images, labels.tolist(), predicted, self.data.classes)
 
 
 def evaluate(model: torch.nn.Module, loader: Loader, context: Context, num_classes: int) -> dict[str, Any]:
@@ -502,14 +548,9 @@ def resume_experiment(run_dir: str | Path, data: ImageData | None = None) -> Exp
         RunDirError: ``run_dir`` is not a run directory, or the run has finished.
     """
     run_dir = Path(run_dir)
-    config_path = run_dir / "config.yaml"
-    if not config_path.is_file():
-        raise RunDirError(f"{run_dir} is not a run directory (no config.yaml); pass the folder a run created")
+    config = load_run_config(run_dir)
     if (run_dir / "metrics.json").exists():
         raise RunDirError(f"the run in {run_dir} has finished (metrics.json exists); nothing to resume")
-    data_tree = read_yaml(config_path)
-    data_tree.update(output_dir=str(run_dir.parent), name=run_dir.name)
-    config = validate_config(data_tree, str(config_path))
     experiment = build_experiment(config, data)
     experiment.resuming = True
     return experiment

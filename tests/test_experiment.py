@@ -15,7 +15,7 @@ from fmnist_ignite.fileio import safe_torch_load
 
 from . import plugins
 
-VALUES = ("epoch", "train_loss", "val_loss", "val_accuracy", "lr")
+VALUES = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr")
 
 
 def values(history: list[dict]) -> list[tuple]:
@@ -31,9 +31,9 @@ def test_run_writes_history_checkpoints_metrics_and_model(make_config: Callable[
     history = json.loads((run / "history.json").read_text())
     assert [r["epoch"] for r in history] == [1, 2, 3]
     assert history == experiment.history
-    assert set(history[0]) == {"epoch", "train_loss", "val_loss", "val_accuracy", "lr", "seconds"}
+    assert set(history[0]) == {"epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "seconds"}
     csv_lines = (run / "history.csv").read_text().splitlines()
-    assert csv_lines[0] == "epoch,train_loss,val_loss,val_accuracy,lr,seconds" and len(csv_lines) == 4
+    assert csv_lines[0] == "epoch,train_loss,train_accuracy,val_loss,val_accuracy,lr,seconds" and len(csv_lines) == 4
     assert history[-1]["val_accuracy"] > 0.7, "the synthetic data set can be learnt"
     assert history[-1]["train_loss"] < history[0]["train_loss"]
     assert history[0]["lr"] < 0.01 and history[-1]["lr"] < history[0]["lr"], "cosine schedule"

@@ -26,7 +26,7 @@ from . import plugins
 from .conftest import REPO, run_cli, small_overrides
 
 BASE = str(REPO / "configs" / "base.yaml")
-VALUES = ("epoch", "train_loss", "val_loss", "val_accuracy", "lr")
+VALUES = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr")
 
 
 def values(history: list[dict]) -> list[tuple]:

@@ -14,18 +14,19 @@ from ..context import Context
 from ..fileio import atomic_write_json, atomic_write_text
 from ..registry import HANDLERS
 
-FIELDS = ("epoch", "train_loss", "val_loss", "val_accuracy", "lr", "seconds")
+FIELDS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "seconds")
 
 
 @HANDLERS.register("history")
 class History:
-    """Keeps ``{epoch, train_loss, val_loss, val_accuracy, lr, seconds}`` for every epoch.
+    """Keeps ``{epoch, train_loss, train_accuracy, val_loss, val_accuracy, lr, seconds}`` for every epoch.
 
     Runs when an epoch completes, after validation: appends the epoch's record to
     :attr:`records` and rewrites ``RUN_DIR/history.json`` and ``RUN_DIR/history.csv`` atomically,
     so that the files always hold whole records. Its records are part of every checkpoint, so a
     resumed run continues the same list: no epoch lost or repeated.
 
+    ``train_loss`` and ``train_accuracy`` are over the epoch's batches as the weights changed;
     ``seconds`` is the wall time of the epoch, training and validation together.
 
     Args:
@@ -52,6 +53,7 @@ class History:
             {
                 "epoch": engine.state.epoch,
                 "train_loss": float(engine.state.metrics["train_loss"]),
+                "train_accuracy": float(engine.state.metrics["train_accuracy"]),
                 "val_loss": float(val["loss"]),
                 "val_accuracy": float(val["accuracy"]),
                 "lr": float(self.context.optimizer.param_groups[0]["lr"]),

@@ -44,7 +44,7 @@ class TensorBoard:
 
     def _log_iteration(self, engine: Engine) -> None:
         if self.logger is not None:
-            loss = float(engine.state.output)  # type: ignore[arg-type]
+            loss = float(engine.state.output[0])  # type: ignore[index]
             self.logger.writer.add_scalar("train/batch_loss", loss, engine.state.iteration)
 
     def __call__(self, engine: Engine) -> None:
@@ -57,6 +57,24 @@ class TensorBoard:
             writer.add_scalar(f"val/{name}", float(value), epoch)
         writer.add_scalar("lr", float(self.context.optimizer.param_groups[0]["lr"]), epoch)
         writer.flush()
+
+    def log_results(self, figures: dict[str, Any], config: Any, metrics: dict[str, Any]) -> None:
+        """At the end of a run: the figures as images, and the hyperparameters with the final metrics."""
+        from torch.utils.tensorboard import SummaryWriter
+
+        with SummaryWriter(log_dir=str(self.context.run_dir / "tb")) as writer:
+            for name, figure in figures.items():
+                writer.add_figure(f"results/{name}", figure, close=False)
+            hparams = {
+                "optimizer": config.optimizer.name,
+                "lr": config.optimizer.lr,
+                "batch_size": config.data.batch_size,
+                "scheduler": config.scheduler.name,
+                "seed": config.seed,
+                "max_epochs": config.trainer.max_epochs,
+            }
+            final = {f"hparam/{k}": v for k, v in metrics.items() if isinstance(v, int | float) and v is not None}
+            writer.add_hparams(hparams, final, run_name="hparams")
 
     def _close_and_reraise(self, engine: Engine, error: BaseException) -> None:
         # Ignite stops propagating an exception once any EXCEPTION_RAISED handler exists.
