@@ -75,7 +75,8 @@ class Experiment:
 
     Attach more handlers before :meth:`run`, either on the engines directly
     (``experiment.trainer.add_event_handler(...)``) or with :meth:`add_handler`, which also puts a
-    stateful handler into the checkpoints.
+    stateful handler into the checkpoints. Either way they run before the checkpoint of the
+    epoch is written, which :meth:`run` attaches last.
     """
 
     def __init__(
@@ -93,7 +94,7 @@ class Experiment:
         self.handlers = handlers
         self.resuming = False
         self.stop_request = StopRequest()
-        self.trainer.add_event_handler(Events.EPOCH_COMPLETED, self.stop_request.stop_if_asked)
+        self._checkpointing_attached = False
         self._user_handlers = len(config.handlers)
 
     @property
@@ -156,6 +157,7 @@ class Experiment:
             create_run_dir(self.run_dir, self.config)
             atomic_write_json(self.run_dir / "data.json", self.input_description())
             seed_everything(self.config.seed)
+        self._attach_checkpointing()
         with run_lock(self.run_dir), stop_on_signals(self.trainer, self.stop_request):
             if self.resuming:
                 self._load_newest_checkpoint()
@@ -173,6 +175,14 @@ class Experiment:
                     signum,
                 )
             return self.finish()
+
+    def _attach_checkpointing(self) -> None:
+        # Last at EPOCH_COMPLETED, so the checkpoint holds every handler's update for the epoch,
+        # including handlers attached in Python after build_experiment.
+        if not self._checkpointing_attached:
+            self.trainer.add_event_handler(Events.EPOCH_COMPLETED, self.handlers["checkpoint"])
+            self.trainer.add_event_handler(Events.EPOCH_COMPLETED, self.stop_request.stop_if_asked)
+            self._checkpointing_attached = True
 
     def _load_newest_checkpoint(self) -> None:
         remove_temporary_files(self.run_dir)
@@ -535,9 +545,8 @@ def build_experiment(config: Config, data: ImageData | None = None) -> Experimen
         handlers[spec.target] = attach_handler(context, spec, spec.target)
     for i, spec in enumerate(config.handlers):
         handlers[f"handlers[{i}]"] = attach_handler(context, spec, f"handlers[{i}]")
-    checkpoint_spec = HandlerConfig(target="checkpoint", kwargs={"n_saved": config.checkpoint.n_saved})
-    handlers["checkpoint"] = attach_handler(context, checkpoint_spec, "checkpoint")
-    assert isinstance(handlers["checkpoint"], Checkpointing)
+    # Created now (resume needs it), attached when the run starts: last, after any handler added in Python.
+    handlers["checkpoint"] = HANDLERS.get("checkpoint")(context, n_saved=config.checkpoint.n_saved)
     return Experiment(config, context, data, loaders, handlers)
 
 

@@ -179,7 +179,7 @@ def compare_runs(run_dirs: Sequence[Path]) -> dict[str, Any]:
 
 def compare_figure(histories: dict[str, list[dict[str, Any]]]) -> Any:
     """Validation accuracy and loss of several runs against epoch, overlaid."""
-    from .reports import DPI, HISTORY_SIZE, _pyplot
+    from .reports import DPI, HISTORY_SIZE, _pyplot, epoch_axes
 
     plt = _pyplot()
     fig, (acc_ax, loss_ax) = plt.subplots(1, 2, figsize=HISTORY_SIZE, dpi=DPI)
@@ -188,10 +188,7 @@ def compare_figure(histories: dict[str, list[dict[str, Any]]]) -> Any:
         label = Path(run).name
         acc_ax.plot(epochs, [h["val_accuracy"] for h in history], "-o", markersize=3, label=label)
         loss_ax.plot(epochs, [h["val_loss"] for h in history], "-o", markersize=3, label=label)
-    for ax, title in ((acc_ax, "validation accuracy"), (loss_ax, "validation loss")):
-        ax.set_xlabel("epoch")
-        ax.set_title(title)
-        ax.grid(alpha=0.3)
-        ax.legend()
+    epoch_axes(acc_ax, "validation accuracy")
+    epoch_axes(loss_ax, "validation loss")
     fig.tight_layout()
     return fig

@@ -92,17 +92,22 @@ def history_figure(records: Sequence[dict[str, Any]], best_epoch: int | None = N
     plt = _pyplot()
     fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=HISTORY_SIZE, dpi=DPI)
     epochs = [r["epoch"] for r in records]
-    for ax, key, title in ((loss_ax, "loss", "loss"), (acc_ax, "accuracy", "accuracy")):
+    for ax, key in ((loss_ax, "loss"), (acc_ax, "accuracy")):
         ax.plot(epochs, [r[f"train_{key}"] for r in records], "-o", markersize=3, label="train")
         ax.plot(epochs, [r[f"val_{key}"] for r in records], "-o", markersize=3, label="validation")
         if best_epoch:
             ax.axvline(best_epoch, color="grey", linestyle="--", linewidth=1, label=f"best epoch ({best_epoch})")
-        ax.set_xlabel("epoch")
-        ax.set_title(title)
-        ax.grid(alpha=0.3)
-        ax.legend()
+        epoch_axes(ax, key)
     fig.tight_layout()
     return fig
+
+
+def epoch_axes(ax: Any, title: str) -> None:
+    """Label, grid and legend of a plot against epoch."""
+    ax.set_xlabel("epoch")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
 
 
 def confusion_figure(confusion: Sequence[Sequence[int]], classes: Sequence[str]) -> Figure:

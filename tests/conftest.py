@@ -23,6 +23,14 @@ N_TRAIN, N_TEST = 600, 200
 CLASS_SPREAD = 10.0
 
 
+VALUES = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr")
+
+
+def values(history: list[dict]) -> list[tuple]:
+    """A history without its timings: what must be identical between equivalent runs."""
+    return [tuple(r[k] for k in VALUES) for r in history]
+
+
 def synthetic_images(n: int, shape: tuple[int, ...], seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Learnable images: a fixed random prototype per class plus noise."""
     base = np.random.default_rng(0)

@@ -14,12 +14,7 @@ from fmnist_ignite import Config, ConfigError, RunDirError, build_experiment, re
 from fmnist_ignite.fileio import safe_torch_load
 
 from . import plugins
-
-VALUES = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr")
-
-
-def values(history: list[dict]) -> list[tuple]:
-    return [tuple(r[k] for k in VALUES) for r in history]
+from .conftest import values
 
 
 def test_run_writes_history_checkpoints_metrics_and_model(make_config: Callable[..., Config]) -> None:
@@ -91,20 +86,24 @@ def test_resume_ends_with_the_same_history_as_an_uninterrupted_run(
         "handlers=[{target: 'tests.plugins:CountingState'}]",
     )
     full = build_experiment(make_config("name=full", *overrides))
+    full.add_handler(plugins.CountingState)
     full.run()
 
     cut = build_experiment(make_config("name=cut", *overrides))
+    cut.add_handler(plugins.CountingState)
     cut.add_handler(plugins.StopAfter, event="EPOCH_STARTED", epoch=2)
     with pytest.raises(KeyboardInterrupt):
         cut.run()
     assert [r["epoch"] for r in json.loads((cut.run_dir / "history.json").read_text())] == [1, 2]
 
     resumed = resume_experiment(cut.run_dir)
+    resumed.add_handler(plugins.CountingState)
     metrics = resumed.run()
     assert values(resumed.history) == values(full.history)
     assert [r["epoch"] for r in resumed.history] == [1, 2, 3, 4, 5]
     assert json.loads((cut.run_dir / "history.json").read_text())[2:] == resumed.history[2:]
-    assert resumed.handlers["handlers[0]"].count == full.handlers["handlers[0]"].count == 5
+    assert resumed.handlers["handlers[0]"].count == full.handlers["handlers[0]"].count == 5, "from YAML"
+    assert resumed.handlers["handlers[1]"].count == full.handlers["handlers[1]"].count == 5, "from Python"
     full_metrics = json.loads((full.run_dir / "metrics.json").read_text())
     assert metrics == full_metrics
     for key, tensor in safe_torch_load(full.run_dir / "model.pt").items():

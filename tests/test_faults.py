@@ -23,14 +23,9 @@ from fmnist_ignite.cli import main
 from fmnist_ignite.fileio import safe_torch_load
 
 from . import plugins
-from .conftest import REPO, run_cli, small_overrides
+from .conftest import REPO, run_cli, small_overrides, values
 
 BASE = str(REPO / "configs" / "base.yaml")
-VALUES = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr")
-
-
-def values(history: list[dict]) -> list[tuple]:
-    return [tuple(r[k] for k in VALUES) for r in history]
 
 
 def read_history(run: Path) -> list[dict]:

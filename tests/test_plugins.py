@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +22,8 @@ PLUGIN = REPO / "examples" / "fmnist_ignite_example_plugin"
 def plugin_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The example plugin package, installed (with its entry points) into a folder of its own."""
     site = tmp_path_factory.mktemp("site")
+    source = tmp_path_factory.mktemp("plugin-source") / PLUGIN.name
+    shutil.copytree(PLUGIN, source, ignore=shutil.ignore_patterns("build", "*.egg-info"))  # keep the repo clean
     subprocess.run(
         [
             sys.executable,
@@ -33,7 +36,7 @@ def plugin_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
             "--no-index",
             "--target",
             str(site),
-            str(PLUGIN),
+            str(source),
         ],
         check=True,
         capture_output=True,
