@@ -141,12 +141,15 @@ def plain_loop(config, data: ImageData, epochs: int, device: torch.device) -> Ti
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-        with torch.no_grad():
+        with torch.no_grad():  # accuracy and loss, as the notebook and fmnist_ignite compute
             correct = torch.zeros((), device=device)
+            loss_sum = torch.zeros((), device=device)
             for xb, yb in batches(val_x, val_y, config.data.eval_batch_size, None):
                 out = model(xb.flatten(1).float().mul_(scale).sub_(shift))
                 correct += (out.argmax(1) == yb).sum()
+                loss_sum += F.cross_entropy(out, yb, reduction="sum")
             accuracy = correct.item() / len(val_y)
+            _ = loss_sum.item() / len(val_y)
         sync(device)
         timer.record(time.perf_counter() - start, accuracy)
     return timer
@@ -221,14 +224,14 @@ def status(key):
 
 @DATASETS.register("cifar_sized")
 def cifar_sized(config):
-    n, gen = 50000, torch.Generator().manual_seed(0)
+    n, gen = {images!r}, torch.Generator().manual_seed(0)
     return ImageData(torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=gen),
                      torch.randint(0, 10, (n,), generator=gen),
                      torch.randint(0, 256, (10000, 3, 32, 32), dtype=torch.uint8, generator=gen),
                      torch.randint(0, 10, (10000,), generator=gen), tuple(map(str, range(10))), 0.47, 0.25)
 
 before = status("VmRSS")
-dataset = ["data.dataset=cifar_sized"] if {cifar!r} else []
+dataset = ["data.dataset=cifar_sized", "data.val_size=" + str(min(10000, {images!r} // 5))] if {cifar!r} else []
 config = load_config({repo!r} + "/configs/base.yaml", ["output_dir=" + {out!r}, "name=" + {name!r},
                       "trainer.max_epochs=2", "logging.progress_bar=false", *dataset])
 build_experiment(config).run()
@@ -236,9 +239,9 @@ print(before, status("VmHWM"))
 """
 
 
-def run_memory(out: Path, name: str, cifar: bool) -> tuple[float, float]:
+def run_memory(out: Path, name: str, cifar: bool, images: int = 50000) -> tuple[float, float]:
     """(RSS after imports, peak RSS) of a whole 2-epoch run in a fresh process, in MB (VmHWM resets on exec)."""
-    script = MEMORY_SCRIPT.format(repo=str(REPO), out=str(out), name=name, cifar=cifar)
+    script = MEMORY_SCRIPT.format(repo=str(REPO), out=str(out), name=name, cifar=cifar, images=images)
     result = subprocess.run([sys.executable, "-c", script], check=True, capture_output=True, text=True)
     before, peak = (int(kb) / 1024 for kb in result.stdout.split())
     return before, peak
@@ -293,9 +296,10 @@ def main() -> None:
     print(row("3. fmnist_ignite, bar on", bar))
     overhead = statistics.median(quiet.epochs) / statistics.median(plain.epochs)
     speedup = statistics.median(original.epochs) / statistics.median(quiet.epochs)
+    fastest = min(quiet.epochs) / min(plain.epochs)
     print(
-        f"\nfmnist_ignite (bar off) vs plain loop: {overhead:.2f}x (target <= 1.2x); "
-        f"vs original: {speedup:.1f}x faster (target >= 25x)"
+        f"\nfmnist_ignite (bar off) vs plain loop: {overhead:.2f}x by medians, {fastest:.2f}x by fastest epochs "
+        f"(target <= 1.2x); vs original: {speedup:.1f}x faster (target >= 25x)"
     )
 
     print("\nScaling of fmnist_ignite's epoch (bar off, 3 epochs each, median)")
@@ -320,11 +324,16 @@ def main() -> None:
         print(
             f"  Fashion-MNIST, configs/base.yaml: peak {peak:6.0f} MB (after imports {before:.0f} MB; target < 1500 MB)"
         )
-        before, peak = run_memory(out, "mem-cifar", cifar=True)
-        uint8_mb = 60000 * 3072 / 2**20
+        _, peak = run_memory(out, "mem-cifar", cifar=True)
+        _, small_peak = run_memory(out, "mem-cifar-small", cifar=True, images=1000)
+        uint8_mb = (50000 - 1000) * 3072 / 2**20
         print(
-            f"  CIFAR-10-sized (60k x 3x32x32):   peak {peak:6.0f} MB, {peak - before:.0f} MB above the imports: "
-            f"{(peak - before) / uint8_mb:.2f}x the {uint8_mb:.0f} MB of uint8 images (target < 2x)"
+            f"  CIFAR-10-sized (50k+10k x 3x32x32): peak {peak:.0f} MB; the same run on 1k training images: "
+            f"{small_peak:.0f} MB"
+        )
+        print(
+            f"    memory that grows with the data: {peak - small_peak:.0f} MB for {uint8_mb:.0f} MB more uint8 "
+            f"images = {(peak - small_peak) / uint8_mb:.2f}x (target < 2x)"
         )
 
 

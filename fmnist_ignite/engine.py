@@ -101,10 +101,11 @@ def create_trainer(
 
     A plain Ignite :class:`~ignite.engine.Engine` whose step does only the step: the model is put
     in training mode once per epoch, not once per batch, and nothing leaves the device. The step's
-    output (``trainer.state.output``) is a tensor ``[loss, correct predictions in the batch]``.
-    After each epoch ``trainer.state.metrics`` holds ``train_loss`` (the mean of the batch losses)
-    and ``train_accuracy`` (see :class:`EpochLoss`).
+    output (``trainer.state.output``) is the batch loss, a tensor on the device. After each epoch
+    ``trainer.state.metrics`` holds ``train_loss`` (the mean of the batch losses) and
+    ``train_accuracy`` (see :class:`EpochLoss`).
     """
+    stats = EpochLoss(device)
 
     def train_step(engine: Engine, batch: Any) -> torch.Tensor:
         x, y = prepare_batch(batch, device, True)
@@ -113,12 +114,13 @@ def create_trainer(
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        with torch.no_grad():
-            return torch.stack((loss, (logits.argmax(1) == y).sum()))
+        loss = loss.detach()
+        stats.record(loss, logits.detach().argmax(1).eq_(y).sum(), len(y))
+        return loss
 
     trainer = Engine(train_step)
     trainer.add_event_handler(Events.EPOCH_STARTED, lambda: model.train())
-    EpochLoss(device).attach(trainer)
+    stats.attach(trainer)
     return trainer
 
 
@@ -140,38 +142,42 @@ def create_evaluator(
 class EpochLoss:
     """The epoch's train loss and accuracy, and a stop when the loss becomes NaN or infinite.
 
-    Each step's ``[loss, correct]`` is copied into a buffer on the device: one device write per
-    step, no host synchronisation. When the epoch completes, before validation or any handler,
-    ``trainer.state.metrics`` gets ``train_loss`` (the mean batch loss) and ``train_accuracy``;
-    if a loss is not finite, :class:`TrainingError` names the epoch and the first bad iteration,
-    so nothing of that epoch is saved and the last good checkpoint stays the newest.
+    The training step records each batch's loss and count of correct predictions into buffers
+    on the device: no host synchronisation and no per-step event handler. When the epoch
+    completes, before validation or any handler, ``trainer.state.metrics`` gets ``train_loss``
+    (the mean batch loss) and ``train_accuracy``; if a loss is not finite,
+    :class:`TrainingError` names the epoch and the first bad iteration, so nothing of that epoch
+    is saved and the last good checkpoint stays the newest.
     """
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
-        self.outputs = torch.empty(0, 2, device=device)
+        self.losses = torch.empty(0, device=device)
+        self.correct = torch.empty(0, dtype=torch.long, device=device)
         self.count = 0
         self.samples = 0
 
     def attach(self, trainer: Engine) -> None:
         trainer.add_event_handler(Events.EPOCH_STARTED, self.reset)
-        trainer.add_event_handler(Events.ITERATION_COMPLETED, self.update)
         trainer.add_event_handler(Events.EPOCH_COMPLETED, self.complete)
 
     def reset(self, engine: Engine) -> None:
         length = engine.state.epoch_length or 0
-        if len(self.outputs) != length:
-            self.outputs = torch.empty(length, 2, device=self.device)
+        if len(self.losses) != length:
+            self.losses = torch.empty(length, device=self.device)
+            self.correct = torch.empty(length, dtype=torch.long, device=self.device)
         self.count = 0
         self.samples = 0
 
-    def update(self, engine: Engine) -> None:
-        self.outputs[self.count] = engine.state.output  # type: ignore[assignment]
+    def record(self, loss: torch.Tensor, correct: torch.Tensor, size: int) -> None:
+        """Store one step's loss and correct count (called by the training step)."""
+        self.losses[self.count] = loss
+        self.correct[self.count] = correct
         self.count += 1
-        self.samples += len(engine.state.batch[1])  # type: ignore[index]
+        self.samples += size
 
     def complete(self, engine: Engine) -> None:
-        losses, correct = self.outputs[: self.count].unbind(1)
+        losses, correct = self.losses[: self.count], self.correct[: self.count]
         finite = torch.isfinite(losses)
         if not bool(finite.all()):
             within = int((~finite).nonzero()[0]) + 1

@@ -44,7 +44,7 @@ class TensorBoard:
 
     def _log_iteration(self, engine: Engine) -> None:
         if self.logger is not None:
-            loss = float(engine.state.output[0])  # type: ignore[index]
+            loss = float(engine.state.output)  # type: ignore[arg-type]
             self.logger.writer.add_scalar("train/batch_loss", loss, engine.state.iteration)
 
     def __call__(self, engine: Engine) -> None:
