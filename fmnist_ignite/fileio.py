@@ -14,10 +14,12 @@ import torch
 from .errors import CheckpointError
 
 
-def atomic_write(path: Path, write: Callable[[IO[bytes]], object]) -> None:
+def atomic_write(path: Path, write: Callable[[IO[bytes]], object], durable: bool = True) -> None:
     """Write ``path`` through a temporary file in the same folder, then rename it into place.
 
     A reader sees either the old file or the whole new one, even if the process is killed midway.
+    ``durable`` also flushes the data to disk before the rename (``fsync``), so that it survives a
+    power cut too; files rewritten every epoch skip that, as checkpoints do.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -26,7 +28,8 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], object]) -> None:
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -40,14 +43,14 @@ def current_umask() -> int:
     return mask
 
 
-def atomic_write_text(path: Path, text: str) -> None:
+def atomic_write_text(path: Path, text: str, durable: bool = True) -> None:
     """:func:`atomic_write` for text (UTF-8)."""
-    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")), durable)
 
 
-def atomic_write_json(path: Path, data: Any) -> None:
+def atomic_write_json(path: Path, data: Any, durable: bool = True) -> None:
     """:func:`atomic_write` for JSON, indented for people to read."""
-    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
+    atomic_write_text(path, json.dumps(data, indent=2) + "\n", durable)
 
 
 def atomic_torch_save(path: Path, obj: Any) -> None:

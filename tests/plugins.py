@@ -141,12 +141,12 @@ class Stall:
 
             real_write = history.atomic_write_json
 
-            def stalling_write(path: Path, data: Any) -> None:
+            def stalling_write(path: Path, data: Any, **kwargs: Any) -> None:
                 if self._due() and path.name == "history.json":
                     text = json.dumps(data)
                     (path.parent / f".{path.name}.stalled.tmp").write_text(text[: len(text) // 2])
                     freeze(self.marker)
-                real_write(path, data)
+                real_write(path, data, **kwargs)
 
             history.atomic_write_json = stalling_write
 
