@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from ignite.engine import Engine, Events, create_supervised_evaluator
 from ignite.metrics import Accuracy, ConfusionMatrix, Loss
 
-from .errors import ConfigError, TrainingError
+from .errors import ConfigError, TrainingError, first_line
 
 logger = logging.getLogger(__name__)
 
@@ -68,8 +68,7 @@ def compile_for_training(model: torch.nn.Module, example: torch.Tensor) -> torch
         with torch.no_grad():
             compiled(example)
     except Exception as err:  # backends fail in many ways; eager execution always works
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        logger.warning("trainer.compile: torch.compile failed here (%s); training runs eagerly", reason)
+        logger.warning("trainer.compile: torch.compile failed here (%s); training runs eagerly", first_line(err))
         return model
     return cast(torch.nn.Module, compiled)
 

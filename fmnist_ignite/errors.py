@@ -7,6 +7,12 @@ exit code (:attr:`FmnistIgniteError.exit_code`).
 from __future__ import annotations
 
 
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message, or its type name when it has none (for one-line errors)."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 class FmnistIgniteError(Exception):
     """Base class: a problem the user can fix, described in one line."""
 

@@ -11,7 +11,7 @@ from typing import IO, Any
 
 import torch
 
-from .errors import CheckpointError
+from .errors import CheckpointError, first_line
 
 
 def atomic_write(path: Path, write: Callable[[IO[bytes]], object], durable: bool = True) -> None:
@@ -70,7 +70,7 @@ def safe_torch_load(path: Path, map_location: Any = "cpu") -> Any:
     except FileNotFoundError:
         raise CheckpointError(f"{path} does not exist") from None
     except Exception as err:  # torch.load fails in many ways on a bad file
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        reason = first_line(err)
         if "weights_only" in str(err) or "Unsupported global" in str(err):
             reason = "it holds objects other than tensors and plain data, which are refused for safety"
         raise CheckpointError(f"{path} cannot be loaded: {reason}") from None

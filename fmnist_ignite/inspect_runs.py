@@ -15,8 +15,9 @@ import torch
 
 from .config import Config, read_yaml, validate_config
 from .engine import make_prepare_batch
-from .errors import CheckpointError, RunDirError
+from .errors import CheckpointError, RunDirError, first_line
 from .fileio import safe_torch_load
+from .handlers.checkpoint import BEST_MODEL_RE, CHECKPOINT_RE, saved_files
 from .registry import MODELS
 from .reports import classification_report
 
@@ -35,18 +36,16 @@ def load_run_config(run_dir: Path) -> Config:
 
 def weights_file(run_dir: Path, checkpoint: str | None = None) -> Path:
     """Which weights to use: ``None`` (``model.pt``, else the best model), ``best``, ``last`` or a path."""
-    checkpoints = run_dir / "checkpoints"
 
-    def newest(pattern: str) -> Path | None:
-        found = [(int(m.group(1)), p) for p in checkpoints.glob("*.pt") if (m := re.match(pattern, p.name))]
-        return max(found)[1] if found else None
+    def newest(pattern: re.Pattern[str]) -> Path | None:
+        return next(iter(saved_files(run_dir / "checkpoints", pattern)), None)
 
     if checkpoint is None:
-        path = run_dir / "model.pt" if (run_dir / "model.pt").is_file() else newest(r"best_model_(\d+)_")
+        path = run_dir / "model.pt" if (run_dir / "model.pt").is_file() else newest(BEST_MODEL_RE)
     elif checkpoint == "best":
-        path = newest(r"best_model_(\d+)_")
+        path = newest(BEST_MODEL_RE)
     elif checkpoint == "last":
-        path = newest(r"checkpoint_(\d+)\.pt$")
+        path = newest(CHECKPOINT_RE)
     else:
         path = Path(checkpoint)
         if not path.is_file():
@@ -64,8 +63,7 @@ def load_weights(model: torch.nn.Module, path: Path) -> None:
     try:
         model.load_state_dict(state)
     except (RuntimeError, TypeError, AttributeError) as err:
-        reason = str(err).strip().splitlines()[0]
-        raise CheckpointError(f"{path} does not hold weights for this run's model: {reason}") from None
+        raise CheckpointError(f"{path} does not hold weights for this run's model: {first_line(err)}") from None
     model.eval()
 
 

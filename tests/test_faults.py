@@ -287,3 +287,11 @@ def test_any_command_line_gives_exit_0_or_a_one_line_exit_2(tmp_path: Path, smal
     if code == 2:
         assert stderr.getvalue().count("\n") == 1, stderr.getvalue()
     assert not (tmp_path / "runs").exists()
+
+
+def test_error_messages_use_the_first_line_or_the_type_name() -> None:
+    from fmnist_ignite.errors import first_line
+
+    assert first_line(RuntimeError("size mismatch\n\tdetails")) == "size mismatch"
+    assert first_line(RuntimeError()) == "RuntimeError"
+    assert first_line(KeyError("")) == "''"

@@ -19,6 +19,15 @@ from ..registry import HANDLERS
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_RE = re.compile(r"^checkpoint_(\d+)\.pt$")
+BEST_MODEL_RE = re.compile(r"^best_model_(\d+)_.*\.pt$")
+
+
+def saved_files(dirname: Path, pattern: re.Pattern[str]) -> list[Path]:
+    """Files in ``dirname`` whose name matches ``pattern`` (epoch as its first group), newest epoch first."""
+    if not dirname.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in dirname.iterdir() if (m := pattern.match(p.name))]
+    return [p for _, p in sorted(found, reverse=True)]
 
 
 class RunDirSaver(DiskSaver):
@@ -108,10 +117,7 @@ class Checkpointing:
 
     def candidates(self) -> list[Path]:
         """Saved training states, newest first."""
-        if not self.dirname.is_dir():
-            return []
-        found = [(int(m.group(1)), p) for p in self.dirname.iterdir() if (m := CHECKPOINT_RE.match(p.name))]
-        return [p for _, p in sorted(found, reverse=True)]
+        return saved_files(self.dirname, CHECKPOINT_RE)
 
     def load_latest(self) -> Path:
         """Load the newest checkpoint that can be read into every stateful object.
