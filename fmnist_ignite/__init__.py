@@ -8,13 +8,19 @@ The whole workflow in three calls::
     metrics = experiment.run()
 """
 
+from .build import build_experiment, resume_experiment
 from .config import Config, load_config
 from .context import Context
 from .data import ImageData
 from .errors import CheckpointError, ConfigError, DataError, FmnistIgniteError, RunDirError, TrainingError
-from .experiment import Experiment, build_experiment, resume_experiment
+from .evaluation import TrainedModel, load_trained_model
+from .events import RunEvents
+from .experiment import Experiment
+from .inspect_runs import compare_runs, evaluate_run, predict_images
 from .models import LogisticRegression
+from .monitor import Monitor
 from .registry import DATASETS, HANDLERS, MODELS, Registry
+from .rundir import RunDir
 
 __version__ = "0.1.0"
 
@@ -31,11 +37,19 @@ __all__ = [
     "FmnistIgniteError",
     "ImageData",
     "LogisticRegression",
+    "Monitor",
     "Registry",
+    "RunDir",
     "RunDirError",
+    "RunEvents",
+    "TrainedModel",
     "TrainingError",
     "__version__",
     "build_experiment",
+    "compare_runs",
+    "evaluate_run",
     "load_config",
+    "load_trained_model",
+    "predict_images",
     "resume_experiment",
 ]

@@ -1,5 +1,11 @@
+"""``python -m fmnist_ignite``: see :mod:`fmnist_ignite.cli`."""
+
 import sys
 
-from .cli import main
+try:
+    from .cli import main_entry
+except KeyboardInterrupt:  # Ctrl-C while the libraries load
+    print("error: interrupted (Ctrl-C)", file=sys.stderr)
+    sys.exit(130)
 
-sys.exit(main())
+main_entry()

@@ -1,7 +1,9 @@
-"""The command line: a thin shell over :func:`load_config`, :func:`build_experiment` and ``run``.
+"""The command line: one table maps each subcommand to its arguments and the library call it makes.
 
-Errors from the library become one line on stderr and an exit code (2 for usage and config
-errors); nothing here does work the Python API cannot do.
+``python -m fmnist_ignite CONFIG [key=value ...]`` trains (the ``train`` subcommand is implied);
+``evaluate``, ``predict`` and ``compare`` ask runs questions. Errors from the library become one
+line on stderr and an exit code (2 for usage and config errors); nothing here does work the
+Python API cannot do.
 """
 
 from __future__ import annotations
@@ -9,19 +11,21 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
 from . import __version__
-from .config import load_config
-from .errors import FmnistIgniteError
-from .experiment import build_experiment, resume_experiment
-from .inspect_runs import compare_figure, compare_runs, evaluate_run, predict_images
-from .registry import DATASETS, HANDLERS, MODELS
-from .reports import format_report, save_figure
+from .errors import FmnistIgniteError, first_line
+
+
+def program_name() -> str:
+    """The program as it was invoked: ``fmnist-ignite`` or ``python -m fmnist_ignite``."""
+    return "fmnist-ignite" if sys.argv and Path(sys.argv[0]).name == "fmnist-ignite" else "python -m fmnist_ignite"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -29,34 +33,201 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}; see '{self.prog} --help'\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
-        prog="python -m fmnist_ignite",
-        description="Train and evaluate a logistic-regression classifier on Fashion-MNIST or CIFAR-10 from YAML.",
-        epilog="commands (each has --help):\n"
-        "  evaluate RUN_DIR [--split val|test] [--checkpoint best|last|PATH]   metrics of a saved model\n"
-        "  predict RUN_DIR IMAGE [IMAGE ...] [--json]                          classify image files\n"
-        "  compare RUN_DIR [RUN_DIR ...] [--output compare.png]                 runs side by side\n"
-        "\nexamples:\n"
-        "  python -m fmnist_ignite configs/base.yaml\n"
-        "  python -m fmnist_ignite configs/base.yaml optimizer.lr=0.05 name=lr005\n"
-        "  python -m fmnist_ignite --resume runs/base\n"
-        "  python -m fmnist_ignite evaluate runs/base --split val",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+@dataclass(frozen=True)
+class Command:
+    """One subcommand: its one-line summary, its arguments, and what it runs (returning the exit code)."""
+
+    summary: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+def _train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", nargs="?", help="YAML config file")
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="override a config value (read as YAML)")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its newest checkpoint")
-    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    parser.add_argument(
+        "--print-config", action="store_true", help="print the resolved config (the defaults without CONFIG) and exit"
+    )
     parser.add_argument(
         "--list-plugins", action="store_true", help="list the handlers, models and data sets a config can name"
     )
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .build import build_experiment, resume_experiment
+    from .config import load_config
+
+    if args.list_plugins:
+        sys.stdout.write(plugin_listing())
+        return 0
+    if args.resume and (args.config or args.overrides):
+        args.parser.error("--resume takes the run directory alone: its config.yaml is used as saved")
+    if args.print_config:
+        sys.stdout.write(load_config(args.config, args.overrides).to_yaml())
+        return 0
+    if not args.resume and not args.config:
+        args.parser.error("give a config file (e.g. configs/base.yaml) or --resume RUN_DIR")
+    experiment = (
+        resume_experiment(args.resume) if args.resume else build_experiment(load_config(args.config, args.overrides))
+    )
+    try:
+        experiment.run()
+    except (FmnistIgniteError, KeyboardInterrupt):
+        raise
+    except OSError as err:
+        where = f" {err.filename}" if err.filename else ""
+        raise RunError(
+            f"cannot write{where}: {err.strerror or err}; the files already written are whole: "
+            f"free space or fix the folder, then {experiment.resume_hint()}"
+        ) from err
+    except Exception as err:
+        # A bug or a user handler's error: one line saying where, then how to go on.
+        kept = experiment.rundir.exists() and not experiment.rundir.finished
+        then = f"; its last checkpoint is kept: {experiment.resume_hint()}" if kept else ""
+        raise RunError(f"the run stopped on {type(err).__name__}: {first_line(err)} ({_origin(err)}){then}") from err
+    return 0
+
+
+class RunError(FmnistIgniteError):
+    """An unexpected error inside a run, described in one line (the traceback with ``-v``)."""
+
+
+def _origin(error: BaseException) -> str:
+    frames = traceback.extract_tb(error.__traceback__)
+    if not frames:
+        return "no traceback"
+    frame = frames[-1]
+    return f"{os.path.relpath(frame.filename) if not frame.filename.startswith('<') else frame.filename}:{frame.lineno}"
+
+
+def _run_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run", metavar="RUN_DIR", help="run directory")
+    parser.add_argument(
+        "--checkpoint",
+        metavar="best|last|PATH",
+        help="weights: best model, newest checkpoint, or a file (default: model.pt, else the best model)",
+    )
+
+
+def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
+    _run_arguments(parser)
+    parser.add_argument("--split", choices=("val", "test"), default="test", help="which split (default: test)")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from .inspect_runs import evaluate_run
+    from .reports import format_report
+
+    result = evaluate_run(args.run, args.split, args.checkpoint)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(
+            f"{result['run']}, {result['split']} split, weights {result['weights']}: "
+            f"accuracy {result['accuracy']:.4f} loss {result['loss']:.4f}"
+        )
+        print(format_report(result))
+    return 0
+
+
+def _predict_arguments(parser: argparse.ArgumentParser) -> None:
+    _run_arguments(parser)
+    parser.add_argument("images", nargs="+", metavar="IMAGE", help="PNG or JPEG files, any size or colour")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from .inspect_runs import predict_images
+
+    answers = predict_images(args.run, args.images, args.checkpoint)
+    if args.json:
+        print(json.dumps(answers, indent=2))
+    for answer in answers:
+        if "error" in answer:
+            print(f"error: {answer['error']}", file=sys.stderr)
+        elif not args.json:
+            top = ", ".join(f"{t['class']} {t['probability']:.3f}" for t in answer["top"])
+            print(f"{answer['file']}: {answer['prediction']} ({top})")
+    return 1 if any("error" in a for a in answers) else 0
+
+
+def _compare_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories")
+    parser.add_argument("--output", default="compare.png", help="where to write the figure (default: compare.png)")
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from .inspect_runs import compare_figure, compare_runs
+    from .reports import save_figure
+
+    result = compare_runs(args.runs)
+    print(format_comparison(result))
+    save_figure(compare_figure(result["histories"]), Path(args.output))
+    print(f"validation curves: {args.output}")
+    return 0
+
+
+COMMANDS: dict[str, Command] = {
+    "train": Command(
+        "Train a config, or continue a run with --resume (the default command).", _train_arguments, _train
+    ),
+    "evaluate": Command(
+        "Metrics and the per-class report of a saved model on the validation or test split, without training.",
+        _evaluate_arguments,
+        _evaluate,
+    ),
+    "predict": Command(
+        "Class and top-3 probabilities of image files, converted the way the training data was.",
+        _predict_arguments,
+        _predict,
+    ),
+    "compare": Command(
+        "Final metrics and differing settings of several runs, and a figure overlaying their curves.",
+        _compare_arguments,
+        _compare,
+    ),
+}
+
+
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    """The parser: global options, then one subparser per entry of :data:`COMMANDS`."""
+    prog = prog or program_name()
+    parser = _Parser(
+        prog=prog,
+        description="Train and evaluate a logistic-regression classifier on Fashion-MNIST or CIFAR-10 from YAML.",
+        epilog="examples:\n"
+        f"  {prog} configs/base.yaml\n"
+        f"  {prog} configs/base.yaml optimizer.lr=0.05 name=lr005\n"
+        f"  {prog} --resume runs/base\n"
+        f"  {prog} evaluate runs/base --split val\n"
+        f"  {prog} predict runs/base shirt.png\n"
+        f"  {prog} compare runs/base runs/lr005",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--version", action="version", version=f"fmnist_ignite {__version__}")
+    _add_verbosity(parser, 0)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name, command in COMMANDS.items():
+        child = sub.add_parser(name, help=command.summary, description=command.summary)
+        _add_verbosity(child, argparse.SUPPRESS)  # after the command too, without undoing one given before
+        command.add_arguments(child)
+        child.set_defaults(run=command.run, parser=child)
     return parser
+
+
+def _add_verbosity(parser: argparse.ArgumentParser, default: Any) -> None:
+    group = parser.add_mutually_exclusive_group()
+    options = {"dest": "verbosity", "default": default, "action": "store_const"}
+    group.add_argument("-q", "--quiet", const=-1, help="print results, warnings and errors only", **options)
+    group.add_argument("-v", "--verbose", const=1, help="print more, and the traceback of an error", **options)
 
 
 def plugin_listing() -> str:
     """What ``--list-plugins`` prints: every registered name and where it comes from."""
+    from .registry import DATASETS, HANDLERS, MODELS
+
     lines = []
     for title, registry, key in (
         ("handlers", HANDLERS, "handlers[].target"),
@@ -71,82 +242,16 @@ def plugin_listing() -> str:
     return "\n".join(lines) + "\n"
 
 
-def setup_logging() -> None:
-    """Log the library's INFO lines to stderr as plain messages; keep Ignite's own chatter down."""
-    logging.basicConfig(stream=sys.stderr, format="%(message)s", level=logging.WARNING)
-    logging.getLogger("fmnist_ignite").setLevel(logging.INFO)
+def setup_logging(verbosity: int) -> None:
+    """Log the library's lines to stderr as plain messages; keep Ignite's own chatter down."""
+    logging.basicConfig(stream=sys.stderr, format="%(message)s", level=logging.WARNING, force=True)
+    level = {-1: logging.WARNING, 0: logging.INFO, 1: logging.DEBUG}[verbosity]
+    logging.getLogger("fmnist_ignite").setLevel(level)
     logging.getLogger("ignite").setLevel(logging.WARNING)
     # The CLI reports every exception itself; Ignite's log line about it would say it twice.
     logging.getLogger("ignite.engine.engine.Engine").addFilter(
         lambda record: not record.getMessage().startswith("Engine run is terminating due to exception")
     )
-
-
-def build_command_parser(command: str) -> argparse.ArgumentParser:
-    """The parser of ``evaluate``, ``predict`` or ``compare``."""
-    parser = _Parser(prog=f"python -m fmnist_ignite {command}", description=COMMANDS[command])
-    if command == "compare":
-        parser.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories")
-        parser.add_argument("--output", default="compare.png", help="where to write the figure (default: compare.png)")
-    else:
-        parser.add_argument("run", metavar="RUN_DIR", help="run directory")
-        parser.add_argument(
-            "--checkpoint",
-            metavar="best|last|PATH",
-            help="weights: best model, newest checkpoint, or a file (default: model.pt, else the best model)",
-        )
-    if command == "evaluate":
-        parser.add_argument("--split", choices=("val", "test"), default="test", help="which split (default: test)")
-    if command == "predict":
-        parser.add_argument("images", nargs="+", metavar="IMAGE", help="PNG or JPEG files, any size or colour")
-    if command in ("evaluate", "predict"):
-        parser.add_argument("--json", action="store_true", help="print JSON instead of text")
-    return parser
-
-
-COMMANDS = {
-    "evaluate": "Metrics and the per-class report of a saved model on the validation or test split, without training.",
-    "predict": "Class and top-3 probabilities of image files, converted the way the training data was.",
-    "compare": "Final metrics and differing settings of several runs, and compare.png overlaying their curves.",
-}
-
-
-def run_command(command: str, argv: Sequence[str]) -> int:
-    """``evaluate``, ``predict`` or ``compare``; returns the exit code."""
-    args = build_command_parser(command).parse_args(argv)
-    setup_logging()
-    logging.getLogger("fmnist_ignite").setLevel(logging.WARNING)
-    try:
-        if command == "evaluate":
-            result = evaluate_run(Path(args.run), args.split, args.checkpoint)
-            if args.json:
-                print(json.dumps(result, indent=2))
-            else:
-                print(
-                    f"{result['run']}, {result['split']} split, weights {result['weights']}: "
-                    f"accuracy {result['accuracy']:.4f} loss {result['loss']:.4f}"
-                )
-                print(format_report(result))
-            return 0
-        if command == "predict":
-            answers = predict_images(Path(args.run), args.images, args.checkpoint)
-            if args.json:
-                print(json.dumps(answers, indent=2))
-            for answer in answers:
-                if "error" in answer:
-                    print(f"error: {answer['error']}", file=sys.stderr)
-                elif not args.json:
-                    top = ", ".join(f"{t['class']} {t['probability']:.3f}" for t in answer["top"])
-                    print(f"{answer['file']}: {answer['prediction']} ({top})")
-            return 1 if any("error" in a for a in answers) else 0
-        result = compare_runs([Path(r) for r in args.runs])
-        print(format_comparison(result))
-        save_figure(compare_figure(result["histories"]), Path(args.output))
-        print(f"validation curves: {args.output}")
-        return 0
-    except FmnistIgniteError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return err.exit_code
 
 
 def format_comparison(result: dict[str, Any]) -> str:
@@ -155,9 +260,9 @@ def format_comparison(result: dict[str, Any]) -> str:
     def show(value: Any) -> str:
         return "-" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
 
-    columns = ["run", "test_accuracy", "best_val_accuracy", "best_epoch", "epochs", *result["differing"]]
+    columns = ["run", "test_accuracy", "monitor", "best_value", "best_epoch", "epochs", *result["differing"]]
     rows = [
-        [row["run"], *(show(row[k]) for k in columns[1:5]), *(str(row["settings"][k]) for k in result["differing"])]
+        [row["run"], *(show(row[k]) for k in columns[1:6]), *(str(row["settings"][k]) for k in result["differing"])]
         for row in result["runs"]
     ]
     widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(columns)]
@@ -171,61 +276,35 @@ def format_comparison(result: dict[str, Any]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in COMMANDS:
-        return run_command(argv[0], argv[1:])
+    if not argv or argv[0] not in (*COMMANDS, "-h", "--help", "--version"):
+        argv = ["train", *argv]  # the default command
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.list_plugins:
-        sys.stdout.write(plugin_listing())
-        return 0
-    if args.resume and (args.config or args.overrides):
-        parser.error("--resume takes the run directory alone: its config.yaml is used as saved")
-    if not args.resume and not args.config:
-        parser.error("give a config file (e.g. configs/base.yaml) or --resume RUN_DIR")
-    setup_logging()
+    verbosity = getattr(args, "verbosity", 0)
+    setup_logging(verbosity)
     try:
-        if args.resume:
-            experiment = resume_experiment(args.resume)
-        else:
-            config = load_config(args.config, args.overrides)
-            if args.print_config:
-                sys.stdout.write(config.to_yaml())
-                return 0
-            experiment = build_experiment(config)
+        return int(args.run(args))
     except FmnistIgniteError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return err.exit_code
-    try:
-        experiment.run()
-    except FmnistIgniteError as err:
-        print(f"error: {err}", file=sys.stderr)
+        if verbosity > 0 and err.__cause__ is not None:
+            traceback.print_exception(err.__cause__)
+        elif isinstance(err, RunError):
+            err.args = (f"{err} (run with -v for the traceback)",)
+        print(f"error: {_one_line(err)}", file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt:
-        print(f"error: interrupted; {experiment.resume_hint()}", file=sys.stderr)
+        print("error: interrupted (Ctrl-C)", file=sys.stderr)
         return 130
-    except OSError as err:
-        where = f" {err.filename}" if err.filename else ""
-        print(
-            f"error: cannot write{where}: {err.strerror or err}; the files already written are whole: "
-            f"free space or fix the folder, then {experiment.resume_hint()}",
-            file=sys.stderr,
-        )
-        return 1
-    except Exception as err:
-        # A bug or a user handler's error: show the whole traceback, then how to go on.
-        traceback.print_exc()
-        if experiment.run_dir.is_dir() and not (experiment.run_dir / "metrics.json").exists():
-            print(
-                f"error: the run stopped on {type(err).__name__}; its last checkpoint is kept: "
-                f"{experiment.resume_hint()}",
-                file=sys.stderr,
-            )
-        else:
-            print(f"error: {type(err).__name__}: {err}", file=sys.stderr)
-        return 1
-    return 0
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split("\n"))
 
 
 def main_entry() -> None:
     """Console-script entry point (``fmnist-ignite``)."""
-    sys.exit(main())
+    try:
+        code = main()
+    except KeyboardInterrupt:
+        print("error: interrupted (Ctrl-C)", file=sys.stderr)
+        code = 130
+    sys.exit(code)

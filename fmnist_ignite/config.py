@@ -21,6 +21,8 @@ from .errors import ConfigError
 from .registry import DATASETS, MODELS
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+FLOAT32_MAX = 3.4028234663852886e38
+MOVED_TO_MONITOR = {"metric": "monitor.metric", "mode": "monitor.mode", "restore_best": "monitor.restore_best"}
 DEVICE_PATTERN = r"^(auto|cpu|mps|cuda(:[0-9]+)?)$"
 ENGINE_EVENTS = sorted(e.name for e in Events if not e.name.startswith(("GET_BATCH", "DATALOADER")))
 
@@ -100,7 +102,13 @@ class OptimizerConfig(_Section):
     """The optimizer and its hyperparameters."""
 
     name: Literal["sgd", "adam", "adamw"] = Field("sgd", description="`sgd`, `adam` or `adamw`.")
-    lr: float = Field(0.02, gt=0, description="Learning rate (the peak rate when a schedule is set).")
+    lr: float = Field(
+        0.02,
+        gt=0,
+        lt=FLOAT32_MAX,
+        allow_inf_nan=False,
+        description="Learning rate (the peak rate when a schedule is set).",
+    )
     momentum: float = Field(0.9, ge=0, lt=1, description="Momentum (sgd only).")
     nesterov: bool = Field(True, description="Nesterov momentum (sgd only; needs momentum > 0).")
     weight_decay: float = Field(0.0, ge=0, description="L2 penalty (decoupled for adamw).")
@@ -129,18 +137,53 @@ class TrainerConfig(_Section):
 
 
 class EarlyStoppingConfig(_Section):
-    """Stop when the validation metric stops improving."""
+    """Stop when the monitored metric (see `monitor`) stops improving."""
 
     enabled: bool = Field(True, description="Turn early stopping on.")
     patience: int = Field(3, ge=1, description="Epochs without improvement before stopping.")
     min_delta: float = Field(0.0, ge=0, description="Smallest change that counts as an improvement.")
-    metric: Literal["val_accuracy", "val_loss"] = Field("val_accuracy", description="Metric to watch.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_keys(cls, data: Any) -> Any:
+        if isinstance(data, Mapping):
+            for key, new in MOVED_TO_MONITOR.items():
+                if key in data:
+                    raise ValueError(
+                        f"'early_stopping.{key}' has moved to '{new}': the one definition of the best epoch, "
+                        "shared by early stopping, the best-model file, model.pt and metrics.json"
+                    )
+        return data
+
+
+class MonitorConfig(_Section):
+    """The one definition of the best epoch.
+
+    Early stopping, the best-model file (`checkpoints/best_model.pt`), `model.pt`, the test
+    metrics, `metrics.json` (`best_epoch`, `best_value`) and `evaluate --checkpoint best` all use it.
+    """
+
+    metric: str = Field(
+        "val_accuracy",
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="A column of the history: `val_accuracy`, `val_loss`, `train_loss`, `train_accuracy`, "
+        "or `val_<name>` for a metric a handler attaches to the evaluator.",
+    )
     mode: Literal["auto", "max", "min"] = Field(
-        "auto", description="`max`, `min`, or `auto` (max for accuracy, min for loss)."
+        "auto", description="`max` or `min`; `auto` means `min` for a metric whose name ends in `loss`, else `max`."
     )
     restore_best: bool = Field(
-        True, description="At the end, put back the weights of the best epoch (used for `model.pt` and the test)."
+        True,
+        description="At the end, put back the best epoch's weights: `model.pt` and the test metrics use them "
+        "(else the last epoch's).",
     )
+
+    @property
+    def direction(self) -> Literal["max", "min"]:
+        """``max`` or ``min``, with ``auto`` resolved."""
+        if self.mode != "auto":
+            return self.mode
+        return "min" if self.metric.endswith("loss") else "max"
 
 
 class CheckpointConfig(_Section):
@@ -200,7 +243,9 @@ class Config(_Section):
 
     name: str = Field("base", pattern=NAME_PATTERN, description="Run name; the run directory is `output_dir/name`.")
     output_dir: str = Field("runs", min_length=1, description="Folder that holds the run directories.")
-    seed: int = Field(0, ge=0, description="Seed for the split, the initial weights and the shuffling.")
+    seed: int = Field(
+        0, ge=0, lt=2**32, description="Seed for the split, the initial weights and the shuffling (below 2^32)."
+    )
     device: str = Field(
         "auto",
         pattern=DEVICE_PATTERN,
@@ -211,6 +256,7 @@ class Config(_Section):
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
     trainer: TrainerConfig = Field(default_factory=TrainerConfig)
+    monitor: MonitorConfig = Field(default_factory=MonitorConfig)
     early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
@@ -220,6 +266,19 @@ class Config(_Section):
     def run_dir(self) -> Path:
         """The run directory, ``output_dir/name``."""
         return Path(self.output_dir) / self.name
+
+    def with_absolute_paths(self) -> Config:
+        """The same config with ``output_dir``, ``data.root`` and ``data.system_dir`` made absolute.
+
+        A run stores its config this way, so it means the same data and place from any folder.
+        """
+        data = self.data.model_copy(
+            update={
+                "root": str(Path(self.data.root).expanduser().absolute()),
+                "system_dir": str(Path(self.data.system_dir).expanduser().absolute()) if self.data.system_dir else None,
+            }
+        )
+        return self.model_copy(update={"output_dir": str(Path(self.output_dir).expanduser().absolute()), "data": data})
 
     def to_dict(self) -> dict[str, Any]:
         """The config as plain data (what ``config.yaml`` holds)."""

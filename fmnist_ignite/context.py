@@ -12,15 +12,18 @@ from ignite.engine import Engine
 
 if TYPE_CHECKING:
     from .config import Config
+    from .history import History
+    from .monitor import Monitor
+    from .rundir import RunDir
 
 
 @dataclass
 class Context:
-    """What handlers receive: the engines, the model and its optimizer, where to write, the config.
+    """What handlers receive: the engines, the model and its optimizer, the run's files, history and monitor.
 
     Attributes:
         config: the validated config of the run.
-        run_dir: the run directory (created when the run starts, not before).
+        rundir: the run directory's paths (created when the run starts, not before).
         device: the training device.
         model: the model being trained.
         optimizer: its optimizer.
@@ -29,12 +32,14 @@ class Context:
             ``evaluator.state.metrics`` holds ``accuracy`` and ``loss``.
         classes: the class names, indexed by label.
         prepare_batch: turns a loader's ``(uint8 images, labels)`` into model inputs on the device.
+        history: the epoch records; ``history.records[-1]`` is the epoch that just completed.
+        monitor: the one definition of the best epoch (``monitor.best_epoch``, ``monitor.improved``).
         state: every object whose ``state_dict()`` goes into a checkpoint, by name. A handler with
             ``state_dict``/``load_state_dict`` is added here when attached, and resumes with the rest.
     """
 
     config: Config
-    run_dir: Path
+    rundir: RunDir
     device: torch.device
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
@@ -42,4 +47,11 @@ class Context:
     evaluator: Engine
     classes: tuple[str, ...]
     prepare_batch: Callable[..., Any]
+    history: History
+    monitor: Monitor
     state: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def run_dir(self) -> Path:
+        """The run directory's path (``rundir.path``)."""
+        return self.rundir.path

@@ -17,6 +17,7 @@ from ignite.engine import Engine, Events, create_supervised_evaluator
 from ignite.metrics import Accuracy, ConfusionMatrix, Loss
 
 from .errors import ConfigError, TrainingError, first_line
+from .events import RunEvents
 
 logger = logging.getLogger(__name__)
 
@@ -118,6 +119,7 @@ def create_trainer(
         return loss
 
     trainer = Engine(train_step)
+    trainer.register_events(*RunEvents)
     trainer.add_event_handler(Events.EPOCH_STARTED, lambda: model.train())
     stats.attach(trainer)
     return trainer
@@ -130,7 +132,7 @@ def create_evaluator(
     num_classes: int | None = None,
 ) -> Engine:
     """An evaluation engine computing ``accuracy`` and ``loss`` (and ``confusion`` when ``num_classes`` is given)."""
-    metrics: dict[str, Any] = {"accuracy": Accuracy(device=device), "loss": Loss(F.cross_entropy, device=device)}
+    metrics: dict[str, Any] = {"loss": Loss(F.cross_entropy, device=device), "accuracy": Accuracy(device=device)}
     if num_classes is not None:
         metrics["confusion"] = ConfusionMatrix(num_classes, device=device)
     return create_supervised_evaluator(

@@ -1,95 +1,43 @@
 """Asking a finished (or stopped) run questions: evaluate it, predict with it, compare it with others.
 
-These read a run directory and never write into it.
+These read a run directory and never write into it; none of them builds the training side of
+an experiment (handlers, optimizer), so training plugins need not be installed.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .config import Config, read_yaml, validate_config
-from .engine import make_prepare_batch
-from .errors import CheckpointError, RunDirError, first_line
-from .fileio import safe_torch_load
-from .handlers.checkpoint import BEST_MODEL_RE, CHECKPOINT_RE, saved_files
-from .registry import MODELS
+from .data import load_data, split_indices
+from .data.loaders import TensorLoader
+from .evaluation import evaluate, load_trained_model
 from .reports import classification_report
+from .rundir import RunDir
 
 
-def load_run_config(run_dir: Path) -> Config:
-    """The run's own ``config.yaml``, with ``output_dir`` and ``name`` pointing at where the run is now."""
-    config_path = run_dir / "config.yaml"
-    if not run_dir.is_dir():
-        raise RunDirError(f"run directory {run_dir} does not exist")
-    if not config_path.is_file():
-        raise RunDirError(f"{run_dir} is not a run directory (no config.yaml); pass the folder a run created")
-    data = read_yaml(config_path)
-    data.update(output_dir=str(run_dir.parent), name=run_dir.name)
-    return validate_config(data, str(config_path))
-
-
-def weights_file(run_dir: Path, checkpoint: str | None = None) -> Path:
-    """Which weights to use: ``None`` (``model.pt``, else the best model), ``best``, ``last`` or a path."""
-
-    def newest(pattern: re.Pattern[str]) -> Path | None:
-        return next(iter(saved_files(run_dir / "checkpoints", pattern)), None)
-
-    if checkpoint is None:
-        path = run_dir / "model.pt" if (run_dir / "model.pt").is_file() else newest(BEST_MODEL_RE)
-    elif checkpoint == "best":
-        path = newest(BEST_MODEL_RE)
-    elif checkpoint == "last":
-        path = newest(CHECKPOINT_RE)
-    else:
-        path = Path(checkpoint)
-        if not path.is_file():
-            raise RunDirError(f"--checkpoint {checkpoint}: no such file; use best, last or the path of a .pt file")
-    if path is None:
-        raise CheckpointError(f"{run_dir} has no saved weights ({checkpoint or 'model.pt or a best model'})")
-    return path
-
-
-def load_weights(model: torch.nn.Module, path: Path) -> None:
-    """Load a ``model.pt``, a best-model file or a full checkpoint (its ``model`` entry) into ``model``."""
-    state = safe_torch_load(path)
-    if isinstance(state, dict) and isinstance(state.get("model"), dict) and "trainer" in state:
-        state = state["model"]
-    try:
-        model.load_state_dict(state)
-    except (RuntimeError, TypeError, AttributeError) as err:
-        raise CheckpointError(f"{path} does not hold weights for this run's model: {first_line(err)}") from None
-    model.eval()
-
-
-def evaluate_run(run_dir: Path, split: str = "test", checkpoint: str | None = None) -> dict[str, Any]:
+def evaluate_run(run_dir: str | Path, split: str = "test", checkpoint: str | None = None) -> dict[str, Any]:
     """Metrics and the per-class report of a saved model on the validation or test split, without training."""
-    from .experiment import build_experiment, evaluate
-
-    config = load_run_config(run_dir)
-    path = weights_file(run_dir, checkpoint)
-    experiment = build_experiment(config)
-    load_weights(experiment.model, path)
-    result = evaluate(experiment.model, experiment.loaders[split], experiment.context, len(experiment.data.classes))
-    report = classification_report(result["confusion"], experiment.data.classes)
-    return {"run": str(run_dir), "split": split, "weights": str(path), "loss": result["loss"], **report}
-
-
-def _input_description(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / "data.json"
-    try:
-        return dict(json.loads(path.read_text()))
-    except (OSError, ValueError):
-        raise RunDirError(f"{path} is missing or unreadable; it is written when a run starts") from None
+    trained = load_trained_model(run_dir, checkpoint)
+    config = trained.config
+    data = load_data(config.data)
+    if split == "val":
+        _, indices = split_indices(len(data.train_labels), config.data.val_size, config.seed)
+        loader = TensorLoader(data.train_images, data.train_labels, config.data.eval_batch_size, False, indices=indices)
+    else:
+        loader = TensorLoader(data.test_images, data.test_labels, config.data.eval_batch_size, False)
+    device = torch.device("cpu")
+    result = evaluate(trained.model, loader, device, trained.prepare_batch, trained.classes)
+    report = classification_report(result["confusion"], trained.classes)
+    return {"run": str(run_dir), "split": split, "weights": str(trained.weights), "loss": result["loss"], **report}
 
 
 def predict_images(
-    run_dir: Path, images: Sequence[str | Path], checkpoint: str | None = None, top: int = 3
+    run_dir: str | Path, images: Sequence[str | Path], checkpoint: str | None = None, top: int = 3
 ) -> list[dict[str, Any]]:
     """Class and top-``top`` probabilities for each image file; a file that is not an image gets an ``error``.
 
@@ -98,13 +46,9 @@ def predict_images(
     """
     from PIL import Image, UnidentifiedImageError
 
-    config = load_run_config(run_dir)
-    info = _input_description(run_dir)
-    channels, height, width = info["image_shape"]
-    classes = info["classes"]
-    model = MODELS.get(config.model.name)(tuple(info["image_shape"]), len(classes), **config.model.kwargs)
-    load_weights(model, weights_file(run_dir, checkpoint))
-    prepare = make_prepare_batch(info["mean"], info["std"], info["normalize"])
+    trained = load_trained_model(run_dir, checkpoint)
+    channels, height, width = trained.image_shape
+    classes = trained.classes
     answers: list[dict[str, Any]] = []
     for name in images:
         try:
@@ -118,9 +62,9 @@ def predict_images(
             continue
         pixels = torch.frombuffer(bytearray(converted.tobytes()), dtype=torch.uint8)
         x = pixels.view(height, width, channels).permute(2, 0, 1).unsqueeze(0)
-        inputs, _ = prepare((x, torch.zeros(1, dtype=torch.long)), "cpu", False)
+        inputs, _ = trained.prepare_batch((x, torch.zeros(1, dtype=torch.long)), "cpu", False)
         with torch.no_grad():
-            probabilities = model(inputs).softmax(1)[0]
+            probabilities = trained.model(inputs).softmax(1)[0]
         best = probabilities.topk(min(top, len(classes)))
         answers.append(
             {
@@ -144,14 +88,14 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix.rstrip("."): json.dumps(tree) if isinstance(tree, list) else tree}
 
 
-def compare_runs(run_dirs: Sequence[Path]) -> dict[str, Any]:
+def compare_runs(run_dirs: Sequence[str | Path]) -> dict[str, Any]:
     """Final metrics of each run, the settings that differ between them, and their histories."""
     runs: list[dict[str, Any]] = []
     for run_dir in run_dirs:
-        config = load_run_config(run_dir)
-        metrics_path, history_path = run_dir / "metrics.json", run_dir / "history.json"
-        metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
-        history = json.loads(history_path.read_text()) if history_path.is_file() else []
+        rundir = RunDir(run_dir)
+        config = rundir.load_config()
+        metrics = json.loads(rundir.metrics.read_text()) if rundir.metrics.is_file() else {}
+        history = json.loads(rundir.history_json.read_text()) if rundir.history_json.is_file() else []
         runs.append({"run": str(run_dir), "config": config, "metrics": metrics, "history": history})
     settings = [_flatten(r["config"].to_dict()) for r in runs]
     keys = sorted({k for s in settings for k in s} - {"name", "output_dir"})
@@ -163,9 +107,8 @@ def compare_runs(run_dirs: Sequence[Path]) -> dict[str, Any]:
             {
                 "run": r["run"],
                 "test_accuracy": m.get("test_accuracy"),
-                "best_val_accuracy": m.get("best_val_accuracy")
-                if m
-                else max((h["val_accuracy"] for h in r["history"]), default=None),
+                "monitor": m.get("monitor", r["config"].monitor.metric),
+                "best_value": m.get("best_value"),
                 "best_epoch": m.get("best_epoch"),
                 "epochs": len(r["history"]),
                 "finished": bool(m),

@@ -13,6 +13,7 @@ config, a user's plugin can do too.
 
 from __future__ import annotations
 
+import difflib
 import importlib
 from collections.abc import Callable
 from importlib.metadata import entry_points
@@ -88,7 +89,12 @@ class Registry:
                         f"{self.kind} '{ref}' (entry point {ep.value}) cannot be loaded: {type(err).__name__}: {err}"
                     ) from None
         if ":" not in ref:
-            raise ConfigError(f"unknown {self.kind} '{ref}'; choose one of {', '.join(self.names())}")
+            names = self.names()
+            hint = difflib.get_close_matches(ref, names, n=1)
+            suggestion = f" (did you mean '{hint[0]}'?)" if hint else ""
+            raise ConfigError(
+                f"unknown {self.kind} '{ref}'{suggestion}; choose one of {', '.join(names)} or 'package.module:Name'"
+            )
         return import_target(ref)
 
 

@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .fileio import atomic_write
+from .fileio import atomic_write, atomic_write_json
+from .rundir import RunDir
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -163,3 +164,40 @@ def save_figure(fig: Figure, path: Path) -> None:
     fig.savefig(buffer, format="png", dpi=DPI)
     _pyplot().close(fig)
     atomic_write(path, lambda f: f.write(buffer.getvalue()))
+
+
+def write_results(
+    rundir: RunDir,
+    records: Sequence[dict[str, Any]],
+    best_epoch: int,
+    test: dict[str, Any],
+    classes: Sequence[str],
+    weights: str,
+    samples: tuple[torch.Tensor, Sequence[int], Sequence[int]],
+) -> tuple[dict[str, Any], dict[str, Path]]:
+    """Write ``report.json`` and the pictures of a finished run.
+
+    Args:
+        rundir: the run directory.
+        records: the history.
+        best_epoch: the monitor's best epoch, marked on the history picture.
+        test: the test evaluation (see :func:`~fmnist_ignite.evaluation.evaluate`).
+        classes: the class names.
+        weights: ``best`` or ``last``: which weights were tested.
+        samples: ``(images, labels, predictions)`` for the predictions grid.
+
+    Returns:
+        the report, and the path of each picture by name.
+    """
+    report = classification_report(test["confusion"], classes)
+    atomic_write_json(rundir.report, {"split": "test", "weights": weights, **report})
+    figures = {
+        "history": history_figure(records, best_epoch or None),
+        "confusion_matrix": confusion_figure(test["confusion"], classes),
+        "predictions": predictions_figure(samples[0], samples[1], samples[2], classes),
+    }
+    paths = {}
+    for name, figure in figures.items():
+        paths[name] = rundir.figure(name)
+        save_figure(figure, paths[name])
+    return report, paths

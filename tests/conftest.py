@@ -19,6 +19,7 @@ import pytest
 from fmnist_ignite import Config, load_config
 
 REPO = Path(__file__).resolve().parents[1]
+BASE = str(REPO / "configs" / "base.yaml")
 N_TRAIN, N_TEST = 600, 200
 CLASS_SPREAD = 10.0
 

@@ -137,7 +137,7 @@ class Stall:
 
             torch.save = stalling_save
         if where == "history":
-            from fmnist_ignite.handlers import history
+            from fmnist_ignite import history
 
             real_write = history.atomic_write_json
 
@@ -224,3 +224,71 @@ class Evil:
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (os.system, (f"touch {self.marker}",))
+
+
+class EpochScore:
+    """Adds a metric to the evaluator, ``epoch_score`` = -epoch, so the history gets ``val_epoch_score`` (best at 1)."""
+
+    def __init__(self, context: Context) -> None:
+        self.context = context
+
+    def attach(self, engine: Engine, event: Any) -> None:
+        self.context.evaluator.add_event_handler(Events.COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        engine.state.metrics["epoch_score"] = -float(self.context.trainer.state.epoch)
+
+
+class NumpyDraws:
+    """Draws from NumPy's global generator each epoch; the draws must be the same after a resume."""
+
+    def __init__(self, context: Context) -> None:
+        self.draws: list[float] = []
+
+    def __call__(self) -> None:
+        import numpy as np
+
+        self.draws.append(float(np.random.random()))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"draws": list(self.draws)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.draws = list(state["draws"])
+
+
+class UnsafeState:
+    """A stateful handler whose state a ``weights_only`` load refuses (``kind`` picks the offending type)."""
+
+    def __init__(self, context: Context, kind: str = "numpy") -> None:
+        self.kind = kind
+
+    def __call__(self) -> None:
+        pass
+
+    def state_dict(self) -> dict[str, Any]:
+        import collections
+        import datetime
+
+        import numpy as np
+
+        value: Any = {
+            "numpy": np.float64(0.5),
+            "datetime": datetime.datetime(2026, 1, 1),
+            "deque": collections.deque([1, 2]),
+            "path": Path("x"),
+        }[self.kind]
+        return {"ok": 1, "value": value}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+def exit_in_epoch(context: Context, epoch: int, code: int = 0) -> None:
+    """Calls ``sys.exit(code)`` in epoch ``epoch``, the first time only (until ``RUN_DIR/exited`` exists)."""
+    import sys
+
+    marker = context.run_dir / "exited"
+    if context.trainer.state.epoch == epoch and not marker.exists():
+        marker.touch()
+        sys.exit(code)

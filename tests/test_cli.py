@@ -6,9 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from .conftest import REPO, run_cli, small_overrides
-
-BASE = str(REPO / "configs" / "base.yaml")
+from .conftest import BASE, run_cli, small_overrides
 
 
 @pytest.fixture
@@ -129,3 +127,98 @@ def test_missing_data_is_reported_in_one_line(tmp_path: Path, small: list[str]) 
     assert result.returncode == 1
     assert result.stderr.startswith("error: Fashion-MNIST not found (looked in ")
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_handler_calling_sys_exit_is_an_error_and_the_run_resumes(tmp_path: Path, small: list[str]) -> None:
+    exits = "handlers=[{target: 'tests.plugins:exit_in_epoch', kwargs: {epoch: 2, code: 0}}]"
+    first = run_cli(BASE, *small, exits, "early_stopping.enabled=false", "trainer.max_epochs=3")
+    run = tmp_path / "runs" / "small"
+    assert first.returncode == 1
+    assert first.stderr.strip().splitlines()[-1] == (
+        "error: a handler called sys.exit(0) during epoch 2; the run stopped there and its last checkpoint is kept: "
+        f"resume with 'python -m fmnist_ignite --resume {run}'"
+    )
+    assert "Traceback" not in first.stderr
+    assert not (run / "metrics.json").exists()
+    resumed = run_cli("--resume", str(run))
+    assert resumed.returncode == 0, resumed.stderr
+    assert [r["epoch"] for r in json.loads((run / "history.json").read_text())] == [1, 2, 3]
+
+
+def test_an_unexpected_error_is_one_line_with_where_and_the_traceback_with_v(tmp_path: Path, small: list[str]) -> None:
+    boom = "handlers=[{target: 'tests.plugins:Exploding', kwargs: {epoch: 2}}]"
+    quiet = run_cli(BASE, *small, boom, "name=quiet")
+    run = tmp_path / "runs" / "quiet"
+    assert quiet.returncode == 1
+    last = quiet.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: the run stopped on RuntimeError: boom from a user handler (tests/plugins.py:")
+    assert last.endswith(
+        f"; its last checkpoint is kept: resume with 'python -m fmnist_ignite --resume {run}' "
+        "(run with -v for the traceback)"
+    )
+    assert "Traceback" not in quiet.stderr
+    loud = run_cli("-v", BASE, *small, boom, "name=loud")
+    assert loud.returncode == 1 and "Traceback (most recent call last)" in loud.stderr
+    assert 'raise RuntimeError("boom from a user handler")' in loud.stderr
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("seed=4294967296", "'seed': Input should be less than 4294967296 (got 4294967296)"),
+        ("optimizer.lr=.inf", "'optimizer.lr': Input should be a finite number"),
+        ("optimizer.lr=1e39", "'optimizer.lr': Input should be less than 3.4028234663852886e+38"),
+    ],
+)
+def test_values_the_code_cannot_use_are_refused_before_anything_is_written(
+    tmp_path: Path, small: list[str], override: str, message: str
+) -> None:
+    result = run_cli(BASE, *small, override)
+    assert result.returncode == 2
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "runs").exists()
+
+
+def test_ctrl_c_while_starting_up_is_one_line_and_exit_130(tmp_path: Path, small: list[str]) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from .conftest import REPO
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "fmnist_ignite", BASE, *small],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(0.5)  # inside the imports, long before training
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130
+    assert stderr.strip() == "error: interrupted (Ctrl-C)"
+    assert not (tmp_path / "runs").exists()
+
+
+def test_evaluate_and_predict_need_no_training_plugin(tmp_path: Path, small: list[str]) -> None:
+    plugin = tmp_path / "plugin"
+    plugin.mkdir()
+    (plugin / "training_only.py").write_text(
+        "class Noop:\n    def __init__(self, context):\n        pass\n    def __call__(self):\n        pass\n"
+    )
+    trained = run_cli(BASE, *small, "trainer.max_epochs=2", "handlers=[{target: 'training_only:Noop'}]", path=(plugin,))
+    assert trained.returncode == 0, trained.stderr
+    run = tmp_path / "runs" / "small"
+    evaluated = run_cli("evaluate", str(run), "--json")
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert json.loads(evaluated.stdout)["accuracy"] == json.loads((run / "metrics.json").read_text())["test_accuracy"]
+    from PIL import Image
+
+    Image.new("L", (28, 28), 200).save(tmp_path / "grey.png")
+    predicted = run_cli("predict", str(run), str(tmp_path / "grey.png"))
+    assert predicted.returncode == 0, predicted.stderr
+    assert predicted.stdout.startswith(f"{tmp_path / 'grey.png'}: ")

@@ -33,19 +33,26 @@ def test_run_writes_history_checkpoints_metrics_and_model(make_config: Callable[
     assert history[-1]["train_loss"] < history[0]["train_loss"]
     assert history[0]["lr"] < 0.01 and history[-1]["lr"] < history[0]["lr"], "cosine schedule"
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [
-        f"best_model_{max(history, key=lambda r: r['val_accuracy'])['epoch']}_val_accuracy="
-        f"{max(r['val_accuracy'] for r in history):.4f}.pt",
+        "best_model.pt",
         "checkpoint_2.pt",
         "checkpoint_3.pt",
     ]
+    best = max(history, key=lambda r: r["val_accuracy"])
+    best_file = safe_torch_load(run / "checkpoints" / "best_model.pt")
+    assert (best_file["epoch"], best_file["metric"], best_file["value"]) == (
+        best["epoch"],
+        "val_accuracy",
+        best["val_accuracy"],
+    )
     saved = json.loads((run / "metrics.json").read_text())
     assert saved == metrics
-    assert set(saved) >= {"test_accuracy", "test_loss", "best_epoch", "best_val_accuracy", "per_class_accuracy"}
+    assert set(saved) >= {"test_accuracy", "test_loss", "best_epoch", "best_value", "monitor", "per_class_accuracy"}
+    assert (saved["monitor"], saved["mode"], saved["best_epoch"]) == ("val_accuracy", "max", best["epoch"])
     assert next(iter(saved["per_class_accuracy"])) == "T-shirt/top"
-    assert saved["weights"] == "last"
+    assert saved["weights"] == "best" and saved["weights_epoch"] == best["epoch"]
     weights = safe_torch_load(run / "model.pt")
     assert set(weights) == {"linear.weight", "linear.bias"} and weights["linear.weight"].shape == (10, 784)
-    assert torch.equal(weights["linear.weight"], experiment.model.state_dict()["linear.weight"])
+    assert torch.equal(weights["linear.weight"], best_file["model"]["linear.weight"])
     assert (run / "config.yaml").read_text() == cfg.to_yaml()
 
 
@@ -110,7 +117,7 @@ def test_resume_ends_with_the_same_history_as_an_uninterrupted_run(
         assert torch.equal(tensor, safe_torch_load(cut.run_dir / "model.pt")[key])
 
 
-def test_resume_keeps_early_stopping_and_best_checkpoint_state(make_config: Callable[..., Config]) -> None:
+def test_resume_keeps_early_stopping_and_the_best_epoch(make_config: Callable[..., Config]) -> None:
     overrides = (
         "trainer.max_epochs=8",
         "early_stopping.patience=2",
@@ -126,10 +133,11 @@ def test_resume_keeps_early_stopping_and_best_checkpoint_state(make_config: Call
     resumed.run()
     assert values(resumed.history) == values(full.history)
     stopper = resumed.handlers["early_stopping"]
-    assert (stopper.counter, stopper.best_epoch) == (full.handlers["early_stopping"].counter, 3)
+    assert stopper.counter == full.handlers["early_stopping"].counter == 2
+    assert resumed.context.monitor.best_epoch == full.context.monitor.best_epoch == 3
     names = sorted(p.name for p in (cut.run_dir / "checkpoints").iterdir())
     assert names == sorted(p.name for p in (full.run_dir / "checkpoints").iterdir())
-    assert len([n for n in names if n.startswith("best_model")]) == 1
+    assert safe_torch_load(cut.run_dir / "checkpoints" / "best_model.pt")["epoch"] == 3
 
 
 def test_early_stopping_restores_the_best_weights(make_config: Callable[..., Config]) -> None:
@@ -144,12 +152,11 @@ def test_early_stopping_restores_the_best_weights(make_config: Callable[..., Con
     assert len(history) == 5, "stops after 2 epochs without improvement on epoch 3"
     best = max(history, key=lambda r: r["val_accuracy"])
     assert metrics["best_epoch"] == best["epoch"] == 3 and metrics["weights"] == "best"
-    assert metrics["best_val_accuracy"] == best["val_accuracy"]
+    assert metrics["best_value"] == best["val_accuracy"]
     assert history[-1]["val_accuracy"] < best["val_accuracy"] - 0.2
     assert metrics["test_accuracy"] > 0.8, "the test uses the restored weights, not the sabotaged ones"
     model = safe_torch_load(cfg.run_dir / "model.pt")
-    best_file = next((cfg.run_dir / "checkpoints").glob("best_model_3_*.pt"))
-    for key, tensor in safe_torch_load(best_file).items():
+    for key, tensor in safe_torch_load(cfg.run_dir / "checkpoints" / "best_model.pt")["model"].items():
         assert torch.equal(model[key], tensor)
 
 
@@ -157,7 +164,7 @@ def test_early_stopping_on_val_loss(make_config: Callable[..., Config]) -> None:
     cfg = make_config(
         "trainer.max_epochs=10",
         "early_stopping.patience=1",
-        "early_stopping.metric=val_loss",
+        "monitor.metric=val_loss",
         "handlers=[{target: 'tests.plugins:Sabotage', kwargs: {start: 2}}]",
     )
     metrics = build_experiment(cfg).run()
@@ -312,7 +319,7 @@ def test_compile_failure_falls_back_to_eager(monkeypatch: pytest.MonkeyPatch, ca
 def test_compiled_module_is_the_training_step_and_checkpoints_keep_plain_keys(
     make_config: Callable[..., Config], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import fmnist_ignite.experiment as experiment_module
+    import fmnist_ignite.build as build_module
 
     calls: list[int] = []
 
@@ -325,8 +332,68 @@ def test_compiled_module_is_the_training_step_and_checkpoints_keep_plain_keys(
             calls.append(len(x))
             return self._orig_mod(x)
 
-    monkeypatch.setattr(experiment_module, "compile_for_training", lambda model, example: Wrapped(model))
+    monkeypatch.setattr(build_module, "compile_for_training", lambda model, example: Wrapped(model))
     experiment = build_experiment(make_config("trainer.max_epochs=1", "trainer.compile=true"))
     experiment.run()
     assert calls and calls[0] == 32, "the training step goes through the compiled module"
     assert set(safe_torch_load(experiment.run_dir / "model.pt")) == {"linear.weight", "linear.bias"}
+
+
+def test_numpy_draws_continue_the_same_after_a_resume(make_config: Callable[..., Config]) -> None:
+    overrides = (
+        "trainer.max_epochs=4",
+        "early_stopping.enabled=false",
+        "handlers=[{target: 'tests.plugins:NumpyDraws'}]",
+    )
+    full = build_experiment(make_config("name=full", *overrides))
+    full.run()
+    cut = build_experiment(make_config("name=cut", *overrides))
+    cut.add_handler(plugins.StopAfter, event="EPOCH_STARTED", epoch=2)
+    with pytest.raises(KeyboardInterrupt):
+        cut.run()
+    import numpy as np
+
+    np.random.seed(12345)  # what another program in this process might do meanwhile
+    resumed = resume_experiment(cut.run_dir)
+    resumed.run()
+    assert len(full.handlers["handlers[0]"].draws) == 4
+    assert resumed.handlers["handlers[0]"].draws == full.handlers["handlers[0]"].draws
+
+
+def test_add_handler_takes_the_same_filters_as_yaml(make_config: Callable[..., Config]) -> None:
+    experiment = build_experiment(make_config("trainer.max_epochs=4", "early_stopping.enabled=false"))
+    every = experiment.add_handler(plugins.log_epoch, every=2, tag="every")
+    assert every is plugins.log_epoch
+    experiment.add_handler("tests.plugins:log_epoch", once=3, tag="once")
+    experiment.add_handler(plugins.log_epoch, event="EPOCH_STARTED", after=2, before=4, tag="between")
+    experiment.run()
+    lines = (experiment.run_dir / "function_calls.txt").read_text().split()
+    assert lines == ["every2", "between3", "once3", "every4"]
+
+
+def test_early_stopping_listed_under_handlers_works_like_the_section(make_config: Callable[..., Config]) -> None:
+    section = build_experiment(
+        make_config(
+            "name=section",
+            "trainer.max_epochs=10",
+            "early_stopping.patience=2",
+            "handlers=[{target: 'tests.plugins:Sabotage', kwargs: {start: 3}}]",
+        )
+    )
+    section.run()
+    listed = build_experiment(
+        make_config(
+            "name=listed",
+            "trainer.max_epochs=10",
+            "early_stopping.enabled=false",
+            "handlers=[{target: 'tests.plugins:Sabotage', kwargs: {start: 3}}, "
+            "{target: early_stopping, kwargs: {patience: 2}}]",
+        )
+    )
+    metrics = listed.run()
+    assert values(listed.history) == values(section.history) and len(listed.history) == 5
+    assert (metrics["best_epoch"], metrics["weights"]) == (3, "best")
+    assert metrics["test_accuracy"] > 0.8, "the best weights are restored at the end"
+    assert json.loads((listed.run_dir / "metrics.json").read_text()) == json.loads(
+        (section.run_dir / "metrics.json").read_text()
+    )

@@ -23,9 +23,7 @@ from fmnist_ignite.cli import main
 from fmnist_ignite.fileio import safe_torch_load
 
 from . import plugins
-from .conftest import REPO, run_cli, small_overrides, values
-
-BASE = str(REPO / "configs" / "base.yaml")
+from .conftest import BASE, REPO, run_cli, small_overrides, values
 
 
 def read_history(run: Path) -> list[dict]:

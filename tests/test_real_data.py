@@ -33,8 +33,9 @@ def test_base_config_reaches_the_target_accuracy_on_real_fashion_mnist(tmp_path:
     metrics = json.loads((run / "metrics.json").read_text())
     assert 1 <= len(history) <= 10
     assert [r["epoch"] for r in history] == list(range(1, len(history) + 1))
-    assert metrics["best_val_accuracy"] == max(r["val_accuracy"] for r in history)
-    assert metrics["best_val_accuracy"] >= 0.85
+    assert metrics["monitor"] == "val_accuracy"
+    assert metrics["best_value"] == max(r["val_accuracy"] for r in history)
+    assert metrics["best_value"] >= 0.85
     assert metrics["test_accuracy"] >= 0.84
     assert len(metrics["per_class_accuracy"]) == 10
     assert metrics["per_class_accuracy"]["Trouser"] > metrics["per_class_accuracy"]["Shirt"]

@@ -106,8 +106,9 @@ def test_evaluate_command_on_both_splits(finished: dict) -> None:
     val = run_cli("evaluate", str(run), "--split", "val", "--checkpoint", "best")
     assert val.returncode == 0, val.stderr
     first = val.stdout.splitlines()[0]
-    assert "val split" in first and "best_model_" in first
-    assert f"accuracy {finished['metrics']['best_val_accuracy']:.4f}" in first
+    assert "val split" in first and "checkpoints/best_model.pt" in first
+    assert finished["metrics"]["monitor"] == "val_accuracy"
+    assert f"accuracy {finished['metrics']['best_value']:.4f}" in first
     assert "Most confused (true -> predicted):" in val.stdout
     last = run_cli("evaluate", str(run), "--checkpoint", "last", "--json")
     assert json.loads(last.stdout)["weights"].endswith(f"checkpoint_{finished['metrics']['epochs_trained']}.pt")
@@ -165,7 +166,8 @@ def test_compare_shows_metrics_and_differing_settings(finished: dict, system_dir
     assert header.split() == [
         "run",
         "test_accuracy",
-        "best_val_accuracy",
+        "monitor",
+        "best_value",
         "best_epoch",
         "epochs",
         "logging.tensorboard",

@@ -1,15 +1,17 @@
 """Data: finding files, loading data sets as uint8 tensors, and batching them."""
 
 from .datasets import FASHION_CLASSES, ImageData, load_cifar10, load_data, load_fashion_mnist
-from .loaders import EpochDataLoader, TensorLoader, epoch_permutation
+from .loaders import EpochDataLoader, Loader, TensorLoader, epoch_permutation, split_indices
 
 __all__ = [
     "FASHION_CLASSES",
     "EpochDataLoader",
     "ImageData",
+    "Loader",
     "TensorLoader",
     "epoch_permutation",
     "load_cifar10",
     "load_data",
     "load_fashion_mnist",
+    "split_indices",
 ]

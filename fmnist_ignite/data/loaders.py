@@ -20,6 +20,15 @@ def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(n, generator=generator)
 
 
+def split_indices(n: int, val_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The seeded random split of ``range(n)``: ``(train, validation)`` indices, validation ``val_size`` long.
+
+    The loaders read the images through these indices, so the images are held once.
+    """
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return order[val_size:], order[:val_size]
+
+
 class TensorLoader:
     """Batches gathered from uint8 tensors held in memory (on the training device when it fits).
 
@@ -148,3 +157,7 @@ class EpochDataLoader:
 
     def __iter__(self) -> Iterator[Batch]:
         return iter(self.loader)
+
+
+Loader = TensorLoader | EpochDataLoader
+"""What the engines iterate over: either loader gives ``(uint8 images, labels)`` batches."""

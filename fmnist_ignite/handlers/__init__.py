@@ -1,9 +1,12 @@
-"""Built-in handlers, each registered under a short name in :data:`fmnist_ignite.registry.HANDLERS`."""
+"""Built-in handlers, each registered under a short name in :data:`fmnist_ignite.registry.HANDLERS`.
 
-from .checkpoint import BestModel, Checkpointing
+They are plugins like any other: the experiment attaches them through :func:`attach_handler`
+from the same entries a user writes under ``handlers:``, and never looks one up by name.
+"""
+
+from .attach import attach_handler
 from .early_stopping import EarlyStopping
-from .history import History
 from .progress import Progress
 from .tensorboard import TensorBoard
 
-__all__ = ["BestModel", "Checkpointing", "EarlyStopping", "History", "Progress", "TensorBoard"]
+__all__ = ["EarlyStopping", "Progress", "TensorBoard", "attach_handler"]

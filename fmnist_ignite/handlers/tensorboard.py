@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 from ignite.engine import Engine, Events
 
 from ..context import Context
+from ..events import RunEvents
 from ..registry import HANDLERS
 
 if TYPE_CHECKING:
@@ -36,11 +37,12 @@ class TensorBoard:
         engine.add_event_handler(Events.EXCEPTION_RAISED, self._close_and_reraise)
         engine.add_event_handler(Events.ITERATION_COMPLETED(every=self.log_every), self._log_iteration)
         engine.add_event_handler(event, self)
+        engine.add_event_handler(RunEvents.RUN_FINISHED, self._log_results)
 
     def _open(self) -> None:
         from ignite.handlers.tensorboard_logger import TensorboardLogger  # imports TensorBoard: only when used
 
-        self.logger = TensorboardLogger(log_dir=str(self.context.run_dir / "tb"))
+        self.logger = TensorboardLogger(log_dir=str(self.context.rundir.tensorboard))
 
     def _log_iteration(self, engine: Engine) -> None:
         if self.logger is not None:
@@ -58,13 +60,19 @@ class TensorBoard:
         writer.add_scalar("lr", float(self.context.optimizer.param_groups[0]["lr"]), epoch)
         writer.flush()
 
-    def log_results(self, figures: dict[str, Any], config: Any, metrics: dict[str, Any]) -> None:
-        """At the end of a run: the figures as images, and the hyperparameters with the final metrics."""
+    def _log_results(self, engine: Engine) -> None:
+        """At the end of a run: the pictures, and the hyperparameters with the test metrics."""
+        import numpy as np
+        from PIL import Image
         from torch.utils.tensorboard import SummaryWriter
 
-        with SummaryWriter(log_dir=str(self.context.run_dir / "tb")) as writer:
-            for name, figure in figures.items():
-                writer.add_figure(f"results/{name}", figure, close=False)
+        results = engine.state.results  # type: ignore[attr-defined]
+        config = self.context.config
+        with SummaryWriter(log_dir=str(self.context.rundir.tensorboard)) as writer:
+            for name, path in results["figures"].items():
+                with Image.open(path) as image:
+                    pixels = np.asarray(image.convert("RGB"))
+                writer.add_image(f"results/{name}", pixels, dataformats="HWC")
             hparams = {
                 "optimizer": config.optimizer.name,
                 "lr": config.optimizer.lr,
@@ -73,6 +81,7 @@ class TensorBoard:
                 "seed": config.seed,
                 "max_epochs": config.trainer.max_epochs,
             }
+            metrics = results["metrics"]
             final = {f"hparam/{k}": v for k, v in metrics.items() if isinstance(v, int | float) and v is not None}
             writer.add_hparams(hparams, final, run_name="hparams")
 

@@ -1,0 +1,205 @@
+"""Assembling an experiment from a config: data, model, optimizer, schedule, engines, handlers.
+
+:func:`build_experiment` touches no file; :func:`resume_experiment` builds a run again from its
+own ``config.yaml``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from ignite.engine import Engine, Events
+from ignite.handlers import CosineAnnealingScheduler, LRScheduler
+
+from .checkpoint import Checkpointer
+from .config import Config, HandlerConfig
+from .context import Context
+from .data import ImageData, Loader, load_data, split_indices
+from .data.loaders import EpochDataLoader, TensorLoader
+from .engine import compile_for_training, create_evaluator, create_trainer, make_prepare_batch, resolve_device
+from .errors import ConfigError, RunDirError
+from .evaluation import build_model
+from .experiment import Experiment, RNGState
+from .handlers import attach_handler
+from .history import History
+from .monitor import Monitor
+from .rundir import RunDir
+
+
+def build_experiment(config: Config, data: ImageData | None = None) -> Experiment:
+    """Build everything the config describes, without writing anything.
+
+    Paths in the config are made absolute first (see :meth:`Config.with_absolute_paths`), so the
+    run means the same files whatever the current folder is later.
+
+    Args:
+        config: a validated config (see :func:`~fmnist_ignite.load_config`).
+        data: the data set, if already loaded (else loaded from ``config.data``).
+
+    Raises:
+        ConfigError: a device, plugin or value that the config names cannot be used.
+        DataError: the data set is missing or damaged.
+
+    Example:
+        Attach a handler in Python, then run::
+
+            experiment = build_experiment(load_config("configs/base.yaml"))
+            experiment.trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda e: print(e.state.epoch))
+            metrics = experiment.run()
+    """
+    config = config.with_absolute_paths()
+    device = resolve_device(config.device)
+    data = data if data is not None else load_data(config.data)
+    if config.data.val_size >= len(data.train_labels):
+        raise ConfigError(
+            f"data.val_size={config.data.val_size} must be smaller than the {len(data.train_labels)} training images"
+        )
+    train_idx, val_idx = split_indices(len(data.train_labels), config.data.val_size, config.seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        model = build_model(config, data.image_shape, len(data.classes)).to(device)
+    optimizer = make_optimizer(config, model)
+    prepare_batch = make_prepare_batch(data.mean, data.std, config.data.normalize)
+    step_model = model
+    if config.trainer.compile:
+        example, _ = prepare_batch((data.train_images[: config.data.batch_size], data.train_labels[:1]), device, False)
+        step_model = compile_for_training(model, example)
+    trainer = create_trainer(step_model, optimizer, device, prepare_batch)
+    evaluator = create_evaluator(model, device, prepare_batch)
+
+    if config.data.loader == "tensor":
+        data = to_device(data, device)
+        train_idx, val_idx = train_idx.to(device), val_idx.to(device)
+    images, labels = data.train_images, data.train_labels
+    loaders: dict[str, Loader] = {
+        "train": make_loader(config, images, labels, train=True, indices=train_idx),
+        "val": make_loader(config, images, labels, train=False, indices=val_idx),
+        "test": make_loader(config, data.test_images, data.test_labels, train=False),
+    }
+    scheduler = attach_scheduler(config, optimizer, trainer, len(loaders["train"]))
+
+    rundir = RunDir(config.run_dir)
+    history = History(rundir, trainer, evaluator, optimizer)
+    monitor = Monitor(model, config.monitor.metric, config.monitor.direction)
+    # The run's own steps at each epoch, before any handler: data order, validation, record, best.
+    trainer.add_event_handler(Events.EPOCH_STARTED, lambda e: loaders["train"].set_epoch(e.state.epoch))
+    trainer.add_event_handler(Events.EPOCH_STARTED, history.start_epoch)
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda: evaluator.run(loaders["val"]))
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, history.complete_epoch)
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda: monitor.update(history.records))
+
+    context = Context(
+        config=config,
+        rundir=rundir,
+        device=device,
+        model=model,
+        optimizer=optimizer,
+        trainer=trainer,
+        evaluator=evaluator,
+        classes=data.classes,
+        prepare_batch=prepare_batch,
+        history=history,
+        monitor=monitor,
+    )
+    context.state.update(model=model, optimizer=optimizer, trainer=trainer, rng=RNGState())
+    if scheduler is not None:
+        context.state["scheduler"] = scheduler
+    context.state.update(history=history, monitor=monitor)
+    handlers: dict[str, Any] = {}
+    for name, spec in [*builtin_handlers(config), *((f"handlers[{i}]", s) for i, s in enumerate(config.handlers))]:
+        handlers[name] = attach_handler(context, spec, name)
+    checkpointer = Checkpointer(rundir, context.state, trainer, monitor, config.checkpoint.n_saved)
+    return Experiment(config, context, data, loaders, handlers, checkpointer)
+
+
+def resume_experiment(run_dir: str | Path, data: ImageData | None = None) -> Experiment:
+    """Rebuild a run from ``RUN_DIR/config.yaml``; its :meth:`~Experiment.run` continues from the newest checkpoint.
+
+    Raises:
+        RunDirError: ``run_dir`` is not a run directory, or the run has finished.
+    """
+    rundir = RunDir(run_dir)
+    config = rundir.load_config()
+    if rundir.finished:
+        raise RunDirError(f"the run in {rundir} has finished (metrics.json exists); nothing to resume")
+    experiment = build_experiment(config, data)
+    experiment.resuming = True
+    return experiment
+
+
+def builtin_handlers(config: Config) -> list[tuple[str, HandlerConfig]]:
+    """The built-in handlers a config asks for, as the same entries a user writes under ``handlers:``."""
+    specs = []
+    es = config.early_stopping
+    if es.enabled:
+        specs.append(
+            (
+                "early_stopping",
+                HandlerConfig(target="early_stopping", kwargs={"patience": es.patience, "min_delta": es.min_delta}),
+            )
+        )
+    specs.append(("progress", HandlerConfig(target="progress", kwargs={"bar": config.logging.progress_bar})))
+    if config.logging.tensorboard:
+        specs.append(
+            ("tensorboard", HandlerConfig(target="tensorboard", kwargs={"log_every": config.logging.log_every}))
+        )
+    return specs
+
+
+def to_device(data: ImageData, device: torch.device) -> ImageData:
+    """The data set's tensors on ``device`` (the uint8 images are small enough for any GPU)."""
+    return replace(
+        data,
+        train_images=data.train_images.to(device),
+        train_labels=data.train_labels.to(device),
+        test_images=data.test_images.to(device),
+        test_labels=data.test_labels.to(device),
+    )
+
+
+def make_optimizer(config: Config, model: torch.nn.Module) -> torch.optim.Optimizer:
+    """The optimizer named in ``config.optimizer``."""
+    opt = config.optimizer
+    if opt.name == "sgd":
+        return torch.optim.SGD(
+            model.parameters(),
+            lr=opt.lr,
+            momentum=opt.momentum,
+            nesterov=opt.nesterov and opt.momentum > 0,
+            weight_decay=opt.weight_decay,
+        )
+    optimizer_class = torch.optim.Adam if opt.name == "adam" else torch.optim.AdamW
+    return optimizer_class(model.parameters(), lr=opt.lr, weight_decay=opt.weight_decay)
+
+
+def attach_scheduler(config: Config, optimizer: torch.optim.Optimizer, trainer: Engine, epoch_length: int) -> Any:
+    """Attach the learning-rate schedule (updated every iteration); ``None`` for ``scheduler.name: none``."""
+    sched = config.scheduler
+    if sched.name == "none":
+        return None
+    if sched.name == "cosine":
+        total = max(2, epoch_length * config.trainer.max_epochs)
+        scheduler: Any = CosineAnnealingScheduler(
+            optimizer, "lr", start_value=config.optimizer.lr, end_value=sched.min_lr, cycle_size=total
+        )
+    else:
+        step = torch.optim.lr_scheduler.StepLR(optimizer, step_size=sched.step_size * epoch_length, gamma=sched.gamma)
+        scheduler = LRScheduler(step)
+    trainer.add_event_handler(Events.ITERATION_STARTED, scheduler)
+    return scheduler
+
+
+def make_loader(
+    config: Config, images: torch.Tensor, labels: torch.Tensor, train: bool, indices: torch.Tensor | None = None
+) -> Loader:
+    """A loader of the configured kind over ``images[indices]`` (all images when ``indices`` is None)."""
+    data = config.data
+    batch_size = data.batch_size if train else data.eval_batch_size
+    if data.loader == "dataloader":
+        return EpochDataLoader(
+            images, labels, batch_size, train, seed=config.seed, num_workers=data.num_workers, indices=indices
+        )
+    return TensorLoader(images, labels, batch_size, shuffle=train, seed=config.seed, indices=indices)

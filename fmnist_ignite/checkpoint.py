@@ -1,0 +1,201 @@
+"""Checkpoints: the newest full training states and the best epoch's weights, saved so that none is ever lost.
+
+Ignite's :class:`~ignite.handlers.Checkpoint` removes the oldest file *before* it writes the new
+one, so with ``n_saved: 1`` a kill or a full disk inside the write would leave no checkpoint at
+all. :class:`SaveThenRotate` wraps its saver: the new file is written to a temporary name,
+flushed to disk and renamed into place, and only then is the old one removed.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections import OrderedDict
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from ignite.engine import Engine
+from ignite.handlers import Checkpoint, DiskSaver, global_step_from_engine
+
+from .errors import CheckpointError, ConfigError, first_line
+from .fileio import atomic_torch_save, safe_torch_load
+from .monitor import Monitor
+from .rundir import RunDir
+
+logger = logging.getLogger(__name__)
+
+PLAIN = (str, int, float, bool, type(None))
+TORCH_LEAVES = (torch.Tensor, torch.Size, torch.dtype, torch.device)
+
+
+class SaveThenRotate(DiskSaver):
+    """Ignite's atomic ``DiskSaver`` that removes old files only after the new one is in place.
+
+    It also creates its folder at the first save, not on construction: building an experiment
+    must not touch the disk.
+    """
+
+    def __init__(self, dirname: Path) -> None:
+        super().__init__(dirname, atomic=True, require_empty=False)
+        self._to_remove: list[str] = []
+
+    @staticmethod
+    def _check_and_setup(dirname: Path, create_dir: bool, require_empty: bool) -> None:
+        return None
+
+    def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
+        self.dirname.mkdir(parents=True, exist_ok=True)
+        super().__call__(checkpoint, filename, metadata)
+        while self._to_remove:
+            # A kill before this line leaves one file too many, never one too few.
+            (self.dirname / self._to_remove.pop()).unlink(missing_ok=True)
+
+    def remove(self, filename: str) -> None:
+        self._to_remove.append(filename)
+
+
+class Checkpointer:
+    """Saves the full training state after every epoch, and the best epoch's weights when they change.
+
+    Runs when an epoch completes, after every handler, so that what it saves includes their
+    updates for that epoch. Each ``checkpoint_<epoch>.pt`` holds exactly the ``state_dict()`` of
+    every object in ``state`` (model, optimizer, scheduler, trainer, RNG, history, monitor,
+    stateful handlers, and its own bookkeeping); the newest ``n_saved`` are kept.
+    ``best_model.pt`` holds ``{"model", "epoch", "metric", "value"}`` of the monitor's best epoch,
+    replaced atomically.
+
+    Args:
+        rundir: the run directory.
+        state: every stateful object, by name.
+        trainer: the training engine (its epoch names the files).
+        monitor: the run's definition of the best epoch.
+        n_saved: how many training states to keep.
+    """
+
+    def __init__(self, rundir: RunDir, state: dict[str, Any], trainer: Engine, monitor: Monitor, n_saved: int) -> None:
+        self.rundir = rundir
+        self.state = state
+        self.monitor = monitor
+        self.last = Checkpoint(
+            state,
+            SaveThenRotate(rundir.checkpoints),
+            n_saved=n_saved,
+            global_step_transform=global_step_from_engine(trainer),
+            include_self=True,
+        )
+
+    def __call__(self, engine: Engine) -> None:
+        # The best file first: a kill between the two leaves the previous checkpoint, whose
+        # monitor state rewrites the best file on resume.
+        if self.monitor.improved:
+            self.save_best()
+        self.last(engine)
+
+    def save_best(self) -> None:
+        """Write ``best_model.pt`` from the monitor's best epoch (atomically, replacing the old one)."""
+        if self.monitor.best_epoch:
+            atomic_torch_save(
+                self.rundir.best,
+                {
+                    "model": self.monitor.best_state,
+                    "epoch": self.monitor.best_epoch,
+                    "metric": self.monitor.metric,
+                    "value": self.monitor.best_value,
+                },
+            )
+
+    def check_resumable(self) -> None:
+        """Refuse, before training, any state that a checkpoint could not restore safely.
+
+        Checkpoints are loaded with ``weights_only=True``, which accepts tensors and plain data
+        only; a handler whose ``state_dict()`` holds anything else would make every checkpoint of
+        the run unloadable.
+
+        Raises:
+            ConfigError: names the object and the offending type and place.
+        """
+        for name, obj in self.state.items():
+            state = obj.state_dict()
+            problem = _unsafe_leaf(state, "state_dict()")
+            if problem is None:
+                buffer = io.BytesIO()
+                torch.save(state, buffer)
+                buffer.seek(0)
+                try:
+                    torch.load(buffer, weights_only=True)
+                except Exception as err:  # the loader's refusal, whatever its form
+                    problem = first_line(err)
+            if problem is not None:
+                raise ConfigError(
+                    f"{name}: its {problem}, which a checkpoint cannot restore safely; "
+                    "keep only tensors, numbers, strings, bools, None, lists, tuples and dicts in state_dict()"
+                )
+
+    def load_newest(self, device: torch.device) -> Path | None:
+        """Load the newest checkpoint that can be read *and* applied to every stateful object.
+
+        Files that fail either way (truncated, corrupt, refused as unsafe, saved by another
+        configuration) are skipped with a warning naming them; nothing is deleted. Then the best
+        file is rewritten from the loaded state, so it matches the resumed run.
+
+        Returns:
+            the loaded file, or ``None`` when no epoch was saved yet.
+
+        Raises:
+            CheckpointError: checkpoints exist but none can be used.
+        """
+        candidates = self.rundir.checkpoint_files()
+        if not candidates:
+            return None
+        to_load = {**self.state, "checkpointer": self.last}
+        for path in candidates:
+            try:
+                saved = safe_torch_load(path, map_location=device)
+                if not isinstance(saved, dict):
+                    raise CheckpointError(f"{path} does not hold a training state")
+                missing = [k for k in to_load if k not in saved]
+                if missing:
+                    raise CheckpointError(
+                        f"{path} lacks the state of {', '.join(missing)}: it was saved by another configuration"
+                    )
+                Checkpoint.load_objects(to_load=to_load, checkpoint=saved)
+            except CheckpointError as err:
+                logger.warning("Skipping checkpoint: %s", err)
+                continue
+            except Exception as err:  # load_state_dict fails in many ways on a state it does not fit
+                logger.warning("Skipping checkpoint: %s does not fit this run: %s", path, first_line(err))
+                continue
+            self.save_best()
+            return path
+        raise CheckpointError(
+            f"none of the {len(candidates)} checkpoint(s) in {self.rundir.checkpoints} can be used "
+            "(see the warnings above); nothing was deleted"
+        )
+
+
+def _unsafe_leaf(value: Any, where: str) -> str | None:
+    """Where ``value`` holds something other than plain data and tensors, described; else ``None``."""
+    if type(value) in (dict, OrderedDict):
+        for key, item in value.items():
+            if type(key) not in (str, int):
+                return f"{where} has a key of type {_type_name(key)}"
+            found = _unsafe_leaf(item, f"{where}[{key!r}]")
+            if found:
+                return found
+        return None
+    if type(value) in (list, tuple):
+        for i, item in enumerate(value):
+            found = _unsafe_leaf(item, f"{where}[{i}]")
+            if found:
+                return found
+        return None
+    if type(value) in PLAIN or isinstance(value, TORCH_LEAVES):
+        return None
+    return f"{where} holds a {_type_name(value)}"
+
+
+def _type_name(value: Any) -> str:
+    kind = type(value)
+    return kind.__name__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"

@@ -1,0 +1,156 @@
+"""Evaluating a model, and the one way to load a trained model from a run directory.
+
+The end of training, ``evaluate`` and ``predict`` all use these; none of them constructs
+handlers or an optimizer, so a run can be evaluated where its training plugins are not installed.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import Config
+from .engine import PrepareBatch, create_evaluator, make_prepare_batch
+from .errors import CheckpointError, ConfigError, RunDirError, first_line
+from .fileio import safe_torch_load
+from .registry import MODELS
+from .rundir import RunDir
+
+
+def evaluate(
+    model: torch.nn.Module, loader: Any, device: torch.device, prepare_batch: PrepareBatch, classes: Sequence[str]
+) -> dict[str, Any]:
+    """Accuracy, loss, confusion matrix and per-class accuracy of ``model`` on ``loader``."""
+    evaluator = create_evaluator(model, device, prepare_batch, len(classes))
+    metrics = evaluator.run(loader).metrics
+    confusion = metrics["confusion"].cpu().double()
+    per_class = (confusion.diag() / confusion.sum(1).clamp(min=1)).tolist()
+    return {
+        "accuracy": float(metrics["accuracy"]),
+        "loss": float(metrics["loss"]),
+        "confusion": confusion.long().tolist(),
+        "per_class_accuracy": dict(zip(classes, per_class, strict=True)),
+    }
+
+
+def build_model(config: Config, image_shape: Sequence[int], num_classes: int) -> torch.nn.Module:
+    """The model that ``config.model`` names, for images of ``image_shape`` and ``num_classes`` classes.
+
+    Raises:
+        ConfigError: the model cannot be built from ``model.kwargs``, or is not a ``torch.nn.Module``.
+    """
+    build = MODELS.get(config.model.name)
+    c, h, w = image_shape
+    try:
+        model = build((c, h, w), num_classes, **config.model.kwargs)
+    except TypeError as err:
+        raise ConfigError(f"model.kwargs: {config.model.name} cannot be built: {err}") from None
+    if not isinstance(model, torch.nn.Module):
+        raise ConfigError(f"model.name: '{config.model.name}' returned {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def load_weights(model: torch.nn.Module, path: Path) -> None:
+    """Load ``model.pt``, ``best_model.pt`` or a full checkpoint (its ``model`` entry) into ``model``.
+
+    Raises:
+        CheckpointError: the file cannot be read safely, or does not fit the model.
+    """
+    state = safe_torch_load(path)
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError, ValueError) as err:
+        raise CheckpointError(f"{path} does not hold weights for this run's model: {first_line(err)}") from None
+    model.eval()
+
+
+@dataclass(frozen=True)
+class TrainedModel:
+    """A model loaded from a run directory, with what is needed to feed it.
+
+    Attributes:
+        model: the model, in evaluation mode, on the CPU.
+        config: the run's config.
+        weights: the file the weights came from.
+        classes: the class names, indexed by output.
+        image_shape: ``(C, H, W)`` of an input image.
+        prepare_batch: turns uint8 images into the model's inputs, as in training.
+    """
+
+    model: torch.nn.Module
+    config: Config
+    weights: Path
+    classes: tuple[str, ...]
+    image_shape: tuple[int, int, int]
+    prepare_batch: PrepareBatch
+
+
+def load_trained_model(run_dir: str | Path, which: str | Path | None = None) -> TrainedModel:
+    """Load a run's model: ``which`` is ``best``, ``last``, a path, or ``None`` (``model.pt``, else best).
+
+    Reads ``config.yaml`` and ``data.json`` of the run; builds the model alone (no data, handlers
+    or optimizer).
+
+    Raises:
+        RunDirError: not a run directory, or its ``data.json`` is missing or damaged.
+        CheckpointError: no such weights, or they do not fit the model.
+    """
+    rundir = RunDir(run_dir)
+    config = rundir.load_config()
+    info = read_input_description(rundir)
+    model = build_model(config, info["image_shape"], len(info["classes"]))
+    path = rundir.weights(which)
+    load_weights(model, path)
+    c, h, w = info["image_shape"]
+    return TrainedModel(
+        model=model,
+        config=config,
+        weights=path,
+        classes=tuple(info["classes"]),
+        image_shape=(c, h, w),
+        prepare_batch=make_prepare_batch(info["mean"], info["std"], info["normalize"]),
+    )
+
+
+def read_input_description(rundir: RunDir) -> dict[str, Any]:
+    """``data.json``: image shape, class names and the pixel scaling the run used.
+
+    Raises:
+        RunDirError: the file is missing, not JSON, or lacks a field (each said in one line).
+    """
+    path = rundir.data
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except OSError:
+        raise RunDirError(f"{path} is missing or unreadable; it is written when a run starts") from None
+    except ValueError as err:
+        raise RunDirError(f"{path} is not valid JSON ({first_line(err)})") from None
+    problem = _input_description_problem(info)
+    if problem:
+        raise RunDirError(f"{path}: {problem}")
+    return dict(info)
+
+
+def _input_description_problem(info: Any) -> str | None:
+    if not isinstance(info, dict):
+        return f"expected a JSON object, got {type(info).__name__}"
+    shape, classes = info.get("image_shape"), info.get("classes")
+    if not (isinstance(shape, list) and len(shape) == 3 and all(type(v) is int and 0 < v <= 4096 for v in shape)):
+        return "'image_shape' must be [channels, height, width] of positive integers"
+    if not (isinstance(classes, list) and classes and all(isinstance(c, str) for c in classes)):
+        return "'classes' must be a non-empty list of names"
+    for key in ("mean", "std"):
+        if type(info.get(key)) not in (int, float) or not float("-inf") < info[key] < float("inf"):
+            return f"'{key}' must be a finite number"
+    if info["std"] <= 0:
+        return "'std' must be greater than 0"
+    if not isinstance(info.get("normalize"), bool):
+        return "'normalize' must be true or false"
+    return None

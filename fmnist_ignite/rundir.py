@@ -1,0 +1,209 @@
+"""The run directory: every path of a run, and its life (create, lock, clean up, read back).
+
+No other module spells the name of a run's file. A run directory holds::
+
+    config.yaml          the resolved config (absolute paths), written when the run is created
+    data.json            what the model expects as input and what its outputs mean
+    history.json/.csv    one record per epoch
+    checkpoints/         checkpoint_<epoch>.pt (full training states) and best_model.pt
+    model.pt             the final weights (the best epoch's with monitor.restore_best)
+    report.json          per-class test report
+    *.png                history, confusion matrix, predictions
+    tb/                  TensorBoard logs
+    metrics.json         the test metrics; written last, it marks the run as finished
+    .lock                held by the training process
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .errors import CheckpointError, RunDirError
+from .fileio import atomic_write_text, current_umask
+
+if TYPE_CHECKING:
+    from .config import Config
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_RE = re.compile(r"^checkpoint_(\d+)\.pt$")
+FIGURES = ("history", "confusion_matrix", "predictions")
+
+
+class RunDir:
+    """The files of one run, under ``path``.
+
+    Args:
+        path: the run directory (``output_dir/name``); it need not exist yet.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    config = property(lambda self: self.path / "config.yaml", doc="``config.yaml``.")
+    data = property(lambda self: self.path / "data.json", doc="``data.json``: input shape, scaling, class names.")
+    history_json = property(lambda self: self.path / "history.json", doc="``history.json``.")
+    history_csv = property(lambda self: self.path / "history.csv", doc="``history.csv``.")
+    checkpoints = property(lambda self: self.path / "checkpoints", doc="The folder of the checkpoints.")
+    best = property(lambda self: self.path / "checkpoints" / "best_model.pt", doc="The best epoch's weights.")
+    model = property(lambda self: self.path / "model.pt", doc="``model.pt``: the final weights.")
+    metrics = property(lambda self: self.path / "metrics.json", doc="``metrics.json``: written last.")
+    report = property(lambda self: self.path / "report.json", doc="``report.json``.")
+    tensorboard = property(lambda self: self.path / "tb", doc="TensorBoard's log folder.")
+    lock_file = property(lambda self: self.path / ".lock", doc="The training process's lock.")
+
+    def figure(self, name: str) -> Path:
+        """``<name>.png``."""
+        return self.path / f"{name}.png"
+
+    def checkpoint(self, epoch: int) -> Path:
+        """The full training state saved after ``epoch``."""
+        return self.checkpoints / f"checkpoint_{epoch}.pt"
+
+    def checkpoint_files(self) -> list[Path]:
+        """Saved training states, newest epoch first."""
+        if not self.checkpoints.is_dir():
+            return []
+        found = [(int(m.group(1)), p) for p in self.checkpoints.iterdir() if (m := CHECKPOINT_RE.match(p.name))]
+        return [p for _, p in sorted(found, reverse=True)]
+
+    @property
+    def finished(self) -> bool:
+        """Whether the run finished (``metrics.json`` exists)."""
+        return self.metrics.is_file()
+
+    def exists(self) -> bool:
+        """Whether the directory exists."""
+        return self.path.is_dir()
+
+    def create(self, config: Config) -> None:
+        """Create the directory with its ``config.yaml``, all at once: it appears whole or not at all.
+
+        Raises:
+            RunDirError: it exists already, or the output folder cannot be written.
+        """
+        if self.path.exists() or self.path.is_symlink():
+            raise RunDirError(
+                f"run directory {self.path} exists already; continue it with "
+                f"'python -m fmnist_ignite --resume {self.path}' or start another run with name=<new-name>"
+            )
+        staging: Path | None = None
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(dir=self.path.parent, prefix=f".{self.path.name}.partial-"))
+            os.chmod(staging, 0o777 & ~current_umask())
+            atomic_write_text(staging / self.config.name, config.to_yaml())
+            os.rename(staging, self.path)
+        except OSError as err:
+            if staging is not None:
+                shutil.rmtree(staging, ignore_errors=True)
+            raise RunDirError(
+                f"cannot create run directory {self.path}: {err.strerror or err}; choose a writable output_dir"
+            ) from None
+
+    def require(self) -> None:
+        """Check that this is a run directory.
+
+        Raises:
+            RunDirError: it does not exist or has no ``config.yaml``.
+        """
+        if not self.path.is_dir():
+            raise RunDirError(f"run directory {self.path} does not exist")
+        if not self.config.is_file():
+            raise RunDirError(f"{self.path} is not a run directory (no config.yaml); pass the folder a run created")
+
+    def load_config(self) -> Config:
+        """The run's own config, with ``output_dir`` and ``name`` pointing at where the run is now."""
+        from .config import read_yaml, validate_config
+
+        self.require()
+        data = read_yaml(self.config)
+        data.update(output_dir=str(self.path.parent.absolute()), name=self.path.name)
+        return validate_config(data, str(self.config))
+
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold an exclusive lock on the run while training; the OS releases it if the process dies.
+
+        The lock file is opened without following symbolic links and without truncating, so a
+        crafted run directory cannot make the run write to another file.
+
+        Raises:
+            RunDirError: another process holds the lock, or ``.lock`` is not a plain file.
+        """
+        try:
+            import fcntl
+        except ImportError:  # not on POSIX: no lock
+            yield
+            return
+        flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+        try:
+            fd = os.open(self.lock_file, flags, 0o666 & ~current_umask())
+        except OSError as err:
+            raise RunDirError(
+                f"{self.lock_file} cannot be opened as a lock ({err.strerror}); it must be a plain file: remove it"
+            ) from None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise RunDirError(
+                    f"{self.path} is in use by another training process; wait for it or stop it"
+                ) from None
+            os.ftruncate(fd, 0)
+            os.write(fd, str(os.getpid()).encode())
+            try:
+                yield
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+
+    def remove_temporary_files(self) -> None:
+        """Delete what a killed process may have left half-written: never a file a run reads."""
+        leftovers = [*self.path.glob(".*.tmp"), *self.checkpoints.glob(".*.tmp"), *self.checkpoints.glob("tmp*")]
+        for path in leftovers:
+            logger.info("Removing %s, left half-written by an interrupted process", path)
+            path.unlink(missing_ok=True)
+
+    def weights(self, which: str | Path | None = None) -> Path:
+        """The weights file to use: ``best``, ``last`` (the newest checkpoint), a path, or ``None``.
+
+        ``None`` means ``model.pt`` if the run finished, else the best model.
+
+        Raises:
+            RunDirError: a path that is not a file.
+            CheckpointError: the run has no such weights yet.
+        """
+        path: Path | None
+        if which is None:
+            path = self.model if self.model.is_file() else self.best
+        elif which == "best":
+            path = self.best
+        elif which == "last":
+            path = next(iter(self.checkpoint_files()), None)
+        else:
+            path = Path(which)
+            if not path.is_file():
+                raise RunDirError(f"--checkpoint {which}: no such file; use best, last or the path of a .pt file")
+        if path is None or not path.is_file():
+            raise CheckpointError(f"{self.path} has no saved weights yet ({which or 'model.pt or the best model'})")
+        return path
+
+    def resume_hint(self) -> str:
+        """How to continue this run."""
+        return f"resume with 'python -m fmnist_ignite --resume {self.path}'"

@@ -1,0 +1,147 @@
+"""The run directory: staged creation, the lock, temporary files, which weights, the resolved config."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from fmnist_ignite import CheckpointError, Config, RunDir, RunDirError, load_config
+
+from .conftest import BASE, run_cli, small_overrides
+
+
+def test_create_writes_the_config_and_refuses_an_existing_directory(make_config: Callable[..., Config]) -> None:
+    cfg = make_config()
+    rundir = RunDir(cfg.run_dir)
+    rundir.create(cfg)
+    assert rundir.exists() and rundir.config.read_text() == cfg.to_yaml()
+    assert not rundir.finished
+    with pytest.raises(RunDirError, match="exists already; continue it with 'python -m fmnist_ignite --resume"):
+        rundir.create(cfg)
+    assert [p.name for p in rundir.path.parent.iterdir()] == [rundir.path.name], "no staging folder is left"
+
+
+def test_create_in_an_unwritable_place_leaves_nothing(tmp_path: Path, make_config: Callable[..., Config]) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    cfg = make_config(f"output_dir={blocker}")
+    with pytest.raises(RunDirError, match=f"cannot create run directory {blocker}/small: .*writable output_dir"):
+        RunDir(cfg.run_dir).create(cfg)
+    assert blocker.read_text() == "not a folder"
+
+
+def test_lock_does_not_follow_a_symbolic_link(tmp_path: Path, make_config: Callable[..., Config]) -> None:
+    cfg = make_config()
+    rundir = RunDir(cfg.run_dir)
+    rundir.create(cfg)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    os.symlink(victim, rundir.lock_file)
+    with (
+        pytest.raises(RunDirError, match=r"\.lock cannot be opened as a lock .*it must be a plain file: remove it"),
+        rundir.lock(),
+    ):
+        pass
+    assert victim.read_text() == "precious"
+
+
+def test_resume_refuses_a_crafted_lock_link_and_truncates_nothing(tmp_path: Path, system_dir: Path) -> None:
+    overrides = [*small_overrides(tmp_path, system_dir), "trainer.max_epochs=1"]
+    run = tmp_path / "runs" / "small"
+    RunDir(run).create(load_config(BASE, overrides))
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    os.symlink(victim, run / ".lock")
+    result = run_cli("--resume", str(run))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"error: {run}/.lock cannot be opened as a lock (Too many levels of symbolic links); "
+        "it must be a plain file: remove it"
+    ]
+    assert victim.read_text() == "precious"
+
+
+def test_the_lock_holds_the_pid_and_is_exclusive(make_config: Callable[..., Config]) -> None:
+    import fcntl
+
+    cfg = make_config()
+    rundir = RunDir(cfg.run_dir)
+    rundir.create(cfg)
+    with rundir.lock():
+        assert rundir.lock_file.read_text() == str(os.getpid())
+        with open(rundir.lock_file) as other, pytest.raises(BlockingIOError):
+            fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def test_remove_temporary_files_keeps_what_a_run_reads(make_config: Callable[..., Config]) -> None:
+    cfg = make_config()
+    rundir = RunDir(cfg.run_dir)
+    rundir.create(cfg)
+    rundir.checkpoints.mkdir()
+    keep = [rundir.checkpoint(1), rundir.best, rundir.history_json]
+    drop = [
+        rundir.path / ".history.json.a.tmp",
+        rundir.checkpoints / ".best_model.pt.x.tmp",
+        rundir.checkpoints / "tmpa",
+    ]
+    for path in [*keep, *drop]:
+        path.write_text("x")
+    rundir.remove_temporary_files()
+    assert all(p.exists() for p in keep) and not any(p.exists() for p in drop)
+
+
+def test_weights_best_last_path_and_default(tmp_path: Path, make_config: Callable[..., Config]) -> None:
+    cfg = make_config()
+    rundir = RunDir(cfg.run_dir)
+    rundir.create(cfg)
+    with pytest.raises(CheckpointError, match="has no saved weights yet \\(best\\)"):
+        rundir.weights("best")
+    with pytest.raises(CheckpointError, match="has no saved weights yet \\(last\\)"):
+        rundir.weights("last")
+    with pytest.raises(RunDirError, match="--checkpoint nope.pt: no such file; use best, last or the path"):
+        rundir.weights("nope.pt")
+    rundir.checkpoints.mkdir()
+    for path in (rundir.checkpoint(2), rundir.checkpoint(10), rundir.best):
+        path.write_text("x")
+    assert rundir.weights("last") == rundir.checkpoint(10), "by epoch, not by name"
+    assert rundir.weights("best") == rundir.weights() == rundir.best
+    rundir.model.write_text("x")
+    assert rundir.weights() == rundir.model
+    assert rundir.checkpoint_files() == [rundir.checkpoint(10), rundir.checkpoint(2)]
+
+
+def test_load_config_points_at_where_the_run_is_now(tmp_path: Path, make_config: Callable[..., Config]) -> None:
+    cfg = make_config()
+    rundir = RunDir(cfg.run_dir)
+    rundir.create(cfg)
+    moved = tmp_path / "elsewhere" / "renamed"
+    moved.parent.mkdir()
+    rundir.path.rename(moved)
+    loaded = RunDir(moved).load_config()
+    assert (loaded.output_dir, loaded.name) == (str(moved.parent), "renamed")
+    with pytest.raises(RunDirError, match="is not a run directory \\(no config.yaml\\)"):
+        RunDir(tmp_path).load_config()
+    with pytest.raises(RunDirError, match="does not exist"):
+        RunDir(tmp_path / "nothing").load_config()
+
+
+def test_config_paths_are_stored_absolute_and_mean_the_same_from_any_folder(tmp_path: Path, system_dir: Path) -> None:
+    here, elsewhere = tmp_path / "here", tmp_path / "elsewhere"
+    here.mkdir()
+    elsewhere.mkdir()
+    overrides = [o for o in small_overrides(tmp_path, system_dir) if not o.startswith(("data.root", "output_dir"))]
+    trained = run_cli(BASE, *overrides, "data.root=mydata", "output_dir=runs", "trainer.max_epochs=2", cwd=here)
+    assert trained.returncode == 0, trained.stderr
+    run = here / "runs" / "small"
+    saved = load_config(run / "config.yaml")
+    assert (saved.data.root, saved.output_dir) == (str(here / "mydata"), str(here / "runs"))
+    evaluated = run_cli("evaluate", str(run), "--json", cwd=elsewhere)
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert '"accuracy": ' in evaluated.stdout
+    test_accuracy = json.loads((run / "metrics.json").read_text())["test_accuracy"]
+    assert json.loads(evaluated.stdout)["accuracy"] == test_accuracy
+    assert list(elsewhere.iterdir()) == [], "nothing is written into the current folder"
