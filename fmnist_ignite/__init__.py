@@ -11,7 +11,15 @@ The whole workflow in three calls::
 from .config import Config, load_config
 from .context import Context
 from .data import ImageData
-from .errors import CheckpointError, ConfigError, DataError, FmnistIgniteError, RunDirError, TrainingError
+from .errors import (
+    CheckpointError,
+    ConfigError,
+    DataError,
+    ExportError,
+    FmnistIgniteError,
+    RunDirError,
+    TrainingError,
+)
 from .experiment import Experiment, build_experiment, resume_experiment
 from .models import LogisticRegression
 from .registry import DATASETS, HANDLERS, MODELS, Registry
@@ -28,6 +36,7 @@ __all__ = [
     "Context",
     "DataError",
     "Experiment",
+    "ExportError",
     "FmnistIgniteError",
     "ImageData",
     "LogisticRegression",

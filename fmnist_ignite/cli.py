@@ -19,6 +19,7 @@ from . import __version__
 from .config import load_config
 from .errors import FmnistIgniteError
 from .experiment import build_experiment, resume_experiment
+from .export import export_run
 from .inspect_runs import compare_figure, compare_runs, evaluate_run, predict_images
 from .registry import DATASETS, HANDLERS, MODELS
 from .reports import format_report, save_figure
@@ -37,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
         "  evaluate RUN_DIR [--split val|test] [--checkpoint best|last|PATH]   metrics of a saved model\n"
         "  predict RUN_DIR IMAGE [IMAGE ...] [--json]                          classify image files\n"
         "  compare RUN_DIR [RUN_DIR ...] [--output compare.png]                 runs side by side\n"
+        "  export RUN_DIR [--format onnx|torchscript] [--checkpoint ...]       model.onnx for serving\n"
         "\nexamples:\n"
         "  python -m fmnist_ignite configs/base.yaml\n"
         "  python -m fmnist_ignite configs/base.yaml optimizer.lr=0.05 name=lr005\n"
@@ -83,7 +85,7 @@ def setup_logging() -> None:
 
 
 def build_command_parser(command: str) -> argparse.ArgumentParser:
-    """The parser of ``evaluate``, ``predict`` or ``compare``."""
+    """The parser of ``evaluate``, ``predict``, ``compare`` or ``export``."""
     parser = _Parser(prog=f"python -m fmnist_ignite {command}", description=COMMANDS[command])
     if command == "compare":
         parser.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories")
@@ -101,6 +103,13 @@ def build_command_parser(command: str) -> argparse.ArgumentParser:
         parser.add_argument("images", nargs="+", metavar="IMAGE", help="PNG or JPEG files, any size or colour")
     if command in ("evaluate", "predict"):
         parser.add_argument("--json", action="store_true", help="print JSON instead of text")
+    if command == "export":
+        parser.add_argument(
+            "--format", choices=("onnx", "torchscript"), default="onnx", help="file format (default: onnx)"
+        )
+        parser.add_argument(
+            "--output", metavar="PATH", help="where to write it (default: RUN_DIR/model.onnx or model.ts)"
+        )
     return parser
 
 
@@ -108,11 +117,12 @@ COMMANDS = {
     "evaluate": "Metrics and the per-class report of a saved model on the validation or test split, without training.",
     "predict": "Class and top-3 probabilities of image files, converted the way the training data was.",
     "compare": "Final metrics and differing settings of several runs, and compare.png overlaying their curves.",
+    "export": "Write the model as ONNX or TorchScript: pixels 0-255 in, class probabilities out, normalisation inside.",
 }
 
 
 def run_command(command: str, argv: Sequence[str]) -> int:
-    """``evaluate``, ``predict`` or ``compare``; returns the exit code."""
+    """``evaluate``, ``predict``, ``compare`` or ``export``; returns the exit code."""
     args = build_command_parser(command).parse_args(argv)
     setup_logging()
     logging.getLogger("fmnist_ignite").setLevel(logging.WARNING)
@@ -139,6 +149,9 @@ def run_command(command: str, argv: Sequence[str]) -> int:
                     top = ", ".join(f"{t['class']} {t['probability']:.3f}" for t in answer["top"])
                     print(f"{answer['file']}: {answer['prediction']} ({top})")
             return 1 if any("error" in a for a in answers) else 0
+        if command == "export":
+            print(export_run(Path(args.run), args.checkpoint, args.format, args.output))
+            return 0
         result = compare_runs([Path(r) for r in args.runs])
         print(format_comparison(result))
         save_figure(compare_figure(result["histories"]), Path(args.output))
