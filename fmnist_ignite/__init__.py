@@ -12,10 +12,19 @@ from .build import build_experiment, resume_experiment
 from .config import Config, load_config
 from .context import Context
 from .data import ImageData
-from .errors import CheckpointError, ConfigError, DataError, FmnistIgniteError, RunDirError, TrainingError
+from .errors import (
+    CheckpointError,
+    ConfigError,
+    DataError,
+    ExportError,
+    FmnistIgniteError,
+    RunDirError,
+    TrainingError,
+)
 from .evaluation import TrainedModel, load_trained_model
 from .events import RunEvents
 from .experiment import Experiment
+from .export import export_run
 from .inspect_runs import compare_runs, evaluate_run, predict_images
 from .models import LogisticRegression
 from .monitor import Monitor
@@ -34,6 +43,7 @@ __all__ = [
     "Context",
     "DataError",
     "Experiment",
+    "ExportError",
     "FmnistIgniteError",
     "ImageData",
     "LogisticRegression",
@@ -48,6 +58,7 @@ __all__ = [
     "build_experiment",
     "compare_runs",
     "evaluate_run",
+    "export_run",
     "load_config",
     "load_trained_model",
     "predict_images",

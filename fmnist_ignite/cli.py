@@ -169,6 +169,19 @@ def _compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export_arguments(parser: argparse.ArgumentParser) -> None:
+    _run_arguments(parser)
+    parser.add_argument("--format", choices=("onnx", "torchscript"), default="onnx", help="file format (default: onnx)")
+    parser.add_argument("--output", metavar="PATH", help="where to write it (default: RUN_DIR/model.onnx or model.ts)")
+
+
+def _export(args: argparse.Namespace) -> int:
+    from .export import export_run
+
+    print(export_run(args.run, args.checkpoint, args.format, args.output))
+    return 0
+
+
 COMMANDS: dict[str, Command] = {
     "train": Command(
         "Train a config, or continue a run with --resume (the default command).", _train_arguments, _train
@@ -188,6 +201,11 @@ COMMANDS: dict[str, Command] = {
         _compare_arguments,
         _compare,
     ),
+    "export": Command(
+        "Write the model as ONNX or TorchScript: pixels 0-255 in, class probabilities out, normalisation inside.",
+        _export_arguments,
+        _export,
+    ),
 }
 
 
@@ -203,7 +221,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         f"  {prog} --resume runs/base\n"
         f"  {prog} evaluate runs/base --split val\n"
         f"  {prog} predict runs/base shirt.png\n"
-        f"  {prog} compare runs/base runs/lr005",
+        f"  {prog} compare runs/base runs/lr005\n"
+        f"  {prog} export runs/base --format onnx",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"fmnist_ignite {__version__}")

@@ -74,10 +74,20 @@ def compile_for_training(model: torch.nn.Module, example: torch.Tensor) -> torch
     return cast(torch.nn.Module, compiled)
 
 
+def pixel_scaling(mean: float, std: float, normalize: bool) -> tuple[float, float]:
+    """``(scale, shift)`` such that ``pixels * scale - shift`` is the model's input for pixels 0-255.
+
+    Standardised with the data set's ``mean`` and ``std`` (given on the [0, 1] scale) when
+    ``normalize``, else scaled to [0, 1]. Training and exported models share this one formula.
+    """
+    if normalize:
+        return 1.0 / (255.0 * std), mean / std
+    return 1.0 / 255.0, 0.0
+
+
 def make_prepare_batch(mean: float, std: float, normalize: bool) -> PrepareBatch:
     """Batch conversion done on the device: uint8 pixels to float, scaled to [0, 1] or standardised."""
-    scale = 1.0 / (255.0 * std) if normalize else 1.0 / 255.0
-    shift = mean / std if normalize else 0.0
+    scale, shift = pixel_scaling(mean, std, normalize)
 
     def prepare_batch(batch: Any, device: Any = None, non_blocking: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         x, y = batch

@@ -41,3 +41,7 @@ class CheckpointError(FmnistIgniteError):
 
 class TrainingError(FmnistIgniteError):
     """Training cannot go on (for example, the loss became NaN)."""
+
+
+class ExportError(FmnistIgniteError):
+    """A trained model cannot be exported (the ``onnx`` package is missing, or the exporter refuses the model)."""

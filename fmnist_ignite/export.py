@@ -1,0 +1,145 @@
+"""Exporting a trained run as one standalone file: ONNX (``model.onnx``) or TorchScript (``model.ts``).
+
+The exported model takes raw pixels, a batch ``[N, C, H, W]`` of values 0-255, and returns class
+probabilities ``[N, classes]``: the run's normalisation and the softmax are inside it, so serving
+it needs neither this package nor (for ONNX) torch. The class names, image shape and
+normalisation travel with it: in the ONNX file's ``metadata_props``, in TorchScript's extra file
+``metadata.json``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .engine import pixel_scaling
+from .errors import ConfigError, ExportError, first_line
+from .evaluation import load_trained_model, read_input_description
+from .fileio import atomic_write
+from .rundir import RunDir
+
+FILE_NAMES = {"onnx": "model.onnx", "torchscript": "model.ts"}
+ONNX_OPSET = 17
+INSTALL_HINT = "pip install 'fmnist_ignite[export]'"
+
+
+class ExportableClassifier(nn.Module):
+    """A trained classifier with the run's pixel scaling in front and a softmax behind.
+
+    The scaling is the one training applied to each batch (:func:`~fmnist_ignite.engine.pixel_scaling`),
+    so the same pixels give the same probabilities as the model did in training and evaluation.
+
+    Args:
+        model: the trained model; takes scaled float images ``[N, C, H, W]`` and returns logits.
+        mean: the data set's pixel mean on the [0, 1] scale (``data.json``).
+        std: the data set's pixel standard deviation on the [0, 1] scale.
+        normalize: whether the run standardised pixels with ``mean`` and ``std`` (else scaled to [0, 1]).
+
+    Example:
+        >>> import torch
+        >>> from fmnist_ignite import LogisticRegression
+        >>> classifier = ExportableClassifier(LogisticRegression(784, 10), 0.286, 0.353, True)
+        >>> probabilities = classifier(torch.full((2, 1, 28, 28), 255, dtype=torch.uint8))
+        >>> probabilities.shape, bool(torch.allclose(probabilities.sum(1), torch.ones(2)))
+        (torch.Size([2, 10]), True)
+    """
+
+    def __init__(self, model: nn.Module, mean: float, std: float, normalize: bool) -> None:
+        super().__init__()
+        self.model = model
+        self.scale, self.shift = pixel_scaling(mean, std, normalize)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Class probabilities ``[N, classes]`` of pixels 0-255 ``[N, C, H, W]``, uint8 or float."""
+        return self.model(pixels.float() * self.scale - self.shift).softmax(1)
+
+
+def export_run(
+    run_dir: str | Path, checkpoint: str | None = None, fmt: str = "onnx", output: str | Path | None = None
+) -> Path:
+    """Write the run's model as ``RUN_DIR/model.onnx`` (or ``model.ts``, or ``output``); returns the path.
+
+    The weights are chosen as ``evaluate`` and ``predict`` choose them: ``checkpoint`` is ``None``
+    (``model.pt``, else the best model), ``best``, ``last`` or a file. The ONNX model takes float32
+    pixels (cast uint8 arrays with ``.astype(np.float32)``), has a dynamic batch axis and opset
+    :data:`ONNX_OPSET`; the TorchScript model takes uint8 or float pixels. The file is written
+    atomically: an existing one is replaced whole or not at all.
+
+    Raises:
+        ConfigError: ``fmt`` is neither ``onnx`` nor ``torchscript``.
+        RunDirError: no such run directory, or no ``data.json`` in it.
+        CheckpointError: no usable weights.
+        ExportError: the ``onnx`` package is missing, or the model cannot be exported.
+    """
+    if fmt not in FILE_NAMES:
+        raise ConfigError(f"export format '{fmt}': use onnx or torchscript")
+    run_dir = Path(run_dir)
+    trained = load_trained_model(run_dir, checkpoint)
+    info = read_input_description(RunDir(run_dir))
+    weights = trained.weights
+    classifier = ExportableClassifier(trained.model, info["mean"], info["std"], info["normalize"]).eval()
+    metadata = {
+        "classes": info["classes"],
+        "image_shape": info["image_shape"],
+        "mean": info["mean"],
+        "std": info["std"],
+        "normalize": info["normalize"],
+        "weights": _relative_to(weights, run_dir),
+        "input": f"pixels: {'float32' if fmt == 'onnx' else 'uint8 or float'} [N, C, H, W], values 0-255",
+        "output": "probabilities: float32 [N, len(classes)]",
+    }
+    example = torch.zeros((2, *info["image_shape"]))
+    payload = _onnx_bytes(classifier, example, metadata) if fmt == "onnx" else _torchscript_bytes(classifier, metadata)
+    path = Path(output) if output is not None else run_dir / FILE_NAMES[fmt]
+    atomic_write(path, lambda f: f.write(payload))
+    return path
+
+
+def _relative_to(path: Path, run_dir: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(run_dir.resolve()))
+    except ValueError:
+        return str(path.resolve())
+
+
+def _onnx_bytes(classifier: nn.Module, example: torch.Tensor, metadata: dict[str, Any]) -> bytes:
+    try:
+        import onnx
+    except ImportError:
+        raise ExportError(f"exporting to ONNX needs the onnx package: {INSTALL_HINT}") from None
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            # The TorchScript-based exporter: it needs no onnxscript and works on every torch the
+            # export extra allows; the torch.export-based one (dynamo=True) is the way off it.
+            torch.onnx.export(
+                classifier,
+                (example,),
+                Path(tmp) / "model.onnx",
+                dynamo=False,
+                opset_version=ONNX_OPSET,
+                input_names=["pixels"],
+                output_names=["probabilities"],
+                dynamic_axes={"pixels": {0: "batch"}, "probabilities": {0: "batch"}},
+            )
+            proto = onnx.load(Path(tmp) / "model.onnx")
+    except Exception as err:  # exporters fail in many ways on an unsupported model
+        raise ExportError(f"this run's model cannot be exported to ONNX: {first_line(err)}") from None
+    onnx.helper.set_model_props(proto, {key: json.dumps(value) for key, value in metadata.items()})
+    onnx.checker.check_model(proto)
+    return bytes(proto.SerializeToString())
+
+
+def _torchscript_bytes(classifier: nn.Module, metadata: dict[str, Any]) -> bytes:
+    try:
+        scripted = torch.jit.script(classifier)
+    except Exception as err:  # TorchScript refuses much of Python, in many ways
+        raise ExportError(f"this run's model cannot be compiled to TorchScript: {first_line(err)}") from None
+    buffer = io.BytesIO()
+    torch.jit.save(scripted, buffer, _extra_files={"metadata.json": json.dumps(metadata)})
+    return buffer.getvalue()

@@ -1,0 +1,208 @@
+"""Exporting a run: the ONNX and TorchScript files against the torch model on 1,000 test images."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from PIL import Image
+
+from fmnist_ignite import ConfigError, ExportError, LogisticRegression, build_experiment, load_config
+from fmnist_ignite.engine import make_prepare_batch
+from fmnist_ignite.export import ExportableClassifier, export_run
+
+from .conftest import REPO, run_cli, small_overrides, write_fashion_gz
+
+N_IMAGES = 1000
+TOLERANCE = 1e-5
+
+# torch deprecates the TorchScript-based ONNX exporter and TorchScript itself; both still work.
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:You are using the legacy TorchScript-based ONNX export:DeprecationWarning"),
+    pytest.mark.filterwarnings("ignore:The feature will be removed:DeprecationWarning"),
+    pytest.mark.filterwarnings("ignore:`torch.jit.*` is deprecated:FutureWarning"),
+]
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A finished small run whose test split is 1,000 images, exported both ways, and its torch model's answers."""
+    tmp = tmp_path_factory.mktemp("export")
+    system = write_fashion_gz(tmp / "system" / "fashion-mnist", n_test=N_IMAGES)
+    config = load_config(REPO / "configs" / "base.yaml", small_overrides(tmp, system))
+    experiment = build_experiment(config)
+    metrics = experiment.run()
+    data = experiment.data
+    x, _ = experiment.context.prepare_batch((data.test_images, data.test_labels), "cpu", False)
+    model = experiment.model.cpu().eval()
+    with torch.no_grad():
+        expected = model(x).softmax(1).numpy()
+    return {
+        "run": config.run_dir,
+        "metrics": metrics,
+        "images": data.test_images.numpy(),
+        "labels": data.test_labels.numpy(),
+        "classes": list(data.classes),
+        "expected": expected,
+        "onnx": export_run(config.run_dir),
+        "torchscript": export_run(config.run_dir, fmt="torchscript"),
+        "tmp": tmp,
+    }
+
+
+def onnx_probabilities(path: Path, images: np.ndarray) -> np.ndarray:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return np.asarray(session.run(None, {"pixels": images.astype(np.float32)})[0])
+
+
+def torchscript_probabilities(path: Path, images: np.ndarray | torch.Tensor) -> np.ndarray:
+    model = torch.jit.load(str(path))
+    with torch.no_grad():
+        return model(torch.as_tensor(images)).numpy()
+
+
+def assert_agrees(probabilities: np.ndarray, exported: dict) -> None:
+    """Same shape, same argmax for every image, probabilities within TOLERANCE, and the run's test accuracy."""
+    expected = exported["expected"]
+    assert probabilities.shape == expected.shape == (N_IMAGES, 10)
+    assert probabilities.dtype == np.float32
+    assert (probabilities.argmax(1) == expected.argmax(1)).all()
+    assert np.abs(probabilities - expected).max() <= TOLERANCE
+    correct = int((probabilities.argmax(1) == exported["labels"]).sum())
+    assert correct / N_IMAGES == exported["metrics"]["test_accuracy"]
+
+
+def test_the_run_tests_on_1000_images(exported: dict) -> None:
+    assert exported["images"].shape == (N_IMAGES, 1, 28, 28) and exported["images"].dtype == np.uint8
+    assert exported["onnx"] == exported["run"] / "model.onnx"
+    assert exported["torchscript"] == exported["run"] / "model.ts"
+
+
+def test_onnx_agrees_with_the_torch_model(exported: dict) -> None:
+    assert_agrees(onnx_probabilities(exported["onnx"], exported["images"]), exported)
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
+def test_torchscript_agrees_with_the_torch_model(exported: dict, dtype: torch.dtype) -> None:
+    images = torch.from_numpy(exported["images"]).to(dtype)
+    assert_agrees(torchscript_probabilities(exported["torchscript"], images), exported)
+
+
+@pytest.mark.parametrize("size", [1, 7])
+def test_batch_axis_is_dynamic(exported: dict, size: int) -> None:
+    images, expected = exported["images"][:size], exported["expected"][:size]
+    for probabilities in (
+        onnx_probabilities(exported["onnx"], images),
+        torchscript_probabilities(exported["torchscript"], torch.from_numpy(images)),
+    ):
+        assert probabilities.shape == (size, 10)
+        assert np.abs(probabilities - expected).max() <= TOLERANCE
+
+
+def test_onnx_file_describes_itself(exported: dict) -> None:
+    model = onnx.load(exported["onnx"])
+    onnx.checker.check_model(model)
+    assert max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) >= 17
+    (pixels,) = model.graph.input
+    assert pixels.name == "pixels" and pixels.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    batch, *image = pixels.type.tensor_type.shape.dim
+    assert batch.dim_param == "batch" and [d.dim_value for d in image] == [1, 28, 28]
+    meta = {p.key: json.loads(p.value) for p in model.metadata_props}
+    data = json.loads((exported["run"] / "data.json").read_text())
+    assert meta["classes"] == exported["classes"] == data["classes"]
+    assert {k: meta[k] for k in ("image_shape", "mean", "std", "normalize")} == {
+        k: data[k] for k in ("image_shape", "mean", "std", "normalize")
+    }
+    assert meta["weights"] == "model.pt"
+    session_meta = ort.InferenceSession(str(exported["onnx"]), providers=["CPUExecutionProvider"]).get_modelmeta()
+    assert json.loads(session_meta.custom_metadata_map["classes"]) == exported["classes"]
+
+
+def test_torchscript_file_carries_the_same_metadata(exported: dict) -> None:
+    files = {"metadata.json": ""}
+    torch.jit.load(str(exported["torchscript"]), _extra_files=files)
+    meta = json.loads(files["metadata.json"])
+    assert meta["classes"] == exported["classes"] and meta["image_shape"] == [1, 28, 28]
+    assert meta["weights"] == "model.pt" and meta["input"].startswith("pixels: uint8 or float")
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_classifier_scales_pixels_as_training_does(normalize: bool) -> None:
+    torch.manual_seed(0)
+    model = LogisticRegression(784, 10).eval()
+    pixels = torch.randint(0, 256, (5, 1, 28, 28), dtype=torch.uint8)
+    x, _ = make_prepare_batch(0.286, 0.353, normalize)((pixels, torch.zeros(5)), "cpu", False)
+    classifier = ExportableClassifier(model, 0.286, 0.353, normalize)
+    with torch.no_grad():
+        assert torch.equal(classifier(pixels), model(x).softmax(1))
+        assert torch.equal(classifier(pixels.float()), classifier(pixels))
+
+
+def test_serving_snippet_in_the_docs_runs_without_torch(exported: dict, tmp_path: Path) -> None:
+    """The docs' onnxruntime example, run as written on a test image, classifies it as the torch model does."""
+    text = (REPO / "docs" / "export.rst").read_text()
+    block = re.search(r"\.\. code-block:: python\n\n((?:   .*\n|\n)+)", text)
+    assert block is not None
+    code = "\n".join(line[3:] for line in block.group(1).splitlines())
+    (tmp_path / "runs" / "base").mkdir(parents=True)
+    (tmp_path / "runs" / "base" / "model.onnx").write_bytes(exported["onnx"].read_bytes())
+    Image.fromarray(exported["images"][3, 0], mode="L").save(tmp_path / "boot.png")
+    check = "\nimport sys\nassert not {'torch', 'fmnist_ignite'} & set(sys.modules), 'the snippet imported torch'\n"
+    result = subprocess.run(
+        [sys.executable, "-c", code + check], capture_output=True, text=True, cwd=tmp_path, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    name, probability = result.stdout.strip().rsplit(" ", 1)
+    expected = exported["expected"][3]
+    assert name == exported["classes"][int(expected.argmax())]
+    assert float(probability) == pytest.approx(float(expected.max()), abs=TOLERANCE)
+
+
+def test_cli_exports_torchscript_and_chooses_weights(exported: dict, tmp_path: Path) -> None:
+    run = exported["run"]
+    result = run_cli("export", str(run), "--format", "torchscript")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"{run / 'model.ts'}\n"
+    assert_agrees(torchscript_probabilities(run / "model.ts", exported["images"]), exported)
+
+    last = tmp_path / "last.onnx"
+    result = run_cli("export", str(run), "--checkpoint", "last", "--output", str(last))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"{last}\n"
+    weights = json.loads({p.key: p.value for p in onnx.load(last).metadata_props}["weights"])
+    assert re.fullmatch(r"checkpoints/checkpoint_\d+\.pt", weights)
+
+
+def test_cli_refuses_an_unknown_format(exported: dict) -> None:
+    result = run_cli("export", str(exported["run"]), "--format", "tflite")
+    assert result.returncode == 2
+    assert "argument --format: invalid choice: 'tflite'" in result.stderr
+
+
+def test_cli_refuses_a_missing_run_directory(tmp_path: Path) -> None:
+    missing = tmp_path / "nope"
+    result = run_cli("export", str(missing))
+    assert result.returncode == 2
+    assert result.stderr == f"error: run directory {missing} does not exist\n"
+    assert not missing.exists()
+
+
+def test_unknown_format_from_python(exported: dict) -> None:
+    with pytest.raises(ConfigError, match=r"^export format 'tflite': use onnx or torchscript$"):
+        export_run(exported["run"], fmt="tflite")
+
+
+def test_missing_onnx_names_the_extra(exported: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "onnx", None)  # what `import onnx` meets where it is not installed
+    with pytest.raises(ExportError) as raised:
+        export_run(exported["run"], output=tmp_path / "model.onnx")
+    assert str(raised.value) == "exporting to ONNX needs the onnx package: pip install 'fmnist_ignite[export]'"
+    assert list(tmp_path.iterdir()) == []
