@@ -60,6 +60,11 @@ enter_workspace()
 
 from fmnist_ignite import LogisticRegression, load_config
 """
+doctest_global_cleanup = """
+from doc_workspace import leave_workspace
+
+leave_workspace()
+"""
 
 
 # Classes that readers receive rather than construct: their constructor is wiring (a pydantic

@@ -43,9 +43,13 @@ def write_fashion_gz(folder: Path) -> None:
         (folder / f"{prefix}-labels-idx1-ubyte.gz").write_bytes(gzip.compress(label_header + labels.tobytes(), 1))
 
 
+_previous: list[tuple[Path, Path]] = []
+
+
 def enter_workspace() -> Path:
     """Create the workspace, make it the current directory, and return it."""
     root = Path(tempfile.mkdtemp(prefix="fmnist-docs-"))
+    _previous.append((Path.cwd(), root))
     shutil.copytree(REPO / "configs", root / "configs")
     for config in (root / "configs").glob("*.yaml"):
         text = config.read_text(encoding="utf-8")
@@ -55,3 +59,10 @@ def enter_workspace() -> Path:
     write_fashion_gz(root / "data" / "FashionMNIST" / "raw")
     os.chdir(root)
     return root
+
+
+def leave_workspace() -> None:
+    """Go back to the folder the doctests started in and delete the workspace."""
+    cwd, root = _previous.pop()
+    os.chdir(cwd)
+    shutil.rmtree(root, ignore_errors=True)
