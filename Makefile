@@ -22,8 +22,8 @@ test: lint
 	$(MAKE) docs
 
 docs: setup
-	$(VENV)/bin/sphinx-build -W --keep-going -q -b html docs docs/_build/html
-	$(VENV)/bin/sphinx-build -W --keep-going -q -b doctest docs docs/_build/doctest
+	$(VENV)/bin/sphinx-build -W --keep-going -q -b html -d docs/_build/doctrees docs docs/_build/html
+	$(VENV)/bin/sphinx-build -W --keep-going -q -b doctest -d docs/_build/doctrees docs docs/_build/doctest
 
 bench: setup
 	$(PY) benchmarks/epoch_speed.py
