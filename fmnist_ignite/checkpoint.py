@@ -3,13 +3,14 @@
 Ignite's :class:`~ignite.handlers.Checkpoint` removes the oldest file *before* it writes the new
 one, so with ``n_saved: 1`` a kill or a full disk inside the write would leave no checkpoint at
 all. :class:`SaveThenRotate` wraps its saver: the new file is written to a temporary name,
-flushed to disk and renamed into place, and only then is the old one removed.
+renamed into place and flushed to disk, and only then is the old one removed.
 """
 
 from __future__ import annotations
 
 import io
 import logging
+import os
 from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
@@ -48,6 +49,11 @@ class SaveThenRotate(DiskSaver):
     def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
         self.dirname.mkdir(parents=True, exist_ok=True)
         super().__call__(checkpoint, filename, metadata)
+        fd = os.open(self.dirname / filename, os.O_RDONLY)
+        try:
+            os.fsync(fd)  # on disk, not only renamed into place, before an older file goes
+        finally:
+            os.close(fd)
         while self._to_remove:
             # A kill before this line leaves one file too many, never one too few.
             (self.dirname / self._to_remove.pop()).unlink(missing_ok=True)

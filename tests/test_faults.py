@@ -171,7 +171,7 @@ def test_no_readable_checkpoint_is_an_error_and_nothing_is_deleted(make_config: 
     files = sorted((run / "checkpoints").glob("checkpoint_*.pt"))
     for path in files:
         path.write_bytes(b"garbage")
-    with pytest.raises(CheckpointError, match=r"none of the 2 checkpoint\(s\) in .* can be read .*nothing was deleted"):
+    with pytest.raises(CheckpointError, match=r"none of the 2 checkpoint\(s\) in .* can be used .*nothing was deleted"):
         resume_experiment(run).run()
     assert sorted((run / "checkpoints").glob("checkpoint_*.pt")) == files
 
@@ -254,17 +254,18 @@ def test_nan_loss_keeps_history_and_the_last_good_checkpoint(make_config: Callab
     assert torch.isfinite(state["model"]["linear.weight"]).all()
 
 
-def test_user_handler_error_shows_its_traceback_and_the_run_resumes(
+def test_user_handler_error_is_one_line_and_the_run_resumes(
     tmp_path: Path, small: list[str], reference: list[tuple]
 ) -> None:
     result = run_cli(BASE, *small, "handlers=[{target: 'tests.plugins:ExplodeOnce', kwargs: {epoch: 3}}]")
     run = tmp_path / "runs" / "small"
     assert result.returncode == 1
-    assert "Traceback" in result.stderr and "RuntimeError: boom from a user handler" in result.stderr
-    assert 'tests/plugins.py", line' in result.stderr
-    assert result.stderr.splitlines()[-1] == (
-        "error: the run stopped on RuntimeError; its last checkpoint is kept: "
-        f"resume with 'python -m fmnist_ignite --resume {run}'"
+    assert "Traceback" not in result.stderr
+    last = result.stderr.splitlines()[-1]
+    assert last.startswith("error: the run stopped on RuntimeError: boom from a user handler (tests/plugins.py:")
+    assert last.endswith(
+        f"; its last checkpoint is kept: resume with 'python -m fmnist_ignite --resume {run}' "
+        "(run with -v for the traceback)"
     )
     assert (run / "checkpoints" / "checkpoint_2.pt").is_file()
     resumed = run_cli("--resume", str(run))
