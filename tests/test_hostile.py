@@ -1,0 +1,274 @@
+"""Hostile inputs: data archives, compressed files, configs and images crafted to run code, hang or exhaust memory."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import pickle
+import re
+import struct
+import tarfile
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+from fmnist_ignite import DataError, load_config
+from fmnist_ignite.data import load_data
+
+from .conftest import idx_images, idx_labels, synthetic_images, write_cifar_archive
+
+
+def data_config(root: Path, system_dir: Path | None = None, dataset: str = "fashion_mnist"):
+    return load_config(
+        {"data": {"dataset": dataset, "root": str(root), "system_dir": str(system_dir) if system_dir else None}}
+    ).data
+
+
+def write_fashion(folder: Path, train_side: tuple[int, int] = (28, 28), test_side: tuple[int, int] = (28, 28)) -> Path:
+    """The four ``*-ubyte.gz`` files with 20 training and 10 test images of the given sizes."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for prefix, n, side, seed in (("train", 20, train_side, 1), ("t10k", 10, test_side, 2)):
+        images, labels = synthetic_images(n, side, seed)
+        (folder / f"{prefix}-images-idx3-ubyte.gz").write_bytes(gzip.compress(idx_images(images)))
+        (folder / f"{prefix}-labels-idx1-ubyte.gz").write_bytes(gzip.compress(idx_labels(labels)))
+    return folder
+
+
+# --- CIFAR-10 batches are read without running code -------------------------------------------------------------
+
+
+class Payload:
+    """Unpickling this runs a shell command, as a crafted batch file would."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def cifar_folder(root: Path) -> Path:
+    with tarfile.open(write_cifar_archive(root), "r:gz") as tar:
+        tar.extractall(root, filter="data")
+    return root / "cifar-10-batches-py"
+
+
+@pytest.mark.parametrize("where", ["data_batch_1", "test_batch", "batches.meta"])
+def test_pickle_payload_in_a_cifar_batch_is_refused_not_run(tmp_path: Path, where: str) -> None:
+    folder = cifar_folder(tmp_path / "data")
+    marker = tmp_path / "MARKER"
+    if where == "batches.meta":  # hidden inside the dictionary, where torchvision reads the class names
+        payload = {"label_names": ["a"] * 9 + [Payload(marker)], "num_cases_per_batch": 20}
+    else:
+        payload = Payload(marker)
+    (folder / where).write_bytes(pickle.dumps(payload))
+    with pytest.raises(DataError) as info:
+        load_data(data_config(tmp_path / "data", dataset="cifar10"))
+    assert not marker.exists(), "the payload ran"
+    assert str(info.value) == (
+        f"{folder / where} holds a Python object other than arrays, lists, strings and numbers "
+        f"({os.system.__module__}.system); refused for safety: replace it with the original CIFAR-10 file"
+    )
+
+
+def cifar_batch(n: int, protocol: int = 4, byte_keys: bool = False) -> bytes:
+    images, labels = synthetic_images(n, (3, 32, 32), 7)
+    batch = {"batch_label": "b", "labels": labels.tolist(), "data": images.reshape(n, -1), "filenames": []}
+    if byte_keys:
+        batch = {key.encode(): value for key, value in batch.items()}
+    return pickle.dumps(batch, protocol=protocol)
+
+
+@pytest.mark.parametrize("protocol", [2, 5])
+def test_cifar_batches_of_other_pickle_protocols_and_byte_keys_load(tmp_path: Path, protocol: int) -> None:
+    folder = cifar_folder(tmp_path / "data")
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        (folder / name).write_bytes(cifar_batch(4, protocol, byte_keys=True))
+    names = [n.encode() for n in ["plane", "car", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]]
+    (folder / "batches.meta").write_bytes(pickle.dumps({b"label_names": names}, protocol=protocol))
+    data = load_data(data_config(tmp_path / "data", dataset="cifar10"))
+    images, labels = synthetic_images(4, (3, 32, 32), 7)
+    assert data.train_images.shape == (20, 3, 32, 32) and data.test_images.shape == (4, 3, 32, 32)
+    assert data.test_images.numpy().tobytes() == images.tobytes()
+    assert data.test_labels.tolist() == labels.tolist()
+    assert data.classes[1] == "car"
+
+
+class NewArray:
+    """Pickles as a call of ``numpy.ndarray(shape, uint8)``: an array the file does not hold."""
+
+    def __init__(self, shape: tuple[int, ...]) -> None:
+        self.shape = shape
+
+    def __reduce__(self):
+        return (np.ndarray, (self.shape, np.dtype(np.uint8)))
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        (
+            "data_batch_2",
+            {"data": np.zeros((4, 3000), np.uint8), "labels": [0] * 4},
+            "'data' must be a uint8 array of shape (N, 3072), got uint8 (4, 3000); replace the file",
+        ),
+        (
+            "data_batch_2",
+            {"data": np.zeros((4, 3072), np.float32), "labels": [0] * 4},
+            "'data' must be a uint8 array of shape (N, 3072), got float32 (4, 3072); replace the file",
+        ),
+        (
+            "test_batch",
+            {"data": np.zeros((4, 3072), np.uint8), "labels": [0] * 3},
+            "'labels' must be 4 integers from 0 to 9, one per image; replace the file",
+        ),
+        (
+            "test_batch",
+            {"data": np.zeros((2, 3072), np.uint8), "labels": [0, 10]},
+            "'labels' must be 2 integers from 0 to 9, one per image; replace the file",
+        ),
+        (
+            "data_batch_3",
+            {"data": NewArray((100_000, 3072)), "labels": []},
+            "claims an array of 307200000 bytes in a file of",
+        ),
+        (
+            "batches.meta",
+            {"label_names": ["a"] * 9},
+            "'label_names' must be a list of 10 class names; replace the file",
+        ),
+        ("batches.meta", [1, 2], "holds a list, not a CIFAR-10 dictionary; replace the file"),
+    ],
+    ids=["data-3000-wide", "data-float", "labels-short", "labels-10", "array-not-in-file", "names-9", "not-a-dict"],
+)
+def test_cifar_batches_of_the_wrong_shape_are_refused(tmp_path: Path, name: str, content, message: str) -> None:
+    folder = cifar_folder(tmp_path / "data")
+    (folder / name).write_bytes(pickle.dumps(content))
+    with pytest.raises(DataError, match=f"^{re.escape(str(folder / name))}:? .*{re.escape(message)}"):
+        load_data(data_config(tmp_path / "data", dataset="cifar10"))
+
+
+def test_corrupt_cifar_batch_keeps_its_message(tmp_path: Path) -> None:
+    folder = cifar_folder(tmp_path / "data")
+    (folder / "data_batch_4").write_bytes(cifar_batch(4)[:-50])
+    with pytest.raises(DataError) as info:
+        load_data(data_config(tmp_path / "data", dataset="cifar10"))
+    assert str(info.value).startswith(f"CIFAR-10 batches under {folder} are corrupt (data_batch_4: UnpicklingError: ")
+    assert str(info.value).endswith("; delete that folder to prepare it again")
+    assert "\n" not in str(info.value)
+
+
+# --- Fashion-MNIST: decompression bombs and absurd headers -----------------------------------------------------
+
+
+def test_gz_bomb_is_refused_once_past_the_promised_size(tmp_path: Path) -> None:
+    system = write_fashion(tmp_path / "system")
+    images, _ = synthetic_images(20, (28, 28), 1)
+    zeros = gzip.compress(bytes(2**20))
+    # 200 MiB of zeros in 200 gzip members (~200 KB), then bytes that are not gzip: a reader that decompressed
+    # everything would report those; one that stops after the promised size never reaches them.
+    bomb = gzip.compress(idx_images(images)) + zeros * 200 + b"not gzip"
+    (system / "train-images-idx3-ubyte.gz").write_bytes(bomb)
+    with pytest.raises(DataError) as info:
+        load_data(data_config(tmp_path / "data", system))
+    assert str(info.value) == (
+        f"{system / 'train-images-idx3-ubyte.gz'} decompresses to a bad file: train-images-idx3-ubyte holds more "
+        f"than the {16 + 20 * 28 * 28} bytes its header promises (padded, or a decompression bomb); replace it with "
+        "the original file"
+    )
+    raw = tmp_path / "data" / "FashionMNIST" / "raw"
+    assert sorted(p.name for p in raw.iterdir()) == [], "no partial or temporary file is left"
+
+
+def test_cifar_archive_member_larger_than_a_batch_is_refused_before_writing(tmp_path: Path) -> None:
+    info = tarfile.TarInfo("cifar-10-batches-py/data_batch_1")
+    info.size = 2**28
+    archive = tmp_path / "cifar-10-python.tar.gz"
+    # A tar header declaring 256 MiB, then those 256 MiB of zeros in 256 gzip members (~256 KB on disk).
+    archive.write_bytes(gzip.compress(info.tobuf()) + gzip.compress(bytes(2**20)) * 256)
+    with pytest.raises(DataError) as info_:
+        load_data(data_config(tmp_path, dataset="cifar10"))
+    assert str(info_.value) == (
+        f"{archive}: cifar-10-batches-py/data_batch_1 is not a file of at most 134217728 bytes (268435456 bytes); "
+        "replace it with the original archive"
+    )
+    assert [p.name for p in tmp_path.iterdir()] == [archive.name], "nothing extracted, no staging folder left"
+
+
+@pytest.mark.parametrize(
+    ("header", "message"),
+    [
+        ((2051, 10, 0, 28), "declares 0x28 images; sides must be 1 to 4096: replace it with the original file"),
+        ((2051, 10, 28, 5000), "declares 28x5000 images; sides must be 1 to 4096: replace it with the original file"),
+        (
+            (2051, 2**32 - 1, 4096, 4096),
+            "declares 4294967295 items (72057594021150736 bytes), more than the 2147483648 bytes allowed; "
+            "replace it with the original file",
+        ),
+    ],
+)
+def test_absurd_idx_headers_are_refused_before_decompressing(tmp_path: Path, header: tuple, message: str) -> None:
+    system = write_fashion(tmp_path / "system")
+    (system / "train-images-idx3-ubyte.gz").write_bytes(gzip.compress(struct.pack(">IIII", *header)))
+    with pytest.raises(DataError) as info:
+        load_data(data_config(tmp_path / "data", system))
+    prefix = f"{system / 'train-images-idx3-ubyte.gz'} decompresses to a bad file: train-images-idx3-ubyte "
+    assert str(info.value) == prefix + message
+
+
+@pytest.fixture(scope="module")
+def fashion_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
+    folder = write_fashion(tmp_path_factory.mktemp("fashion"))
+    return {p.name: p.read_bytes() for p in folder.iterdir()}
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    magic=st.sampled_from([2051, 2049, 2052, 0]),
+    count=st.one_of(st.integers(0, 30), st.just(20), st.integers(0, 2**32 - 1)),
+    rows=st.one_of(st.integers(0, 40), st.just(28), st.integers(0, 2**32 - 1)),
+    cols=st.one_of(st.integers(0, 40), st.just(28)),
+    extra=st.integers(-50, 50),
+    damage=st.one_of(st.none(), st.tuples(st.sampled_from(["cut", "flip"]), st.integers(0, 2**16))),
+)
+@example(magic=2051, count=20, rows=28, cols=28, extra=0, damage=None)  # the file as written: it loads
+def test_any_idx_gz_loads_or_gives_a_data_error(
+    fashion_files: dict[str, bytes], magic: int, count: int, rows: int, cols: int, extra: int, damage
+) -> None:
+    header = struct.pack(">IIII", magic, count, rows, cols)
+    promised = count * rows * cols if count * rows * cols < 100_000 else 1000
+    blob = gzip.compress(header + bytes(max(0, promised + extra)))
+    if damage is not None:
+        kind, where = damage
+        where %= len(blob)
+        blob = blob[:where] if kind == "cut" else blob[:where] + bytes([blob[where] ^ 0x55]) + blob[where + 1 :]
+    with tempfile.TemporaryDirectory() as tmp:
+        system = Path(tmp) / "system"
+        system.mkdir()
+        for name, content in fashion_files.items():
+            (system / name).write_bytes(content)
+        (system / "train-images-idx3-ubyte.gz").write_bytes(blob)
+        try:
+            data = load_data(data_config(Path(tmp) / "data", system))
+        except DataError as err:
+            assert "\n" not in str(err)
+            assert not [p for p in (Path(tmp) / "data" / "FashionMNIST" / "raw").iterdir() if p.suffix == ".tmp"]
+        else:
+            assert data.train_images.shape == (count, 1, rows, cols) == (20, 1, 28, 28)
+
+
+# --- Data of inconsistent shape --------------------------------------------------------------------------------
+
+
+def test_test_images_of_another_shape_are_refused_before_training(tmp_path: Path) -> None:
+    system = write_fashion(tmp_path / "system", train_side=(28, 28), test_side=(27, 29))
+    with pytest.raises(DataError) as info:
+        load_data(data_config(tmp_path / "data", system))
+    assert str(info.value) == (
+        "train images have shape (C, H, W) (1, 28, 28) but test images (1, 27, 29); the model takes one shape: "
+        "replace the files that differ"
+    )
