@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
+import io
 import os
 import pickle
 import re
@@ -13,13 +15,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from fmnist_ignite import DataError, load_config
+from fmnist_ignite import Config, ConfigError, DataError, load_config
+from fmnist_ignite.cli import main
 from fmnist_ignite.data import load_data
 
-from .conftest import idx_images, idx_labels, synthetic_images, write_cifar_archive
+from .conftest import idx_images, idx_labels, run_cli, synthetic_images, write_cifar_archive
 
 
 def data_config(root: Path, system_dir: Path | None = None, dataset: str = "fashion_mnist"):
@@ -259,6 +263,131 @@ def test_any_idx_gz_loads_or_gives_a_data_error(
             assert not [p for p in (Path(tmp) / "data" / "FashionMNIST" / "raw").iterdir() if p.suffix == ".tmp"]
         else:
             assert data.train_images.shape == (count, 1, rows, cols) == (20, 1, 28, 28)
+
+
+# --- Config files: alias bombs, deep nesting, endless files, duplicate keys ------------------------------------
+
+
+LAUGHS = "model:\n  kwargs:\n    a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"    {b}: &{b} [{', '.join([f'*{a}'] * 9)}]\n" for a, b in zip("abcdefgh", "bcdefghi", strict=True)
+)
+BAD_YAML = {
+    "laughs": (
+        LAUGHS,
+        ":8:8: YAML error: more than 100,000 values once YAML aliases (*name) are expanded; write the values out or "
+        "use fewer aliases",
+    ),
+    "deep": (
+        "name: x\nmodel:\n  kwargs: {a: " + "[" * 20_000 + "]" * 20_000 + "}\n",
+        ":3:112: YAML error: values nested more than 100 levels deep",
+    ),
+    "duplicate": (
+        "name: x\noptimizer:\n  lr: 0.1\nseed: 1\ntrainer:\n  max_epochs: 2\n\n\noptimizer:\n  lr: 0.2\n",
+        ":9:1: YAML error: duplicate key 'optimizer' at lines 2 and 9; keep one",
+    ),
+    "recursive": ("model:\n  kwargs: &k\n    a: *k\n", ":3:8: YAML error: the alias *k is inside its own value"),
+    "huge": ("name: x\n" + "# padding\n" * 110_000, "' is larger than 1 MiB; a config is a short YAML mapping"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_YAML)
+def test_hostile_config_files_are_refused_in_one_line(tmp_path: Path, case: str) -> None:
+    text, message = BAD_YAML[case]
+    path = tmp_path / f"{case}.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    expected = f"config file '{path}{message}" if case == "huge" else f"{path}{message}"
+    assert str(info.value) == expected
+
+
+def test_dev_zero_as_a_config_is_not_read_without_end() -> None:
+    with pytest.raises(ConfigError, match=r"^config file '/dev/zero' is larger than 1 MiB; a config is a short YAML"):
+        load_config("/dev/zero")
+
+
+@pytest.mark.parametrize("case", ["deep", "duplicate", "recursive", "huge"])
+def test_hostile_config_files_on_the_command_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, case: str) -> None:
+    path = tmp_path / f"{case}.yaml"
+    path.write_text(BAD_YAML[case][0])
+    monkeypatch.chdir(tmp_path)  # the default output_dir, runs/, would appear here
+    stderr = io.StringIO()
+    with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(io.StringIO()):
+        code = main([str(path)])
+    assert code == 2
+    assert stderr.getvalue().count("\n") == 1 and BAD_YAML[case][1] in stderr.getvalue()
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]
+
+
+def test_alias_bomb_does_not_hang_print_config(tmp_path: Path) -> None:
+    path = tmp_path / "laughs.yaml"
+    path.write_text(LAUGHS)
+    result = run_cli(str(path), "--print-config", cwd=tmp_path, timeout=60)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr == f"error: {path}{BAD_YAML['laughs'][1]}\n"
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("model.kwargs={a: 1, a: 2}", "override of 'model.kwargs': duplicate key 'a' at lines 1 and 1; keep one"),
+        ("model.kwargs=" + "[" * 5000, "override of 'model.kwargs': values nested more than 100 levels deep"),
+        (
+            "model.kwargs." + "a." * 200 + "b=1",
+            "override of 'model.kwargs.a.a.a.a.a.a.a.a.a.a.a.a.a.a'...: keys nested",
+        ),
+    ],
+)
+def test_hostile_overrides_are_refused(override: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=f"^{re.escape(message)}"):
+        load_config(None, [override])
+
+
+def yaml_text(value, duplicate: bool) -> str:
+    """YAML flow text for nested dicts/lists/scalars; mappings may say their first key twice."""
+    if isinstance(value, dict):
+        pairs = [f"{yaml_text(k, duplicate)}: {yaml_text(v, duplicate)}" for k, v in value.items()]
+        if duplicate and pairs:
+            pairs.append(pairs[0])
+        return "{" + ", ".join(pairs) + "}"
+    if isinstance(value, list):
+        return "[" + ", ".join(yaml_text(v, duplicate) for v in value) + "]"
+    return yaml.safe_dump(value).removesuffix("\n...\n").strip()
+
+
+SECTIONS = ["name", "seed", "device", "data", "model", "optimizer", "scheduler", "trainer", "handlers", "kwargs", "lr"]
+scalars = st.one_of(
+    st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=8), st.sampled_from(SECTIONS)
+)
+trees = st.recursive(
+    scalars,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.sampled_from(SECTIONS) | scalars, inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    tree=st.dictionaries(st.sampled_from(SECTIONS), trees, max_size=5), duplicate=st.booleans(), cut=st.integers(0, 400)
+)
+@example(tree={"name": "x", "optimizer": {"lr": 0.5}}, duplicate=False, cut=0)
+@example(tree={"name": "x", "optimizer": {"lr": 0.5}}, duplicate=True, cut=0)
+def test_any_yaml_file_gives_a_config_or_a_one_line_config_error(
+    tmp_path: Path, tree: dict, duplicate: bool, cut: int
+) -> None:
+    text = yaml_text(tree, duplicate)
+    path = tmp_path / "random.yaml"
+    for candidate in (text, text[:cut]):
+        path.write_text(candidate)
+        has_duplicate = candidate is text and duplicate and bool(tree)
+        try:
+            config = load_config(path)
+        except ConfigError as err:
+            assert "\n" not in str(err) and str(err).startswith(str(path))
+            assert "duplicate key" in str(err) or not has_duplicate
+        else:
+            assert isinstance(config, Config) and not has_duplicate
 
 
 # --- Data of inconsistent shape --------------------------------------------------------------------------------
