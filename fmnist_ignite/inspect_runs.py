@@ -15,7 +15,7 @@ import torch
 
 from .config import Config, read_yaml, validate_config
 from .engine import make_prepare_batch
-from .errors import CheckpointError, RunDirError, first_line
+from .errors import CheckpointError, DataError, RunDirError, first_line
 from .fileio import safe_torch_load
 from .handlers.checkpoint import BEST_MODEL_RE, CHECKPOINT_RE, saved_files
 from .registry import MODELS
@@ -96,7 +96,9 @@ def predict_images(
     Each image is converted the way the training data was: to the run's channels (grayscale for
     Fashion-MNIST, RGB for CIFAR-10) and resized to its size (28x28, 32x32).
     """
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
+
+    from .images import open_image
 
     config = load_run_config(run_dir)
     info = _input_description(run_dir)
@@ -108,14 +110,11 @@ def predict_images(
     answers: list[dict[str, Any]] = []
     for name in images:
         try:
-            with Image.open(name) as image:
-                converted = image.convert("L" if channels == 1 else "RGB").resize(
-                    (width, height), Image.Resampling.BILINEAR
-                )
-        except (OSError, UnidentifiedImageError, ValueError) as err:
-            reason = "not an image file PIL can read" if isinstance(err, UnidentifiedImageError) else str(err)
-            answers.append({"file": str(name), "error": f"{name}: {reason}"})
+            image = open_image(name, "L" if channels == 1 else "RGB")
+        except DataError as err:
+            answers.append({"file": str(name), "error": str(err)})
             continue
+        converted = image.resize((width, height), Image.Resampling.BILINEAR)
         pixels = torch.frombuffer(bytearray(converted.tobytes()), dtype=torch.uint8)
         x = pixels.view(height, width, channels).permute(2, 0, 1).unsqueeze(0)
         inputs, _ = prepare((x, torch.zeros(1, dtype=torch.long)), "cpu", False)

@@ -11,6 +11,7 @@ import re
 import struct
 import tarfile
 import tempfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -19,11 +20,13 @@ import yaml
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from fmnist_ignite import Config, ConfigError, DataError, load_config
+from fmnist_ignite import Config, ConfigError, DataError, build_experiment, load_config
 from fmnist_ignite.cli import main
 from fmnist_ignite.data import load_data
+from fmnist_ignite.images import open_image
+from fmnist_ignite.inspect_runs import predict_images
 
-from .conftest import idx_images, idx_labels, run_cli, synthetic_images, write_cifar_archive
+from .conftest import REPO, idx_images, idx_labels, run_cli, small_overrides, synthetic_images, write_cifar_archive
 
 
 def data_config(root: Path, system_dir: Path | None = None, dataset: str = "fashion_mnist"):
@@ -401,3 +404,71 @@ def test_test_images_of_another_shape_are_refused_before_training(tmp_path: Path
         "train images have shape (C, H, W) (1, 28, 28) but test images (1, 27, 29); the model takes one shape: "
         "replace the files that differ"
     )
+
+
+# --- Images given to predict -----------------------------------------------------------------------------------
+
+
+def png(width: int, height: int) -> bytes:
+    """A small PNG whose header claims ``width`` x ``height`` grey pixels (its pixel data is short)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(bytes(1000))) + chunk(b"IEND", b"")
+    )
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (png(100_000, 100_000), "more than 178,956,970 pixels, which is more than the 50,000,000 allowed"),
+        (png(8000, 8000), "8000x8000 pixels is more than the 50,000,000 allowed"),
+        (png(40, 30), "cannot be read as an image (OSError: image file is truncated"),
+        (b"not a picture", "not an image file PIL can read"),
+    ],
+    ids=["100000x100000", "8000x8000", "truncated", "text"],
+)
+def test_open_image_refuses_bombs_and_damaged_files_in_one_line(tmp_path: Path, content: bytes, message: str) -> None:
+    path = tmp_path / "image.png"
+    path.write_bytes(content)
+    with pytest.raises(DataError, match=f"^{re.escape(f'{path}: {message}')}") as info:
+        open_image(path, "L")
+    assert "\n" not in str(info.value)
+
+
+def test_open_image_converts_and_bounds(tmp_path: Path) -> None:
+    from PIL import Image
+
+    path = tmp_path / "good.png"
+    Image.new("RGB", (30, 20), (255, 0, 0)).save(path)
+    image = open_image(path, "L")
+    assert image.mode == "L" and image.size == (30, 20) and image.getpixel((0, 0)) == 76
+    with pytest.raises(DataError, match=re.escape(f"{path}: 30x20 pixels is more than the 500 allowed")):
+        open_image(path, "L", max_pixels=500)
+    with pytest.raises(
+        DataError, match=re.escape(f"{tmp_path / 'nope.png'}: cannot be read as an image (FileNotFound")
+    ):
+        open_image(tmp_path / "nope.png", "L")
+
+
+def test_predict_answers_good_images_next_to_a_bomb(tmp_path: Path, system_dir: Path) -> None:
+    from PIL import Image
+
+    config = load_config(
+        REPO / "configs" / "base.yaml", [*small_overrides(tmp_path, system_dir), "trainer.max_epochs=1"]
+    )
+    build_experiment(config).run()
+    bomb, good = tmp_path / "bomb.png", tmp_path / "good.png"
+    bomb.write_bytes(png(100_000, 100_000))
+    Image.new("L", (28, 28), 128).save(good)
+    answers = predict_images(config.run_dir, [bomb, good])
+    error = f"{bomb}: more than 178,956,970 pixels, which is more than the 50,000,000 allowed"
+    assert answers[0] == {"file": str(bomb), "error": error}
+    assert answers[1]["file"] == str(good) and answers[1]["prediction"] == answers[1]["top"][0]["class"]
+    stderr = io.StringIO()
+    with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(io.StringIO()):
+        code = main(["predict", str(config.run_dir), str(bomb), str(good)])
+    assert code == 1 and stderr.getvalue() == f"error: {error}\n"
