@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import gzip
 import io
+import json
 import os
 import pickle
 import re
@@ -209,6 +210,7 @@ def test_cifar_archive_member_larger_than_a_batch_is_refused_before_writing(tmp_
 @pytest.mark.parametrize(
     ("header", "message"),
     [
+        ((2051, 0, 28, 28), "declares no items; replace it with the original file"),
         ((2051, 10, 0, 28), "declares 0x28 images; sides must be 1 to 4096: replace it with the original file"),
         ((2051, 10, 28, 5000), "declares 28x5000 images; sides must be 1 to 4096: replace it with the original file"),
         (
@@ -356,6 +358,8 @@ def yaml_text(value, duplicate: bool) -> str:
         return "{" + ", ".join(pairs) + "}"
     if isinstance(value, list):
         return "[" + ", ".join(yaml_text(v, duplicate) for v in value) + "]"
+    if isinstance(value, str):
+        return json.dumps(value)  # one line, escapes and all: JSON strings are YAML
     return yaml.safe_dump(value).removesuffix("\n...\n").strip()
 
 

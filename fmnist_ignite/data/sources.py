@@ -52,8 +52,9 @@ def idx_size(head: bytes, name: str | Path, expected_magic: int | None = None) -
         expected_magic: :data:`IMAGES_MAGIC` or :data:`LABELS_MAGIC` where the file must be that kind.
 
     Raises:
-        DataError: naming ``name``: too short for a header, a bad magic number, image sides outside
-            1..4096, or a promised size over 2 GiB (no honest Fashion-MNIST file comes near it).
+        DataError: naming ``name``: too short for a header, a bad magic number, no items, image
+            sides outside 1..4096, or a promised size over 2 GiB (no honest Fashion-MNIST file comes
+            near it).
     """
     magic, count = struct.unpack(">II", head[:8]) if len(head) >= 8 else (0, 0)
     if len(head) < 8 or (magic == IMAGES_MAGIC and len(head) < 16):
@@ -64,6 +65,8 @@ def idx_size(head: bytes, name: str | Path, expected_magic: int | None = None) -
             f"{name} is not an IDX {kind} file (magic number {magic}, expected {expected_magic}); "
             "replace it with the original file"
         )
+    if magic in (IMAGES_MAGIC, LABELS_MAGIC) and count == 0:
+        raise DataError(f"{name} declares no items; replace it with the original file")
     if magic == IMAGES_MAGIC:
         rows, cols = struct.unpack(">II", head[8:16])
         if not (1 <= rows <= MAX_IMAGE_SIDE and 1 <= cols <= MAX_IMAGE_SIDE):
