@@ -27,8 +27,66 @@ DEVICE_PATTERN = r"^(auto|cpu|mps|cuda(:[0-9]+)?)$"
 ENGINE_EVENTS = sorted(e.name for e in Events if not e.name.startswith(("GET_BATCH", "DATALOADER")))
 
 
+MAX_CONFIG_BYTES = 2**20
+MAX_YAML_DEPTH = 100
+MAX_YAML_VALUES = 100_000
+
+
+class _Refused(yaml.MarkedYAMLError):
+    """YAML that is valid but refused in a config (see :class:`_Loader`)."""
+
+
 class _Loader(yaml.SafeLoader):
-    """PyYAML's safe loader (no Python tags), reading ``1e-3`` as a float as YAML 1.2 does."""
+    """PyYAML's safe loader (no Python tags), reading ``1e-3`` as a float as YAML 1.2 does.
+
+    It also refuses what only a mistake or an attack writes: a key twice in one mapping, nesting
+    deeper than :data:`MAX_YAML_DEPTH` (PyYAML composes recursively) and more than
+    :data:`MAX_YAML_VALUES` values once aliases are expanded (a "billion laughs" would otherwise
+    expand when the config is validated or printed).
+    """
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.depth = 0
+        self.expanded: dict[int, int] = {}  # id(node) -> values below it, aliases expanded
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+        event = self.peek_event()
+        if self.depth >= MAX_YAML_DEPTH:
+            raise _Refused(
+                problem=f"values nested more than {MAX_YAML_DEPTH} levels deep", problem_mark=event.start_mark
+            )
+        anchored = self.anchors.get(event.anchor) if isinstance(event, yaml.AliasEvent) else None
+        if anchored is not None and id(anchored) not in self.expanded:  # its anchor's node is still being composed
+            raise _Refused(problem=f"the alias *{event.anchor} is inside its own value", problem_mark=event.start_mark)
+        self.depth += 1
+        node = super().compose_node(parent, index)
+        self.depth -= 1
+        if id(node) not in self.expanded:  # an alias returns its anchor's node, counted already
+            children = node.value if isinstance(node, yaml.CollectionNode) else ()
+            flat = [c for pair in children for c in pair] if isinstance(node, yaml.MappingNode) else children
+            self.expanded[id(node)] = 1 + sum(self.expanded[id(child)] for child in flat)
+        if self.expanded[id(node)] > MAX_YAML_VALUES:
+            raise _Refused(
+                problem=f"more than {MAX_YAML_VALUES:,} values once YAML aliases (*name) are expanded; "
+                "write the values out or use fewer aliases",
+                problem_mark=node.start_mark,
+            )
+        return node
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        lines: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key, line = self.construct_object(key_node), key_node.start_mark.line + 1
+            if key in lines:
+                raise _Refused(
+                    problem=f"duplicate key {key!r} at lines {lines[key]} and {line}; keep one",
+                    problem_mark=key_node.start_mark,
+                )
+            lines[key] = line
+        return super().construct_mapping(node, deep)
 
 
 _Loader.add_implicit_resolver(
@@ -329,7 +387,13 @@ def validate_config(data: Mapping[str, Any], where: str = "config") -> Config:
 def read_yaml(path: Path) -> dict[str, Any]:
     """Read a YAML mapping safely (no Python tags); errors name the file, line and column."""
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)  # /dev/zero or a huge file is not read without end
+        if len(raw) > MAX_CONFIG_BYTES:
+            raise ConfigError(
+                f"config file '{path}' is larger than {MAX_CONFIG_BYTES // 2**20} MiB; a config is a short YAML mapping"
+            )
+        text = raw.decode("utf-8")
     except FileNotFoundError:
         raise ConfigError(f"config file '{path}' does not exist; pass the path of a YAML config") from None
     except (OSError, UnicodeDecodeError) as err:
@@ -360,12 +424,16 @@ def _apply_override(data: dict[str, Any], item: str) -> None:
     key, sep, text = item.partition("=")
     if not sep or not key or not re.fullmatch(r"[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*", key):
         raise ConfigError(f"override {item!r} must look like key.sub=value (e.g. optimizer.lr=0.1)")
+    parts = key.split(".")
+    if len(parts) > MAX_YAML_DEPTH:
+        raise ConfigError(f"override of {key[:40]!r}...: keys nested more than {MAX_YAML_DEPTH} levels deep")
     try:
         value = _parse_yaml(text) if text else None
+    except _Refused as err:
+        raise ConfigError(f"override of {key!r}: {err.problem}") from None
     except yaml.YAMLError:
         raise ConfigError(f"override {item!r}: the value {text!r} is not valid YAML; quote it") from None
     node: Any = data
-    parts = key.split(".")
     for depth, part in enumerate(parts[:-1]):
         node = _child(node, part, ".".join(parts[: depth + 1]), item)
     last = parts[-1]

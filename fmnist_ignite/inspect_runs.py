@@ -15,6 +15,7 @@ import torch
 
 from .data import load_data, split_indices
 from .data.loaders import TensorLoader
+from .errors import DataError
 from .evaluation import evaluate, load_trained_model
 from .reports import classification_report
 from .rundir import RunDir
@@ -44,7 +45,9 @@ def predict_images(
     Each image is converted the way the training data was: to the run's channels (grayscale for
     Fashion-MNIST, RGB for CIFAR-10) and resized to its size (28x28, 32x32).
     """
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
+
+    from .images import open_image
 
     trained = load_trained_model(run_dir, checkpoint)
     channels, height, width = trained.image_shape
@@ -52,14 +55,11 @@ def predict_images(
     answers: list[dict[str, Any]] = []
     for name in images:
         try:
-            with Image.open(name) as image:
-                converted = image.convert("L" if channels == 1 else "RGB").resize(
-                    (width, height), Image.Resampling.BILINEAR
-                )
-        except (OSError, UnidentifiedImageError, ValueError) as err:
-            reason = "not an image file PIL can read" if isinstance(err, UnidentifiedImageError) else str(err)
-            answers.append({"file": str(name), "error": f"{name}: {reason}"})
+            image = open_image(name, "L" if channels == 1 else "RGB")
+        except DataError as err:
+            answers.append({"file": str(name), "error": str(err)})
             continue
+        converted = image.resize((width, height), Image.Resampling.BILINEAR)
         pixels = torch.frombuffer(bytearray(converted.tobytes()), dtype=torch.uint8)
         x = pixels.view(height, width, channels).permute(2, 0, 1).unsqueeze(0)
         inputs, _ = trained.prepare_batch((x, torch.zeros(1, dtype=torch.long)), "cpu", False)

@@ -6,14 +6,17 @@ name (see :mod:`fmnist_ignite.registry`).
 
 from __future__ import annotations
 
+import codecs
+import io
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, first_line
 from ..registry import DATASETS
 from .sources import prepare_cifar10, prepare_fashion_mnist
 
@@ -73,6 +76,11 @@ class ImageData:
                 raise DataError(f"{name} has {images.shape[0]} images but {labels.shape[0]} labels")
             if labels.numel() and not 0 <= int(labels.min()) <= int(labels.max()) < len(self.classes):
                 raise DataError(f"{name} labels must lie in 0..{len(self.classes) - 1}")
+        if self.train_images.shape[1:] != self.test_images.shape[1:]:
+            raise DataError(
+                f"train images have shape (C, H, W) {tuple(self.train_images.shape[1:])} but test images "
+                f"{tuple(self.test_images.shape[1:])}; the model takes one shape: replace the files that differ"
+            )
 
 
 @DATASETS.register("fashion_mnist")
@@ -98,44 +106,113 @@ def load_fashion_mnist(config: DataConfig) -> ImageData:
 
 @DATASETS.register("cifar10")
 def load_cifar10(config: DataConfig) -> ImageData:
-    """CIFAR-10 through ``torchvision.datasets.CIFAR10``, from its python-format batches."""
-    root = Path(config.root)
-    prepare_cifar10(root, config.download)
-    train, test = _cifar(root, True), _cifar(root, False)
+    """CIFAR-10 from its python-format batches, read without running code from them."""
+    folder = prepare_cifar10(Path(config.root), config.download)
+    train_images, train_labels = _cifar_split(folder, [f"data_batch_{i}" for i in range(1, 6)])
+    test_images, test_labels = _cifar_split(folder, ["test_batch"])
     return ImageData(
-        train_images=torch.from_numpy(train.data).permute(0, 3, 1, 2).contiguous(),
-        train_labels=torch.tensor(train.targets, dtype=torch.long),
-        test_images=torch.from_numpy(test.data).permute(0, 3, 1, 2).contiguous(),
-        test_labels=torch.tensor(test.targets, dtype=torch.long),
-        classes=tuple(train.classes),
+        train_images=train_images,
+        train_labels=train_labels,
+        test_images=test_images,
+        test_labels=test_labels,
+        classes=_cifar_classes(folder / "batches.meta"),
         mean=0.4734,
         std=0.2516,
     )
 
 
-def _cifar(root: Path, train: bool) -> Any:
-    from torchvision.datasets import CIFAR10
+def _array_globals() -> dict[tuple[str, str], Any]:
+    """The only globals a CIFAR-10 batch may name: what numpy's own pickles of arrays and scalars name.
 
-    class LocalCIFAR10(CIFAR10):
-        # The files were checked by prepare_cifar10; torchvision's md5 checks would refuse small test archives.
-        def _check_integrity(self) -> bool:
-            return True
+    The rebuilders are taken from numpy's ``__reduce__`` so that the table holds under numpy 1
+    (``numpy.core``) and 2 (``numpy._core``); pickles written by either name either module.
+    """
+    array = np.zeros(1, dtype=np.uint8)
+    rebuilders: tuple[Any, ...] = (array.__reduce__()[0], array.__reduce_ex__(5)[0], np.uint8(0).__reduce__()[0])
+    table: dict[tuple[str, str], Any] = {
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): np.dtype,
+        ("_codecs", "encode"): codecs.encode,  # bytes in protocol-2 pickles written by Python 3
+    }
+    for rebuild in rebuilders:
+        submodule = rebuild.__module__.rpartition(".")[2]
+        for package in ("numpy.core", "numpy._core"):
+            table[(f"{package}.{submodule}", rebuild.__name__)] = rebuild
+    return table
 
-        def _load_meta(self) -> None:
-            with (Path(self.root) / self.base_folder / self.meta["filename"]).open("rb") as f:
-                self.classes = pickle.load(f, encoding="latin1")[self.meta["key"]]
-            self.class_to_idx = {name: i for i, name in enumerate(self.classes)}
 
+class _ArraysOnlyUnpickler(pickle.Unpickler):
+    """Unpickles a CIFAR-10 batch, refusing every global that does not rebuild a numpy array.
+
+    A pickle may name any importable callable and call it (``os.system``, say); the batches hold
+    only dicts, lists, strings, numbers and arrays, so nothing else may be named.
+    """
+
+    GLOBALS = _array_globals()
+
+    def __init__(self, data: bytes, path: Path) -> None:
+        # latin1, as torchvision reads them: the original batches are Python 2 pickles of byte strings.
+        super().__init__(io.BytesIO(data), encoding="latin1")
+        self.path = path
+
+    def find_class(self, module: str, name: str) -> Any:
+        found = self.GLOBALS.get((module, name))
+        if found is None:
+            raise DataError(
+                f"{self.path} holds a Python object other than arrays, lists, strings and numbers "
+                f"({module}.{name}); refused for safety: replace it with the original CIFAR-10 file"
+            )
+        return found
+
+
+def _unpickle_cifar(path: Path) -> dict[str, Any]:
     try:
-        dataset = LocalCIFAR10(str(root), train=train, download=False)
+        raw = path.read_bytes()
+        entry = _ArraysOnlyUnpickler(raw, path).load()
+    except DataError:
+        raise
     except Exception as err:  # a corrupt pickle fails in many ways
         raise DataError(
-            f"CIFAR-10 batches under {root / 'cifar-10-batches-py'} are corrupt ({type(err).__name__}: {err}); "
-            "delete that folder to prepare it again"
+            f"CIFAR-10 batches under {path.parent} are corrupt ({path.name}: {type(err).__name__}: "
+            f"{first_line(err)}); delete that folder to prepare it again"
         ) from None
-    if dataset.data.ndim != 4 or dataset.data.shape[1:] != (32, 32, 3) or len(dataset.targets) != len(dataset.data):
-        raise DataError(f"CIFAR-10 batches under {root} have an unexpected shape {dataset.data.shape}")
-    return dataset
+    if not isinstance(entry, dict):
+        raise DataError(f"{path} holds a {type(entry).__name__}, not a CIFAR-10 dictionary; replace the file")
+    data = entry.get("data", entry.get(b"data"))
+    if isinstance(data, np.ndarray) and data.nbytes > len(raw):
+        # An array the file cannot hold was built by a crafted pickle; refuse it before it is touched.
+        raise DataError(f"{path} claims an array of {data.nbytes} bytes in a file of {len(raw)}; replace the file")
+    return {key.decode("latin1") if isinstance(key, bytes) else key: value for key, value in entry.items()}
+
+
+def _cifar_split(folder: Path, names: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images ``(N, 3, 32, 32)`` and labels ``(N,)`` of the named batches, checked against each other."""
+    images, labels = [], []
+    for name in names:
+        path = folder / name
+        entry = _unpickle_cifar(path)
+        data, targets = entry.get("data"), entry.get("labels")
+        if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+            shown = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
+            raise DataError(f"{path}: 'data' must be a uint8 array of shape (N, 3072), got {shown}; replace the file")
+        if isinstance(targets, list) and all(isinstance(t, int | np.integer) and 0 <= t < 10 for t in targets):
+            targets = np.array(targets, dtype=np.int64)
+        if not isinstance(targets, np.ndarray) or targets.dtype.kind not in "iu" or targets.shape != (len(data),):
+            raise DataError(
+                f"{path}: 'labels' must be {len(data)} integers from 0 to 9, one per image; replace the file"
+            )
+        images.append(data.reshape(-1, 3, 32, 32))
+        labels.append(targets.astype(np.int64))
+    return torch.from_numpy(np.concatenate(images)), torch.from_numpy(np.concatenate(labels))
+
+
+def _cifar_classes(path: Path) -> tuple[str, ...]:
+    names = _unpickle_cifar(path).get("label_names")
+    if isinstance(names, list):
+        names = [n.decode("latin1") if isinstance(n, bytes) else n for n in names]
+    if not isinstance(names, list) or len(names) != 10 or not all(isinstance(n, str) for n in names):
+        raise DataError(f"{path}: 'label_names' must be a list of 10 class names; replace the file")
+    return tuple(names)
 
 
 def load_data(config: DataConfig) -> ImageData:
