@@ -6,32 +6,48 @@ The whole workflow in three calls::
 
     experiment = build_experiment(load_config("configs/base.yaml"))
     metrics = experiment.run()
+
+The names below are imported when first used, so ``python -m fmnist_ignite --help`` (and a
+Ctrl-C while it starts) does not wait for torch and Ignite to load.
 """
 
-from .build import build_experiment, resume_experiment
-from .config import Config, load_config
-from .context import Context
-from .data import ImageData
-from .errors import (
-    CheckpointError,
-    ConfigError,
-    DataError,
-    ExportError,
-    FmnistIgniteError,
-    RunDirError,
-    TrainingError,
-)
-from .evaluation import TrainedModel, load_trained_model
-from .events import RunEvents
-from .experiment import Experiment
-from .export import export_run
-from .inspect_runs import compare_runs, evaluate_run, predict_images
-from .models import LogisticRegression
-from .monitor import Monitor
-from .registry import DATASETS, HANDLERS, MODELS, Registry
-from .rundir import RunDir
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+_WHERE = {
+    "DATASETS": "registry",
+    "HANDLERS": "registry",
+    "MODELS": "registry",
+    "Registry": "registry",
+    "CheckpointError": "errors",
+    "ConfigError": "errors",
+    "DataError": "errors",
+    "ExportError": "errors",
+    "FmnistIgniteError": "errors",
+    "RunDirError": "errors",
+    "TrainingError": "errors",
+    "Config": "config",
+    "load_config": "config",
+    "Context": "context",
+    "ImageData": "data",
+    "Experiment": "experiment",
+    "build_experiment": "build",
+    "resume_experiment": "build",
+    "TrainedModel": "evaluation",
+    "load_trained_model": "evaluation",
+    "RunEvents": "events",
+    "export_run": "export",
+    "compare_runs": "inspect_runs",
+    "evaluate_run": "inspect_runs",
+    "predict_images": "inspect_runs",
+    "LogisticRegression": "models",
+    "Monitor": "monitor",
+    "RunDir": "rundir",
+}
 
 __all__ = [
     "DATASETS",
@@ -64,3 +80,41 @@ __all__ = [
     "predict_images",
     "resume_experiment",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'fmnist_ignite' has no attribute '{name}'")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__
+
+
+if TYPE_CHECKING:
+    from .build import build_experiment, resume_experiment
+    from .config import Config, load_config
+    from .context import Context
+    from .data import ImageData
+    from .errors import (
+        CheckpointError,
+        ConfigError,
+        DataError,
+        ExportError,
+        FmnistIgniteError,
+        RunDirError,
+        TrainingError,
+    )
+    from .evaluation import TrainedModel, load_trained_model
+    from .events import RunEvents
+    from .experiment import Experiment
+    from .export import export_run
+    from .inspect_runs import compare_runs, evaluate_run, predict_images
+    from .models import LogisticRegression
+    from .monitor import Monitor
+    from .registry import DATASETS, HANDLERS, MODELS, Registry
+    from .rundir import RunDir

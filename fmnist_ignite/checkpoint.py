@@ -48,7 +48,12 @@ class SaveThenRotate(DiskSaver):
 
     def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
         self.dirname.mkdir(parents=True, exist_ok=True)
-        super().__call__(checkpoint, filename, metadata)
+        try:
+            super().__call__(checkpoint, filename, metadata)
+        except OSError as err:
+            if err.filename is None:
+                err.filename = str(self.dirname / filename)  # say which file could not be written
+            raise
         fd = os.open(self.dirname / filename, os.O_RDONLY)
         try:
             os.fsync(fd)  # on disk, not only renamed into place, before an older file goes

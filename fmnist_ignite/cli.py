@@ -232,7 +232,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         child = sub.add_parser(name, help=command.summary, description=command.summary)
         _add_verbosity(child, argparse.SUPPRESS)  # after the command too, without undoing one given before
         command.add_arguments(child)
-        child.set_defaults(run=command.run, parser=child)
+        child.set_defaults(command_function=command.run, parser=child)
     return parser
 
 
@@ -302,7 +302,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     verbosity = getattr(args, "verbosity", 0)
     setup_logging(verbosity)
     try:
-        return int(args.run(args))
+        return int(args.command_function(args))
     except FmnistIgniteError as err:
         if verbosity > 0 and err.__cause__ is not None:
             traceback.print_exception(err.__cause__)

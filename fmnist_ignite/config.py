@@ -21,7 +21,7 @@ from .errors import ConfigError
 from .registry import DATASETS, MODELS
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
-FLOAT32_MAX = 3.4028234663852886e38
+FLOAT32_MAX = 3.4e38  # a learning rate at float32's limit (about 3.4028e38) overflows at once
 MOVED_TO_MONITOR = {"metric": "monitor.metric", "mode": "monitor.mode", "restore_best": "monitor.restore_best"}
 DEVICE_PATTERN = r"^(auto|cpu|mps|cuda(:[0-9]+)?)$"
 ENGINE_EVENTS = sorted(e.name for e in Events if not e.name.startswith(("GET_BATCH", "DATALOADER")))
@@ -163,13 +163,19 @@ class OptimizerConfig(_Section):
     lr: float = Field(
         0.02,
         gt=0,
-        lt=FLOAT32_MAX,
         allow_inf_nan=False,
         description="Learning rate (the peak rate when a schedule is set).",
     )
     momentum: float = Field(0.9, ge=0, lt=1, description="Momentum (sgd only).")
     nesterov: bool = Field(True, description="Nesterov momentum (sgd only; needs momentum > 0).")
     weight_decay: float = Field(0.0, ge=0, description="L2 penalty (decoupled for adamw).")
+
+    @field_validator("lr")
+    @classmethod
+    def _float32(cls, value: float) -> float:
+        if value >= FLOAT32_MAX:
+            raise ValueError("must be below 3.4e38, the largest float32 the model computes with")
+        return value
 
 
 class SchedulerConfig(_Section):

@@ -31,8 +31,10 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], object], durable: bool
             if durable:
                 os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError) and err.filename is None:
+            err.filename = str(path)  # "No space left on device" alone does not say which file
         raise
 
 

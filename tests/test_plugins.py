@@ -49,7 +49,7 @@ def test_list_plugins_shows_built_ins_and_installed_entry_points(plugin_site: Pa
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert "handlers (handlers[].target; entry-point group fmnist_ignite.handlers):" in lines
-    assert any(line.split()[:2] == ["history", "built-in"] for line in lines)
+    assert any(line.split()[:2] == ["early_stopping", "built-in"] for line in lines)
     assert "  epoch_log       fmnist-ignite-example-plugin 0.1.0 (fmnist_ignite_example_plugin:EpochLog)" in lines
     assert "  mlp       fmnist-ignite-example-plugin 0.1.0 (fmnist_ignite_example_plugin:build_mlp)" in lines
     assert any(line.split()[0] == "prototypes" for line in lines if line.startswith("  "))
@@ -79,7 +79,7 @@ def test_plugin_kwargs_are_checked_at_start_up(tmp_path: Path, plugin_site: Path
     result = run_cli(
         str(REPO / "examples" / "plugin.yaml"),
         f"output_dir={tmp_path}",
-        "handlers=[{target: history}, {target: epoch_log, kwargs: {colour: red}}]",
+        "handlers=[{target: progress}, {target: epoch_log, kwargs: {colour: red}}]",
         path=(plugin_site,),
     )
     assert result.returncode == 2
@@ -104,7 +104,9 @@ def test_registry_resolution_order_and_errors() -> None:
     assert registry.get("tests.plugins:RecordMetrics").__name__ == "RecordMetrics"
     with pytest.raises(ConfigError, match="unknown widget 'hammer'; choose one of spanner"):
         registry.get("hammer")
+    with pytest.raises(ConfigError, match="unknown widget 'spaner' \\(did you mean 'spanner'\\?\\); choose one of"):
+        registry.get("spaner")
     with pytest.raises(ValueError, match="registered twice"):
         registry.register("spanner")(lambda: None)
-    assert "history" in HANDLERS.names()
-    assert "built-in (fmnist_ignite.handlers.history:History)" in plugin_listing()
+    assert HANDLERS.names()[:3] == ["early_stopping", "progress", "tensorboard"]
+    assert "built-in (fmnist_ignite.handlers.early_stopping:EarlyStopping)" in plugin_listing()

@@ -1,0 +1,81 @@
+"""Loading a trained model from a run directory, and what it refuses to read."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+
+from fmnist_ignite import Config, RunDirError, build_experiment, load_trained_model, predict_images
+from fmnist_ignite.fileio import safe_torch_load
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory: pytest.TempPathFactory, system_dir: Path) -> Path:
+    from fmnist_ignite import load_config
+
+    from .conftest import BASE, small_overrides
+
+    tmp = tmp_path_factory.mktemp("evaluation")
+    config = load_config(BASE, [*small_overrides(tmp, system_dir), "trainer.max_epochs=2"])
+    build_experiment(config).run()
+    return config.run_dir
+
+
+def test_load_trained_model_gives_the_run_model_and_how_to_feed_it(finished: Path) -> None:
+    trained = load_trained_model(finished)
+    assert trained.weights == finished / "model.pt"
+    assert trained.classes[0] == "T-shirt/top" and trained.image_shape == (1, 28, 28)
+    saved = safe_torch_load(finished / "model.pt")
+    assert all(torch.equal(trained.model.state_dict()[k], v) for k, v in saved.items())
+    assert not trained.model.training
+    assert load_trained_model(str(finished), "best").weights == finished / "checkpoints" / "best_model.pt"
+    assert load_trained_model(finished, "last").weights.name == "checkpoint_2.pt"
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("{}", "'image_shape' must be [channels, height, width] of positive integers"),
+        ("1", "expected a JSON object, got int"),
+        ("not json", "is not valid JSON"),
+        (
+            '{"image_shape": [1, 28, 28], "classes": ["a"], "mean": 0.3, "std": 0, "normalize": true}',
+            "'std' must be greater than 0",
+        ),
+        (
+            '{"image_shape": [1, 28, 28], "classes": [], "mean": 0.3, "std": 0.3, "normalize": true}',
+            "'classes' must be a non-empty list of names",
+        ),
+        (
+            '{"image_shape": [1, 28, 1e9], "classes": ["a"], "mean": 0.3, "std": 0.3, "normalize": true}',
+            "'image_shape' must be",
+        ),
+    ],
+)
+def test_a_damaged_data_json_is_one_line_naming_the_file(
+    finished: Path, tmp_path: Path, content: str, message: str
+) -> None:
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(finished, copy)
+    (copy / "data.json").write_text(content)
+    with pytest.raises(RunDirError) as info:
+        predict_images(copy, [])
+    assert str(info.value).startswith(f"{copy / 'data.json'}")
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_evaluate_needs_nothing_but_the_run(finished: Path, make_config: Callable[..., Config]) -> None:
+    from fmnist_ignite import evaluate_run
+
+    result = evaluate_run(finished, "val")
+    history = json.loads((finished / "history.json").read_text())
+    metrics = json.loads((finished / "metrics.json").read_text())
+    best = history[metrics["best_epoch"] - 1]
+    assert result["accuracy"] == pytest.approx(best["val_accuracy"], abs=1e-12)
+    assert result["loss"] == pytest.approx(best["val_loss"], rel=1e-5)
