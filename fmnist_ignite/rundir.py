@@ -16,9 +16,11 @@ No other module spells the name of a run's file. A run directory holds::
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import re
+import shlex
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -93,14 +95,14 @@ class RunDir:
     def create(self, config: Config) -> None:
         """Create the directory with its ``config.yaml``, all at once: it appears whole or not at all.
 
+        The directory is filled under a temporary name and renamed into place, so a process that
+        loses a race for the same name is refused like any existing run, and leaves nothing behind.
+
         Raises:
             RunDirError: it exists already, or the output folder cannot be written.
         """
         if self.path.exists() or self.path.is_symlink():
-            raise RunDirError(
-                f"run directory {self.path} exists already; continue it with "
-                f"'python -m fmnist_ignite --resume {self.path}' or start another run with name=<new-name>"
-            )
+            raise self._exists()
         staging: Path | None = None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -111,9 +113,17 @@ class RunDir:
         except OSError as err:
             if staging is not None:
                 shutil.rmtree(staging, ignore_errors=True)
+            if err.errno in (errno.EEXIST, errno.ENOTEMPTY) or self.path.is_symlink():
+                raise self._exists() from None
             raise RunDirError(
                 f"cannot create run directory {self.path}: {err.strerror or err}; choose a writable output_dir"
             ) from None
+
+    def _exists(self) -> RunDirError:
+        return RunDirError(
+            f"run directory {self.path} exists already; continue it with "
+            f"'python -m fmnist_ignite --resume {shell_quote(self.path)}' or start another run with name=<new-name>"
+        )
 
     def require(self) -> None:
         """Check that this is a run directory.
@@ -205,5 +215,22 @@ class RunDir:
         return path
 
     def resume_hint(self) -> str:
-        """How to continue this run."""
-        return f"resume with 'python -m fmnist_ignite --resume {self.path}'"
+        """How to continue this run, as a command a shell takes whatever the path holds."""
+        return f"resume with 'python -m fmnist_ignite --resume {shell_quote(self.path)}'"
+
+
+def shell_quote(path: str | Path) -> str:
+    """``path`` quoted for a POSIX shell, on one line: ``$'...'`` escapes where it holds a newline or the like."""
+    text = str(path)
+    if text.isprintable():
+        return shlex.quote(text)
+    escaped = "".join(_ansi_c(c) for c in text)
+    return f"$'{escaped}'"
+
+
+def _ansi_c(char: str) -> str:
+    if char in "'\\":
+        return "\\" + char
+    if char.isprintable():
+        return char
+    return f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}"

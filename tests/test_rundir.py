@@ -145,3 +145,46 @@ def test_config_paths_are_stored_absolute_and_mean_the_same_from_any_folder(tmp_
     test_accuracy = json.loads((run / "metrics.json").read_text())["test_accuracy"]
     assert json.loads(evaluated.stdout)["accuracy"] == test_accuracy
     assert list(elsewhere.iterdir()) == [], "nothing is written into the current folder"
+
+
+@pytest.mark.parametrize("name", ["plain", "with space", "it's", "new\nline", "tab\there", "back\\slash"])
+def test_resume_hints_are_one_line_and_a_shell_gives_back_the_path(tmp_path: Path, name: str) -> None:
+    import subprocess
+
+    path = tmp_path / name / "run"
+    hint = RunDir(path).resume_hint()
+    assert "\n" not in hint and hint.startswith("resume with 'python -m fmnist_ignite --resume ")
+    quoted = hint.removeprefix("resume with 'python -m fmnist_ignite --resume ").removesuffix("'")
+    echoed = subprocess.run(["bash", "-c", f"printf %s {quoted}"], capture_output=True, text=True, check=True)
+    assert echoed.stdout == str(path)
+
+
+def test_losing_a_race_for_the_name_is_exists_already_and_leaves_nothing(
+    make_config: Callable[..., Config], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg = make_config()
+    rundir = RunDir(cfg.run_dir)
+    real_rename = os.rename
+
+    def other_process_first(source: str | Path, target: str | Path) -> None:
+        Path(target).mkdir()
+        (Path(target) / "config.yaml").write_text("theirs")
+        real_rename(source, target)
+
+    monkeypatch.setattr(os, "rename", other_process_first)
+    with pytest.raises(RunDirError, match="exists already; continue it with"):
+        rundir.create(cfg)
+    assert sorted(p.name for p in rundir.path.parent.iterdir()) == ["small"], "no .small.partial-* folder"
+    assert (rundir.path / "config.yaml").read_text() == "theirs"
+
+
+def test_a_dangling_link_as_the_run_name_is_refused_and_leaves_nothing(
+    tmp_path: Path, make_config: Callable[..., Config]
+) -> None:
+    cfg = make_config()
+    cfg.run_dir.parent.mkdir(parents=True)
+    os.symlink(tmp_path / "nowhere", cfg.run_dir)
+    with pytest.raises(RunDirError, match="exists already"):
+        RunDir(cfg.run_dir).create(cfg)
+    assert [p.name for p in cfg.run_dir.parent.iterdir()] == ["small"]
+    assert not (tmp_path / "nowhere").exists()
