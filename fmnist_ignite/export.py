@@ -24,7 +24,7 @@ from .evaluation import load_trained_model, read_input_description
 from .fileio import atomic_write
 from .rundir import RunDir
 
-FILE_NAMES = {"onnx": "model.onnx", "torchscript": "model.ts"}
+FORMATS = ("onnx", "torchscript")
 ONNX_OPSET = 17
 INSTALL_HINT = "pip install 'fmnist_ignite[export]'"
 
@@ -77,7 +77,7 @@ def export_run(
         CheckpointError: no usable weights.
         ExportError: the ``onnx`` package is missing, or the model cannot be exported.
     """
-    if fmt not in FILE_NAMES:
+    if fmt not in FORMATS:
         raise ConfigError(f"export format '{fmt}': use onnx or torchscript")
     run_dir = Path(run_dir)
     trained = load_trained_model(run_dir, checkpoint)
@@ -96,7 +96,7 @@ def export_run(
     }
     example = torch.zeros((2, *info["image_shape"]))
     payload = _onnx_bytes(classifier, example, metadata) if fmt == "onnx" else _torchscript_bytes(classifier, metadata)
-    path = Path(output) if output is not None else run_dir / FILE_NAMES[fmt]
+    path = Path(output) if output is not None else RunDir(run_dir).exported(fmt)
     atomic_write(path, lambda f: f.write(payload))
     return path
 

@@ -7,6 +7,7 @@ No other module spells the name of a run's file. A run directory holds::
     history.json/.csv    one record per epoch
     checkpoints/         checkpoint_<epoch>.pt (full training states) and best_model.pt
     model.pt             the final weights (the best epoch's with monitor.restore_best)
+    model.onnx, model.ts the model for serving, written by ``export``
     report.json          per-class test report
     *.png                history, confusion matrix, predictions
     tb/                  TensorBoard logs
@@ -71,6 +72,10 @@ class RunDir:
     def figure(self, name: str) -> Path:
         """``<name>.png``."""
         return self.path / f"{name}.png"
+
+    def exported(self, fmt: str) -> Path:
+        """Where ``export`` writes the model: ``model.onnx`` or ``model.ts``."""
+        return self.path / ("model.onnx" if fmt == "onnx" else "model.ts")
 
     def checkpoint(self, epoch: int) -> Path:
         """The full training state saved after ``epoch``."""
