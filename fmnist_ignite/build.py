@@ -146,6 +146,9 @@ def builtin_handlers(config: Config) -> list[tuple[str, HandlerConfig]]:
         specs.append(
             ("tensorboard", HandlerConfig(target="tensorboard", kwargs={"log_every": config.logging.log_every}))
         )
+    if config.logging.mlflow:
+        kwargs = {"uri": config.logging.mlflow_uri, "experiment": config.logging.mlflow_experiment}
+        specs.append(("mlflow", HandlerConfig(target="mlflow", kwargs=kwargs)))
     return specs
 
 

@@ -267,6 +267,8 @@ def setup_logging(verbosity: int) -> None:
     level = {-1: logging.WARNING, 0: logging.INFO, 1: logging.DEBUG}[verbosity]
     logging.getLogger("fmnist_ignite").setLevel(level)
     logging.getLogger("ignite").setLevel(logging.WARNING)
+    # MLflow configures its own loggers when imported (with logging.mlflow), from this variable.
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "INFO" if verbosity > 0 else "WARNING")
     # The CLI reports every exception itself; Ignite's log line about it would say it twice.
     logging.getLogger("ignite.engine.engine.Engine").addFilter(
         lambda record: not record.getMessage().startswith("Engine run is terminating due to exception")

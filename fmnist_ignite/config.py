@@ -262,6 +262,21 @@ class LoggingConfig(_Section):
     progress_bar: bool = Field(True, description="Show a progress bar during each epoch.")
     tensorboard: bool = Field(False, description="Write TensorBoard logs to `RUN_DIR/tb/`.")
     log_every: int = Field(50, ge=1, description="Iterations between train-loss points in TensorBoard.")
+    mlflow: bool = Field(
+        False,
+        description="Log the run to MLflow: the config as parameters, every epoch's metrics, the test metrics and "
+        "the run's files (needs `pip install 'fmnist_ignite[mlflow]'`).",
+    )
+    mlflow_uri: str | None = Field(
+        None,
+        min_length=1,
+        description="MLflow tracking URI: a database (`sqlite:///runs/mlflow.db`, `postgresql://...`) or a server "
+        "(`http://host:5000`); `null` means `sqlite:///<output_dir>/mlflow.db`. A relative SQLite path is made "
+        "absolute.",
+    )
+    mlflow_experiment: str = Field(
+        "fmnist_ignite", min_length=1, description="MLflow experiment the run is logged in (created if missing)."
+    )
 
 
 class HandlerConfig(_Section):
@@ -332,7 +347,8 @@ class Config(_Section):
         return Path(self.output_dir) / self.name
 
     def with_absolute_paths(self) -> Config:
-        """The same config with ``output_dir``, ``data.root`` and ``data.system_dir`` made absolute.
+        """The same config with its paths made absolute: ``output_dir``, ``data.root``, ``data.system_dir``, and
+        the file of a SQLite ``logging.mlflow_uri``.
 
         A run stores its config this way, so it means the same data and place from any folder.
         """
@@ -342,7 +358,9 @@ class Config(_Section):
                 "system_dir": str(Path(self.data.system_dir).expanduser().absolute()) if self.data.system_dir else None,
             }
         )
-        return self.model_copy(update={"output_dir": str(Path(self.output_dir).expanduser().absolute()), "data": data})
+        logging = self.logging.model_copy(update={"mlflow_uri": _absolute_sqlite_uri(self.logging.mlflow_uri)})
+        output_dir = str(Path(self.output_dir).expanduser().absolute())
+        return self.model_copy(update={"output_dir": output_dir, "data": data, "logging": logging})
 
     def to_dict(self) -> dict[str, Any]:
         """The config as plain data (what ``config.yaml`` holds)."""
@@ -351,6 +369,14 @@ class Config(_Section):
     def to_yaml(self) -> str:
         """The config as YAML text; loading it gives an equal config."""
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def _absolute_sqlite_uri(uri: str | None) -> str | None:
+    """``sqlite:///runs/mlflow.db`` as ``sqlite:////abs/runs/mlflow.db``; any other URI as it is."""
+    prefix = "sqlite:///"
+    if uri is None or not uri.startswith(prefix) or uri.startswith(prefix + "/"):
+        return uri
+    return prefix + str(Path(uri.removeprefix(prefix)).expanduser().absolute())
 
 
 def load_config(source: str | Path | Mapping[str, Any] | None = None, overrides: Iterable[str] = ()) -> Config:

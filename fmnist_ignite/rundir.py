@@ -11,6 +11,7 @@ No other module spells the name of a run's file. A run directory holds::
     report.json          per-class test report
     *.png                history, confusion matrix, predictions
     tb/                  TensorBoard logs
+    mlflow.json          the run's MLflow run (id, tracking URI), with logging.mlflow
     metrics.json         the test metrics; written last, it marks the run as finished
     .lock                held by the training process
 """
@@ -67,6 +68,7 @@ class RunDir:
     metrics = property(lambda self: self.path / "metrics.json", doc="``metrics.json``: written last.")
     report = property(lambda self: self.path / "report.json", doc="``report.json``.")
     tensorboard = property(lambda self: self.path / "tb", doc="TensorBoard's log folder.")
+    mlflow_run = property(lambda self: self.path / "mlflow.json", doc="``mlflow.json``: the run's MLflow run.")
     lock_file = property(lambda self: self.path / ".lock", doc="The training process's lock.")
 
     def figure(self, name: str) -> Path:
