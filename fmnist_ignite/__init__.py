@@ -19,6 +19,7 @@ from .errors import (
     ExportError,
     FmnistIgniteError,
     RunDirError,
+    SweepError,
     TrainingError,
 )
 from .evaluation import TrainedModel, load_trained_model
@@ -29,7 +30,8 @@ from .inspect_runs import compare_runs, evaluate_run, predict_images
 from .models import LogisticRegression
 from .monitor import Monitor
 from .registry import DATASETS, HANDLERS, MODELS, Registry
-from .rundir import RunDir
+from .rundir import RunDir, SweepDir
+from .sweep import run_sweep
 
 __version__ = "0.1.0"
 
@@ -52,6 +54,8 @@ __all__ = [
     "RunDir",
     "RunDirError",
     "RunEvents",
+    "SweepDir",
+    "SweepError",
     "TrainedModel",
     "TrainingError",
     "__version__",
@@ -63,4 +67,5 @@ __all__ = [
     "load_trained_model",
     "predict_images",
     "resume_experiment",
+    "run_sweep",
 ]
