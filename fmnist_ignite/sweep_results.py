@@ -146,7 +146,7 @@ def sweep_figure(rows: Sequence[dict[str, Any]], params: Sequence[Param], monito
             for pruned in (False, True):
                 marks = [(x, r[column]) for x, r in zip(xs, shown, strict=True) if (r["status"] == "PRUNED") == pruned]
                 if marks:
-                    label = monitor if column == "best_value" else "test accuracy"
+                    label = f"{monitor} (best epoch)" if column == "best_value" else "test accuracy"
                     ax.scatter(
                         *zip(*marks, strict=True),
                         marker=marker,
@@ -157,7 +157,7 @@ def sweep_figure(rows: Sequence[dict[str, Any]], params: Sequence[Param], monito
         ax.set_xlabel(param.key)
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
-    fig.suptitle(f"{title}: {monitor} of the best epoch and test accuracy, one point per trial")
+    fig.suptitle(f"sweep {title}: one point per trial", fontsize=10)
     fig.tight_layout()
     return fig
 
