@@ -138,10 +138,12 @@ def sweep_figure(rows: Sequence[dict[str, Any]], params: Sequence[Param], monito
             spans = bool(xs) and min(xs) > 0 and max(xs) >= 100 * min(xs)
             if param.kind == "log" or spans:
                 ax.set_xscale("log")
+                ax.xaxis.set_minor_formatter(plt.NullFormatter())  # within a decade they overlap
         else:
             labels = list(param.values) or sorted({r[param.key] for r in shown})
             xs = [float(labels.index(r[param.key])) for r in shown]
             ax.set_xticks(range(len(labels)), labels=labels)
+            ax.set_xlim(-0.5, len(labels) - 0.5)
         for column, marker, color in (("best_value", "o", "tab:blue"), ("test_accuracy", "s", "tab:orange")):
             for pruned in (False, True):
                 marks = [(x, r[column]) for x, r in zip(xs, shown, strict=True) if (r["status"] == "PRUNED") == pruned]
