@@ -403,7 +403,7 @@ def open_study(plan: SweepPlan, create: bool = False) -> tuple[optuna.Study, RDB
                 plan.storage, engine_kwargs=kwargs, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS
             )
     except Exception as err:  # a bad URL, a missing driver, a server that does not answer
-        raise SweepError(f"cannot open the study storage {plan.storage}: {first_line(err)}") from None
+        raise SweepError(f"cannot open the study storage {_shown(plan.storage)}: {first_line(err)}") from None
     sampler = optuna.samplers.RandomSampler() if plan.sampler == "random" else optuna.samplers.TPESampler()
     pruner = optuna.pruners.MedianPruner() if plan.prune == "median" else optuna.pruners.NopPruner()
     options = {"storage": storage, "study_name": plan.study, "sampler": sampler, "pruner": pruner}
@@ -416,10 +416,21 @@ def open_study(plan: SweepPlan, create: bool = False) -> tuple[optuna.Study, RDB
         study.set_user_attr("sweep", plan.definition())
     elif saved != plan.definition():
         raise ConfigError(
-            f"study {plan.study!r} in {plan.storage} was started with other settings "
+            f"study {plan.study!r} in {_shown(plan.storage)} was started with other settings "
             f"({_describe_definition(saved)}); run that command again, or choose another --name"
         )
     return study, storage
+
+
+def _shown(url: str) -> str:
+    """The storage URL without its password."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return url
 
 
 def _describe_definition(definition: Mapping[str, Any]) -> str:

@@ -126,6 +126,13 @@ def test_bad_sweeps_stop_before_anything_runs(
     assert not (tmp_path / "runs").exists()
 
 
+def test_a_storage_that_cannot_be_opened_is_one_line(small: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["sweep", BASE, *small, "seed=1,2", "--storage", "nosuchdb://user:secret@host/db"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot open the study storage nosuchdb://user:***@host/db: ")
+    assert len(err.splitlines()) == 1 and "secret" not in err
+
+
 def test_grid_sweep_records_failures_retries_them_and_averages_over_seeds(
     small: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str], no_run_pictures: None
 ) -> None:
