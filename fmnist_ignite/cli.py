@@ -154,7 +154,7 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _compare_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories")
+    parser.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories, or a sweep's folder")
     parser.add_argument("--output", default="compare.png", help="where to write the figure (default: compare.png)")
 
 
@@ -182,6 +182,59 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive(text: str) -> int:
+    value = int(text) if text.isdigit() else 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return value
+
+
+def _sweep_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", help="YAML config file")
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=v1,v2|key=interval(lo,hi)|key=value",
+        help="a comma list is a grid over the key; interval(lo,hi), log(lo,hi) and choice(a,b) are sampled "
+        "(with --trials); a single value is an override for every trial; values are read as YAML",
+    )
+    parser.add_argument("--name", help="the sweep's folder under output_dir and its study's name (default: NAME-sweep)")
+    parser.add_argument("--workers", type=_positive, default=1, help="trials run at once, a process each (default: 1)")
+    parser.add_argument("--trials", type=_positive, help="how many trials a sampled sweep runs in all")
+    parser.add_argument("--sampler", choices=("random", "tpe"), help="how a sampled sweep picks values (default: tpe)")
+    parser.add_argument(
+        "--prune",
+        choices=("median", "none"),
+        default="none",
+        help="median: stop a trial that falls below the median of the earlier trials at the same epoch (default: none)",
+    )
+    parser.add_argument(
+        "--storage", metavar="URL", help="an Optuna storage several machines share (default: NAME/study.db, SQLite)"
+    )
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from .sweep import quiet_optuna, run_sweep
+    from .sweep_results import format_sweep
+
+    quiet_optuna()
+    result = run_sweep(
+        args.config,
+        args.overrides,
+        name=args.name,
+        workers=args.workers,
+        trials=args.trials,
+        sampler=args.sampler,
+        prune=args.prune,
+        storage=args.storage,
+    )
+    print(format_sweep(result))
+    if result["failed"]:
+        print(f"error: {result['failed']} of {len(result['rows'])} trials failed (see above)", file=sys.stderr)
+        return 1
+    return 0
+
+
 COMMANDS: dict[str, Command] = {
     "train": Command(
         "Train a config, or continue a run with --resume (the default command).", _train_arguments, _train
@@ -200,6 +253,11 @@ COMMANDS: dict[str, Command] = {
         "Final metrics and differing settings of several runs, and a figure overlaying their curves.",
         _compare_arguments,
         _compare,
+    ),
+    "sweep": Command(
+        "Train many runs of one config, over a grid or sampled values, as one Optuna study (resumable).",
+        _sweep_arguments,
+        _sweep,
     ),
     "export": Command(
         "Write the model as ONNX or TorchScript: pixels 0-255 in, class probabilities out, normalisation inside.",
@@ -222,6 +280,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         f"  {prog} evaluate runs/base --split val\n"
         f"  {prog} predict runs/base shirt.png\n"
         f"  {prog} compare runs/base runs/lr005\n"
+        f"  {prog} sweep configs/base.yaml optimizer.lr=0.01,0.05 seed=1,2,3 --workers 2\n"
         f"  {prog} export runs/base --format onnx",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

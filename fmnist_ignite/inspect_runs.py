@@ -18,7 +18,7 @@ from .data.loaders import TensorLoader
 from .errors import DataError
 from .evaluation import evaluate, load_trained_model
 from .reports import classification_report
-from .rundir import RunDir
+from .rundir import RunDir, SweepDir
 
 
 def evaluate_run(run_dir: str | Path, split: str = "test", checkpoint: str | None = None) -> dict[str, Any]:
@@ -89,9 +89,13 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def compare_runs(run_dirs: Sequence[str | Path]) -> dict[str, Any]:
-    """Final metrics of each run, the settings that differ between them, and their histories."""
+    """Final metrics of each run, the settings that differ between them, and their histories.
+
+    A sweep's folder stands for the run directories of its trials.
+    """
+    expanded = [t.path for d in run_dirs for t in (SweepDir(d).trials() if SweepDir(d).exists() else [RunDir(d)])]
     runs: list[dict[str, Any]] = []
-    for run_dir in run_dirs:
+    for run_dir in expanded:
         rundir = RunDir(run_dir)
         config = rundir.load_config()
         metrics = json.loads(rundir.metrics.read_text()) if rundir.metrics.is_file() else {}
