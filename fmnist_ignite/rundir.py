@@ -113,16 +113,18 @@ class RunDir:
         if self.path.exists() or self.path.is_symlink():
             raise self._exists()
         staging: Path | None = None
+        renaming = False  # only the rename can lose a race for the name
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             staging = Path(tempfile.mkdtemp(dir=self.path.parent, prefix=f".{self.path.name}.partial-"))
             os.chmod(staging, 0o777 & ~current_umask())
             atomic_write_text(staging / self.config.name, config.to_yaml())
+            renaming = True
             os.rename(staging, self.path)
         except OSError as err:
             if staging is not None:
                 shutil.rmtree(staging, ignore_errors=True)
-            if err.errno in (errno.EEXIST, errno.ENOTEMPTY) or self.path.is_symlink():
+            if renaming and (err.errno in (errno.EEXIST, errno.ENOTEMPTY) or self.path.is_symlink()):
                 raise self._exists() from None
             raise RunDirError(
                 f"cannot create run directory {self.path}: {err.strerror or err}; choose a writable output_dir"
