@@ -191,8 +191,11 @@ def resume_config(run_dir: str | Path | RunDir, overrides: Iterable[str] = ()) -
 
 
 def builtin_handlers(config: Config) -> list[tuple[str, HandlerConfig]]:
-    """The built-in handlers a config asks for, as the same entries a user writes under ``handlers:``."""
-    specs = []
+    """The built-in handlers a config asks for, as the same entries a user writes under ``handlers:``.
+
+    The epoch's line comes first, so that early stopping's line follows the epoch it speaks of.
+    """
+    specs = [("progress", HandlerConfig(target="progress", kwargs={"bar": config.logging.progress_bar}))]
     es = config.early_stopping
     if es.enabled:
         specs.append(
@@ -201,7 +204,6 @@ def builtin_handlers(config: Config) -> list[tuple[str, HandlerConfig]]:
                 HandlerConfig(target="early_stopping", kwargs={"patience": es.patience, "min_delta": es.min_delta}),
             )
         )
-    specs.append(("progress", HandlerConfig(target="progress", kwargs={"bar": config.logging.progress_bar})))
     if config.logging.tensorboard:
         specs.append(
             ("tensorboard", HandlerConfig(target="tensorboard", kwargs={"log_every": config.logging.log_every}))

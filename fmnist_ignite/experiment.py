@@ -252,7 +252,6 @@ class Experiment:
         record.info("Run directory %s%s%s", shown(self.run_dir), taken, start)
 
     def _restore(self) -> None:
-        self.rundir.remove_temporary_files()
         path = self.checkpointer.load_newest(self.context.device)
         epoch = self.trainer.state.epoch if path is not None else 0
         if epoch > self.config.trainer.max_epochs:
@@ -268,6 +267,7 @@ class Experiment:
             seed_everything(self.config.seed)
         else:
             record.info("Resuming %s from %s (epoch %d)%s", shown(self.run_dir), path.name, epoch, changed)
+        self.rundir.remove_temporary_files()  # after the line that names the run: they are never read
         if self.changes:
             self.rundir.update_config(self.config)
             # Training may go on where a handler (early stopping) ended it; it decides again, from

@@ -13,7 +13,6 @@ from ..context import Context
 from ..registry import HANDLERS
 
 record = logging.getLogger("fmnist_ignite.run")  # the run's record (see Experiment)
-BAR_FORMAT = "{desc}: [{n_fmt}/{total_fmt}] {percentage:3.0f}%|{bar}{postfix} [{elapsed}<{remaining}]"
 
 
 def _every_5_percent(engine: Engine, iteration: int) -> bool:
@@ -52,7 +51,7 @@ class Progress:
 
     def __init__(self, context: Context, bar: bool | Literal["auto"] = "auto") -> None:
         self.context = context
-        self.bar = ProgressBar(persist=False, bar_format=BAR_FORMAT) if show_bar(bar) else None
+        self.bar = ProgressBar(persist=False) if show_bar(bar) else None
 
     def attach(self, engine: Engine, event: Any) -> None:
         if self.bar is not None:
