@@ -4,7 +4,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup run test lint docs bench clean
+.PHONY: setup run test lint docs bench bench-sweep clean
 
 setup:
 	bash scripts/setup.sh
@@ -27,6 +27,9 @@ docs: setup
 
 bench: setup
 	$(PY) benchmarks/epoch_speed.py
+
+bench-sweep: setup
+	$(PY) benchmarks/sweep_speed.py
 
 clean:
 	rm -rf $(VENV) docs/_build .pytest_cache .ruff_cache .mypy_cache

@@ -47,6 +47,9 @@ _WHERE = {
     "LogisticRegression": "models",
     "Monitor": "monitor",
     "RunDir": "rundir",
+    "SweepDir": "rundir",
+    "SweepError": "errors",
+    "run_sweep": "sweep",
 }
 
 __all__ = [
@@ -68,6 +71,8 @@ __all__ = [
     "RunDir",
     "RunDirError",
     "RunEvents",
+    "SweepDir",
+    "SweepError",
     "TrainedModel",
     "TrainingError",
     "__version__",
@@ -79,6 +84,7 @@ __all__ = [
     "load_trained_model",
     "predict_images",
     "resume_experiment",
+    "run_sweep",
 ]
 
 
@@ -107,6 +113,7 @@ if TYPE_CHECKING:
         ExportError,
         FmnistIgniteError,
         RunDirError,
+        SweepError,
         TrainingError,
     )
     from .evaluation import TrainedModel, load_trained_model
@@ -117,4 +124,5 @@ if TYPE_CHECKING:
     from .models import LogisticRegression
     from .monitor import Monitor
     from .registry import DATASETS, HANDLERS, MODELS, Registry
-    from .rundir import RunDir
+    from .rundir import RunDir, SweepDir
+    from .sweep import run_sweep

@@ -148,7 +148,7 @@ def initialize_from(config: Config, model: torch.nn.Module) -> Path | None:
     return path
 
 
-def resume_experiment(run_dir: str | Path, overrides: Iterable[str] = (), data: ImageData | None = None) -> Experiment:
+def resume_experiment(run_dir: str | Path, data: ImageData | None = None, overrides: Iterable[str] = ()) -> Experiment:
     """Rebuild a run from ``RUN_DIR/config.yaml``; its :meth:`~Experiment.run` continues from the newest checkpoint.
 
     ``overrides`` (``key=value``) may change what leaves the continuation exact:
@@ -208,6 +208,9 @@ def builtin_handlers(config: Config) -> list[tuple[str, HandlerConfig]]:
         specs.append(
             ("tensorboard", HandlerConfig(target="tensorboard", kwargs={"log_every": config.logging.log_every}))
         )
+    if config.logging.mlflow:
+        kwargs = {"uri": config.logging.mlflow_uri, "experiment": config.logging.mlflow_experiment}
+        specs.append(("mlflow", HandlerConfig(target="mlflow", kwargs=kwargs)))
     return specs
 
 

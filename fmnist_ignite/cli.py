@@ -17,7 +17,7 @@ import sys
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import Any, Literal, NoReturn
 
 from . import __version__
 from .errors import FmnistIgniteError, first_line, program_name
@@ -92,7 +92,7 @@ def _train(args: argparse.Namespace) -> int:
     if not args.resume and not args.config:
         args.parser.error("give a config file (e.g. configs/base.yaml) or --resume RUN_DIR")
     experiment = (
-        resume_experiment(args.resume, overrides)
+        resume_experiment(args.resume, overrides=overrides)
         if args.resume
         else build_experiment(load_config(args.config, overrides))
     )
@@ -171,12 +171,6 @@ def _predict_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
 
 
-def _positive(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
-    return int(text)
-
-
 def _predict(args: argparse.Namespace) -> int:
     from .inspect_runs import predict_images
 
@@ -194,7 +188,7 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _compare_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories")
+    parser.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories, or a sweep's folder")
     parser.add_argument(
         "--output",
         metavar="FILE|FOLDER",
@@ -228,6 +222,60 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive(text: str) -> int:
+    value = int(text) if text.isdigit() else 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return value
+
+
+def _sweep_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", help="YAML config file")
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=v1,v2|key=interval(lo,hi)|key=value",
+        help="a comma list is a grid over the key; interval(lo,hi), log(lo,hi) and choice(a,b) are sampled "
+        "(with --trials); a single value is an override for every trial; values are read as YAML",
+    )
+    parser.add_argument("--name", help="the sweep's folder under output_dir and its study's name (default: NAME-sweep)")
+    parser.add_argument("--workers", type=_positive, default=1, help="trials run at once, a process each (default: 1)")
+    parser.add_argument("--trials", type=_positive, help="how many trials a sampled sweep runs in all")
+    parser.add_argument("--sampler", choices=("random", "tpe"), help="how a sampled sweep picks values (default: tpe)")
+    parser.add_argument(
+        "--prune",
+        choices=("median", "none"),
+        default="none",
+        help="median: stop a trial that falls below the median of the earlier trials at the same epoch (default: none)",
+    )
+    parser.add_argument(
+        "--storage", metavar="URL", help="an Optuna storage several machines share (default: NAME/study.db, SQLite)"
+    )
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from .sweep import quiet_optuna, run_sweep
+    from .sweep_results import format_sweep
+
+    quiet_optuna()
+    setup_logging(args.verbosity, records="stderr")  # stdout is for the sweep's table
+    result = run_sweep(
+        args.config,
+        args.overrides,
+        name=args.name,
+        workers=args.workers,
+        trials=args.trials,
+        sampler=args.sampler,
+        prune=args.prune,
+        storage=args.storage,
+    )
+    print(format_sweep(result))
+    if result["failed"]:
+        print(f"error: {result['failed']} of {len(result['rows'])} trials failed (see above)", file=sys.stderr)
+        return 1
+    return 0
+
+
 COMMANDS: dict[str, Command] = {
     "train": Command(
         "Train a config, or continue a run with --resume (the default command).", _train_arguments, _train
@@ -247,6 +295,11 @@ COMMANDS: dict[str, Command] = {
         "Final metrics and the settings that differ between runs; --output adds a figure overlaying their curves.",
         _compare_arguments,
         _compare,
+    ),
+    "sweep": Command(
+        "Train many runs of one config, over a grid or sampled values, as one Optuna study (resumable).",
+        _sweep_arguments,
+        _sweep,
     ),
     "export": Command(
         "Write the model as ONNX or TorchScript: pixels 0-255 in, class probabilities out, normalisation inside.",
@@ -271,6 +324,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         f"  {prog} evaluate runs/base --split val\n"
         f"  {prog} predict runs/base shirt.png --top-k 5\n"
         f"  {prog} compare runs/base runs/lr005 --output compare.png\n"
+        f"  {prog} sweep configs/base.yaml optimizer.lr=0.01,0.05 seed=1,2,3 --workers 2\n"
         f"  {prog} export runs/base --format onnx",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -319,21 +373,33 @@ def plugin_listing() -> str:
 
 
 class Console(logging.Handler):
-    """Where the command line's lines go: what the run says to stdout, warnings and errors to stderr.
+    """Where the command line's lines go: results to stdout, notes, warnings and errors to stderr.
 
-    The run's record (logger ``fmnist_ignite.run``: its directory, one line per epoch, the report,
-    and from ``fmnist_ignite.run.outcome`` the test and where the results are) and the notes
-    around it (where the data set was unpacked) are results; warnings are prefixed ``warning:``.
-    Each line is written with ``tqdm.write``, which clears a progress bar first and draws it again
-    after, so no line is ever glued into the bar.
+    The results are the run's record, logger ``fmnist_ignite.run``: its directory, one line per
+    epoch, the report, and (``fmnist_ignite.run.outcome``) the test line and where the results
+    are. Every other line is a note (where the data set was unpacked, a sweep's progress) or a
+    warning, prefixed ``warning:``; all go to stderr, as the progress bar does. Each line is
+    written with ``tqdm.write``, which clears a progress bar first and draws it again after, so no
+    line is ever glued into the bar.
+
+    Args:
+        records: where the run's record goes: ``stdout``, or ``stderr`` where stdout holds another
+            command's results (a sweep's table).
     """
+
+    def __init__(self, records: Literal["stdout", "stderr"] = "stdout") -> None:
+        super().__init__()
+        self.records = records
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
             text = self.format(record)
-            stream = sys.stdout if record.levelno < logging.WARNING else sys.stderr
-            if stream is sys.stderr and record.levelno < logging.ERROR:
-                text = f"warning: {text}"
+            if record.levelno >= logging.WARNING:
+                stream, text = sys.stderr, text if record.levelno >= logging.ERROR else f"warning: {text}"
+            elif self.records == "stdout" and (record.name + ".").startswith("fmnist_ignite.run."):
+                stream = sys.stdout
+            else:
+                stream = sys.stderr
             from tqdm import tqdm
 
             tqdm.write(text, file=stream)
@@ -342,15 +408,17 @@ class Console(logging.Handler):
             self.handleError(record)
 
 
-def setup_logging(verbosity: int) -> None:
+def setup_logging(verbosity: int, records: Literal["stdout", "stderr"] = "stdout") -> None:
     """Print the library's lines (see :class:`Console`); ``-q`` keeps the outcome only, ``-v`` adds detail."""
-    console = Console()
+    console = Console(records)
     console.setFormatter(logging.Formatter("%(message)s"))
     logging.basicConfig(handlers=[console], level=logging.WARNING, force=True)
     level = {-1: logging.WARNING, 0: logging.INFO, 1: logging.DEBUG}[verbosity]
     logging.getLogger("fmnist_ignite").setLevel(level)
     logging.getLogger("fmnist_ignite.run.outcome").setLevel(min(level, logging.INFO))
     logging.getLogger("ignite").setLevel(logging.INFO if verbosity > 0 else logging.WARNING)
+    # MLflow configures its own loggers when imported (with logging.mlflow), from this variable.
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "INFO" if verbosity > 0 else "WARNING")
     # The CLI reports every exception itself; Ignite's log line about it would say it twice.
     logging.getLogger("ignite.engine.engine.Engine").addFilter(
         lambda record: not record.getMessage().startswith("Engine run is terminating due to exception")

@@ -274,6 +274,21 @@ class LoggingConfig(_Section):
         "and the pictures and hyperparameters with the test metrics in `tb/` itself.",
     )
     log_every: int = Field(50, ge=1, description="Iterations between `batch_loss` points in TensorBoard.")
+    mlflow: bool = Field(
+        False,
+        description="Log the run to MLflow: the config as parameters, every epoch's metrics, the test metrics and "
+        "the run's files (needs `pip install 'fmnist_ignite[mlflow]'`).",
+    )
+    mlflow_uri: str | None = Field(
+        None,
+        min_length=1,
+        description="MLflow tracking URI: a database (`sqlite:///runs/mlflow.db`, `postgresql://...`) or a server "
+        "(`http://host:5000`); `null` means `sqlite:///<output_dir>/mlflow.db`. A relative SQLite path is made "
+        "absolute.",
+    )
+    mlflow_experiment: str = Field(
+        "fmnist_ignite", min_length=1, description="MLflow experiment the run is logged in (created if missing)."
+    )
 
 
 class HandlerConfig(_Section):
@@ -364,7 +379,8 @@ class Config(_Section):
         return (Path(head), which) if sep and which in ("best", "last") else (Path(self.init_from), None)
 
     def with_absolute_paths(self) -> Config:
-        """The same config with ``output_dir``, ``data.root``, ``data.system_dir`` and ``init_from`` made absolute.
+        """The same config with its paths made absolute: ``output_dir``, ``data.root``, ``data.system_dir``,
+        ``init_from``, and the file of a SQLite ``logging.mlflow_uri``.
 
         A run stores its config this way, so it means the same data and place from any folder.
         """
@@ -374,7 +390,9 @@ class Config(_Section):
                 "system_dir": str(Path(self.data.system_dir).expanduser().absolute()) if self.data.system_dir else None,
             }
         )
-        update: dict[str, Any] = {"output_dir": str(Path(self.output_dir).expanduser().absolute()), "data": data}
+        logging = self.logging.model_copy(update={"mlflow_uri": _absolute_sqlite_uri(self.logging.mlflow_uri)})
+        output_dir = str(Path(self.output_dir).expanduser().absolute())
+        update: dict[str, Any] = {"output_dir": output_dir, "data": data, "logging": logging}
         if self.init_weights is not None:
             run, which = self.init_weights
             update["init_from"] = str(run.expanduser().absolute()) + (f":{which}" if which else "")
@@ -387,6 +405,14 @@ class Config(_Section):
     def to_yaml(self) -> str:
         """The config as YAML text; loading it gives an equal config."""
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def _absolute_sqlite_uri(uri: str | None) -> str | None:
+    """``sqlite:///runs/mlflow.db`` as ``sqlite:////abs/runs/mlflow.db``; any other URI as it is."""
+    prefix = "sqlite:///"
+    if uri is None or not uri.startswith(prefix) or uri.startswith(prefix + "/"):
+        return uri
+    return prefix + str(Path(uri.removeprefix(prefix)).expanduser().absolute())
 
 
 def load_config(source: str | Path | Mapping[str, Any] | None = None, overrides: Iterable[str] = ()) -> Config:

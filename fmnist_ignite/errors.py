@@ -53,3 +53,7 @@ class TrainingError(FmnistIgniteError):
 
 class ExportError(FmnistIgniteError):
     """A trained model cannot be exported (the ``onnx`` package is missing, or the exporter refuses the model)."""
+
+
+class SweepError(FmnistIgniteError):
+    """A sweep cannot run: Optuna is missing, or its study's storage cannot be opened."""

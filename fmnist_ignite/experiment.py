@@ -194,17 +194,20 @@ class Experiment:
             the test metrics, as written to ``metrics.json``.
 
         A new run takes the directory ``output_dir/name``, or the next free ``name-1``, ``name-2``, ...
-        if it is taken (an existing run is never touched); the first line logged names it.
+        if it is taken (an existing run is never touched); the first line logged names it. Fires
+        :attr:`~fmnist_ignite.events.RunEvents.RUN_STARTED` before anything is written, and
+        :attr:`~fmnist_ignite.events.RunEvents.RUN_STOPPED` if the run stops without finishing.
 
         Raises:
-            ConfigError: a handler's state could not be restored from a checkpoint (checked
-                before anything is written).
+            ConfigError: a handler's state could not be restored from a checkpoint, or a handler
+                could not reach an outside service (checked before anything is written).
             RunDirError: a new run's directory cannot be created, or a resumed run's is locked.
             Interrupted: SIGINT or SIGTERM stopped training (after saving the epoch, or at once on
                 a second signal); the message says how to resume.
             TrainingError: the loss became NaN, or a handler called ``sys.exit``.
         """
         self.checkpointer.check_resumable()
+        self.trainer.fire_event(RunEvents.RUN_STARTED)
         if not self.resuming:
             self.config = self.context.config = self.rundir.create(self.config)
             atomic_write_json(self.rundir.data, self.input_description())
@@ -212,18 +215,23 @@ class Experiment:
             self._log_start()
         self._attach_last_steps()
         with self.rundir.lock(), stop_on_signals(self.trainer, self.stop_request):
-            if self.resuming:
-                self._restore()
-            if not self.training_done():
-                self._train()
-            signum = self.stop_request.signum
-            if signum is not None and not self.training_done():
-                raise Interrupted(
-                    f"{signal.Signals(signum).name} received: stopped after epoch {self.trainer.state.epoch}, "
-                    f"which is saved; {self.rundir.resume_hint()}",
-                    signum,
-                )
-            return self.finish()
+            try:
+                if self.resuming:
+                    self._restore()
+                if not self.training_done():
+                    self._train()
+                signum = self.stop_request.signum
+                if signum is not None and not self.training_done():
+                    raise Interrupted(
+                        f"{signal.Signals(signum).name} received: stopped after epoch {self.trainer.state.epoch}, "
+                        f"which is saved; {self.rundir.resume_hint()}",
+                        signum,
+                    )
+                return self.finish()
+            except BaseException as err:
+                self.trainer.state.stop_error = err  # type: ignore[attr-defined]
+                self.trainer.fire_event(RunEvents.RUN_STOPPED)
+                raise
 
     def _train(self) -> None:
         try:

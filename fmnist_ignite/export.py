@@ -44,6 +44,7 @@ class ExportableClassifier(nn.Module):
     Example:
         >>> import torch
         >>> from fmnist_ignite import LogisticRegression
+        >>> from fmnist_ignite.export import ExportableClassifier
         >>> classifier = ExportableClassifier(LogisticRegression(784, 10), 0.286, 0.353, True)
         >>> probabilities = classifier(torch.full((2, 1, 28, 28), 255, dtype=torch.uint8))
         >>> probabilities.shape, bool(torch.allclose(probabilities.sum(1), torch.ones(2)))

@@ -20,7 +20,7 @@ from .data.loaders import TensorLoader
 from .errors import ConfigError, DataError, first_line
 from .evaluation import evaluate, load_trained_model
 from .reports import classification_report
-from .rundir import RunDir
+from .rundir import RunDir, SweepDir
 
 if TYPE_CHECKING:
     from PIL.Image import Image as PILImage
@@ -169,12 +169,14 @@ def compare_runs(run_dirs: Sequence[str | Path]) -> dict[str, Any]:
 
     Settings are compared whole and shown as short scalars (``handlers`` by their targets);
     display-only settings (``logging.*``) and where a run lives (``name``, ``output_dir``) are left out.
+    A sweep's folder stands for the run directories of its trials.
 
     Returns:
         ``{"runs": [one row per run], "differing": [setting names], "histories": {run: history}}``.
     """
+    expanded = [t.path for d in run_dirs for t in (SweepDir(d).trials() if SweepDir(d).exists() else [RunDir(d)])]
     runs: list[dict[str, Any]] = []
-    for run_dir in run_dirs:
+    for run_dir in expanded:
         rundir = RunDir(run_dir)
         config = rundir.load_config()
         metrics = json.loads(rundir.metrics.read_text()) if rundir.metrics.is_file() else {}

@@ -12,8 +12,11 @@ No other module spells the name of a run's file. A run directory holds::
     report.json          per-class test report
     *.png                history, confusion matrix, predictions
     tb/                  TensorBoard logs: tb/train, tb/validation, and the results in tb/ itself
+    mlflow.json          the run's MLflow run (id, tracking URI), with logging.mlflow
     metrics.json         the test metrics; written last, it marks the run as finished
     .lock                held by the training process
+
+A sweep (:class:`SweepDir`) is a folder of such run directories, one per trial.
 """
 
 from __future__ import annotations
@@ -95,6 +98,7 @@ class RunDir:
     metrics = property(lambda self: self.path / "metrics.json", doc="``metrics.json``: written last.")
     report = property(lambda self: self.path / "report.json", doc="``report.json``.")
     tensorboard = property(lambda self: self.path / "tb", doc="TensorBoard's log folder (the results' run).")
+    mlflow_run = property(lambda self: self.path / "mlflow.json", doc="``mlflow.json``: the run's MLflow run.")
     lock_file = property(lambda self: self.path / ".lock", doc="The training process's lock.")
 
     def figure(self, name: str) -> Path:
@@ -287,3 +291,70 @@ def _ansi_c(char: str) -> str:
     if char.isprintable():
         return char
     return f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}"
+
+
+class SweepDir:
+    """The files of a sweep, under ``output_dir/NAME``: one run directory per trial, named after its values.
+
+    It holds::
+
+        sweep.json           what was swept (the config, the plain overrides, the swept keys, the storage)
+        study.db             the Optuna study (SQLite), unless the sweep was given --storage
+        <trial name>/        one run directory per trial
+        results.csv          one row per trial
+        results.png          the monitored value against each swept key
+        .claims.lock         held while a process of this machine picks its next trial
+
+    Args:
+        path: the sweep directory; it need not exist yet.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"SweepDir({str(self.path)!r})"
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    definition = property(lambda self: self.path / "sweep.json", doc="``sweep.json``: what was swept.")
+    study_db = property(lambda self: self.path / "study.db", doc="``study.db``: the default Optuna storage.")
+    results_csv = property(lambda self: self.path / "results.csv", doc="``results.csv``: one row per trial.")
+    results_figure = property(lambda self: self.path / "results.png", doc="``results.png``.")
+    claims_lock = property(lambda self: self.path / ".claims.lock", doc="Held while a trial is picked.")
+
+    def exists(self) -> bool:
+        """Whether this is a sweep directory (``sweep.json`` exists)."""
+        return self.definition.is_file()
+
+    def trial(self, name: str) -> RunDir:
+        """The run directory of the trial ``name``."""
+        return RunDir(self.path / name)
+
+    def trials(self) -> list[RunDir]:
+        """The trials' run directories, by name."""
+        return [RunDir(p) for p in sorted(self.path.iterdir()) if (p / "config.yaml").is_file()]
+
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the sweep's lock, waiting for it: the processes of one machine pick trials one at a time.
+
+        The OS releases it if the process dies.
+        """
+        try:
+            import fcntl
+        except ImportError:  # not on POSIX: no lock
+            yield
+            return
+        self.path.mkdir(parents=True, exist_ok=True)
+        flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+        fd = os.open(self.claims_lock, flags, 0o666 & ~current_umask())
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)

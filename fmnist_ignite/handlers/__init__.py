@@ -6,7 +6,8 @@ from the same entries a user writes under ``handlers:``, and never looks one up 
 
 from .attach import attach_handler
 from .early_stopping import EarlyStopping
+from .mlflow import MLflow
 from .progress import Progress
 from .tensorboard import TensorBoard
 
-__all__ = ["EarlyStopping", "Progress", "TensorBoard", "attach_handler"]
+__all__ = ["EarlyStopping", "MLflow", "Progress", "TensorBoard", "attach_handler"]

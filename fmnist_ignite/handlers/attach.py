@@ -8,7 +8,7 @@ from typing import Any, cast
 
 from ..config import HandlerConfig
 from ..context import Context
-from ..errors import ConfigError
+from ..errors import ConfigError, FmnistIgniteError
 from ..registry import HANDLERS
 
 
@@ -54,6 +54,8 @@ def attach_handler(
     if inspect.isclass(target):
         try:
             handler: Any = cast(Any, target)(context, **kwargs)
+        except FmnistIgniteError:  # already says what is wrong and what to do
+            raise
         except Exception as err:  # the handler's own check of its arguments
             raise ConfigError(f"{where}: {spec.target} cannot be created: {type(err).__name__}: {err}") from None
         if hasattr(handler, "attach"):

@@ -1,0 +1,41 @@
+"""Handlers that the sweep tests name from YAML by dotted path (``tests.sweep_plugins:Name``)."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from ignite.engine import Engine, Events
+
+from fmnist_ignite import Context
+
+
+class RefuseLr:
+    """Fails a trial: raises at the first epoch when the run's learning rate is ``lr``."""
+
+    def __init__(self, context: Context, lr: float) -> None:
+        self.refused = context.config.optimizer.lr == lr
+        self.lr = lr
+
+    def __call__(self) -> None:
+        if self.refused:
+            raise RuntimeError(f"lr {self.lr} is refused")
+
+
+class Trace:
+    """Appends ``<run name> <pid>`` to ``path`` each time training starts (a new run or a resumed one),
+    then sleeps ``seconds`` at every epoch, so that a test can catch a trial in the middle."""
+
+    def __init__(self, context: Context, path: str, seconds: float = 0.0) -> None:
+        self.name = context.run_dir.name
+        self.path = Path(path)
+        self.seconds = seconds
+
+    def attach(self, engine: Engine, event: Events) -> None:
+        engine.add_event_handler(Events.STARTED, self.started)
+        engine.add_event_handler(event, lambda: time.sleep(self.seconds))
+
+    def started(self) -> None:
+        with self.path.open("a") as f:
+            f.write(f"{self.name} {os.getpid()}\n")

@@ -1,0 +1,295 @@
+"""Sweeps: grids and sampled values over one Optuna study (real SQLite storage), restarts, parallel processes."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+import torch
+
+from fmnist_ignite import compare_runs, reports
+from fmnist_ignite.cli import main
+from fmnist_ignite.sweep import parse_arguments, trial_name
+
+from .conftest import BASE, REPO, small_overrides
+
+# One thread per training process: these tiny runs gain nothing from two, and on a busy shared
+# machine two threads per process make each step many times slower.
+ONE_THREAD = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Any:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def small(tmp_path: Path, system_dir: Path) -> list[str]:
+    return [*small_overrides(tmp_path, system_dir), "trainer.max_epochs=2"]
+
+
+@pytest.fixture
+def no_run_pictures(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Skip each trial's own pictures in the in-process tests: seconds per trial on two shared cores.
+
+    The subprocess tests below keep them, and test_reports checks them.
+    """
+
+    def report_only(rundir: Any, records: Any, best_epoch: Any, test: dict, classes: Any, *args: Any) -> tuple:
+        return reports.classification_report(test["confusion"], classes), {}
+
+    monkeypatch.setattr("fmnist_ignite.experiment.write_results", report_only)
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
+def trials_of(sweep: Path, name: str) -> list[optuna.trial.FrozenTrial]:
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{sweep / 'study.db'}").get_trials()
+
+
+def sweep_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "fmnist_ignite", "sweep", *args]
+
+
+def start(*args: str) -> subprocess.Popen[str]:
+    """``python -m fmnist_ignite sweep ARGS`` in the background, with the repository importable."""
+    return subprocess.Popen(
+        sweep_command(*args), cwd=REPO, env=ONE_THREAD, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def test_arguments_split_into_overrides_grids_and_distributions() -> None:
+    plain, params = parse_arguments(
+        ["seed=3", "optimizer.lr=0.01,1e-1", "handlers=[{target: a, kwargs: {x: 1}}]", "model.kwargs.k=[1,2],[3,4]"]
+    )
+    assert plain == ["seed=3", "handlers=[{target: a, kwargs: {x: 1}}]"]
+    assert [(p.key, p.kind, p.values) for p in params] == [
+        ("optimizer.lr", "grid", ("0.01", "1e-1")),
+        ("model.kwargs.k", "grid", ("[1,2]", "[3,4]")),
+    ]
+    assert trial_name(params, {"optimizer.lr": "1e-1", "model.kwargs.k": "[3,4]"}) == "lr-1e-1_k-3_4"
+    _, sampled = parse_arguments(
+        ["optimizer.lr=log(1e-4,0.1)", "seed=interval(0,9)", "optimizer.name=choice(sgd,adam)"]
+    )
+    lr, seed, name = sampled
+    assert (lr.kind, lr.low, lr.high, lr.integer) == ("log", 1e-4, 0.1, False)
+    assert (seed.kind, seed.integer, seed.text(4)) == ("interval", True, "4")
+    assert (name.kind, name.values) == ("choice", ("sgd", "adam"))
+    assert trial_name(sampled, {"optimizer.lr": 0.00123, "seed": 4, "optimizer.name": "adam"}) == (
+        "lr-0.00123_seed-4_name-adam"
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["optimizer.lr=0.1"], "nothing to sweep: give key=v1,v2 (a grid) or key=interval(low,high) with --trials N"),
+        (["optimizer.lrr=0.1,0.2"], "optimizer.lrr: optimizer has no key 'lrr'; sweep a key that --print-config shows"),
+        (["optimizer.lr=0.1,,0.2"], "'optimizer.lr=0.1,,0.2': an empty value in the list; write key=v1,v2,..."),
+        (["optimizer.lr=0.1,0.1"], "'optimizer.lr=0.1,0.1': two of the values are the same, or would name the same"),
+        (
+            ["optimizer.lr=interval(0.1)"],
+            "'optimizer.lr=interval(0.1)': interval takes two numbers, interval(low,high)",
+        ),
+        (["optimizer.lr=log(0,1)", "--trials", "2"], "'optimizer.lr=log(0,1)': log needs a positive low end"),
+        (
+            ["optimizer.lr=log(0.01,0.1)"],
+            "interval, log and choice are sampled: give the number of trials with --trials",
+        ),
+        (["optimizer.lr=0.1,0.2", "--trials", "3"], "--trials and --sampler are for sampled sweeps"),
+        (["name=a,b"], "'name=a,b': a sweep names its trials and puts them in output_dir/NAME; sweep other keys"),
+        (["seed=1,2", "--name", "../x"], "--name '../x': use letters, digits"),
+    ],
+)
+def test_bad_sweeps_stop_before_anything_runs(
+    small: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str
+) -> None:
+    assert main(["sweep", BASE, *small, *args]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {message}")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_storage_that_cannot_be_opened_is_one_line(small: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["sweep", BASE, *small, "seed=1,2", "--storage", "nosuchdb://user:secret@host/db"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot open the study storage nosuchdb://user:***@host/db: ")
+    assert len(err.splitlines()) == 1 and "secret" not in err
+
+
+def test_grid_sweep_records_failures_retries_them_and_averages_over_seeds(
+    small: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str], no_run_pictures: None
+) -> None:
+    refuse = "handlers=[{target: 'tests.sweep_plugins:RefuseLr', event: EPOCH_STARTED, kwargs: {lr: 0.02}}]"
+    args = ["sweep", BASE, *small, refuse, "optimizer.lr=0.01,0.02", "seed=1,2", "--name", "grid"]
+    assert main(args) == 1
+    out, err = capsys.readouterr()
+    sweep = tmp_path / "runs" / "grid"
+    names = ["lr-0.01_seed-1", "lr-0.01_seed-2", "lr-0.02_seed-1", "lr-0.02_seed-2"]
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == names
+    rows = read_csv(sweep / "results.csv")
+    assert list(rows[0]) == [
+        "trial", "name", "optimizer.lr", "seed", "status", "epochs", "best_value", "test_accuracy", "error"
+    ]  # fmt: skip
+    done = [r for r in rows if r["status"] == "COMPLETE"]
+    assert sorted(r["name"] for r in done) == names[:2]
+    assert [float(r["best_value"]) for r in done] == sorted((float(r["best_value"]) for r in done), reverse=True)
+    for row in done:
+        metrics = json.loads((sweep / row["name"] / "metrics.json").read_text())
+        assert (float(row["best_value"]), float(row["test_accuracy"])) == (
+            metrics["best_value"],
+            metrics["test_accuracy"],
+        )
+        assert row["epochs"] == "2" and row["optimizer.lr"] == "0.01"
+    failed = [r for r in rows if r["status"] == "FAIL"]
+    assert [r["name"] for r in failed] == names[2:]
+    assert {r["error"] for r in failed} == {"RuntimeError: lr 0.02 is refused"}
+    assert (sweep / "results.png").stat().st_size > 10_000
+
+    table = out.splitlines()
+    assert table[0].split() == ["trial", "name", "status", "epochs", "val_accuracy", "test_accuracy"]
+    assert [line.split()[1] for line in table[1:5]] == [r["name"] for r in rows]
+    values = [float(r["best_value"]) for r in done]
+    mean, std = sum(values) / 2, abs(values[0] - values[1]) / 2**0.5
+    assert f"optimizer.lr=0.01 over 2 seeds: val_accuracy {mean:.4f} ± {std:.4f}, test_accuracy " in out
+    assert "error: 2 of 4 trials failed (see above)" in err
+
+    assert len(compare_runs([sweep])["runs"]) == 4, "compare takes the sweep's folder for its trials"
+
+    mtimes = {n: (sweep / n / "config.yaml").stat().st_mtime_ns for n in names[:2]}
+    assert main(args) == 1, "the same command again tries the failed trials again, not the complete ones"
+    again = {r["name"]: r for r in read_csv(sweep / "results.csv")}
+    assert {n: again[n]["trial"] for n in names} == {
+        **{r["name"]: r["trial"] for r in done},
+        names[2]: "4",
+        names[3]: "5",
+    }
+    assert {n: (sweep / n / "config.yaml").stat().st_mtime_ns for n in names[:2]} == mtimes
+    assert [t.state.name for t in trials_of(sweep, "grid")].count("COMPLETE") == 2
+
+    capsys.readouterr()
+    assert main(["sweep", BASE, *small, refuse, "optimizer.lr=0.01,0.03", "seed=1,2", "--name", "grid"]) == 2
+    assert capsys.readouterr().err.startswith(
+        "error: study 'grid' in sqlite:///"
+        f"{sweep / 'study.db'} was started with other settings (optimizer.lr=0.01,0.02 seed=1,2, "
+        "monitor val_accuracy (maximize), --prune none); run that command again, or choose another --name"
+    )
+
+
+def test_sampled_sweep_draws_values_in_their_ranges_and_can_be_extended(
+    small: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str], no_run_pictures: None
+) -> None:
+    space = ["optimizer.lr=log(0.001,0.1)", "optimizer.momentum=interval(0.5,0.9)", "optimizer.name=sgd,adam"]
+    args = ["sweep", BASE, *small, *space, "--sampler", "random", "--name", "drawn"]
+    assert main([*args, "--trials", "3"]) == 0
+    sweep = tmp_path / "runs" / "drawn"
+    rows = read_csv(sweep / "results.csv")
+    assert len(rows) == 3 and {r["status"] for r in rows} == {"COMPLETE"}
+    for row in rows:
+        lr, momentum, name = float(row["optimizer.lr"]), float(row["optimizer.momentum"]), row["optimizer.name"]
+        assert 0.001 <= lr <= 0.1 and 0.5 <= momentum <= 0.9 and name in ("sgd", "adam")
+        assert row["name"] == f"lr-{row['optimizer.lr']}_momentum-{row['optimizer.momentum']}_name-{name}"
+        saved = (sweep / row["name"] / "config.yaml").read_text()
+        assert f"lr: {lr}\n" in saved and f"momentum: {momentum}\n" in saved and f"name: {name}\n" in saved
+    first = {r["name"] for r in rows}
+
+    assert main([*args, "--trials", "4"]) == 0
+    rows = read_csv(sweep / "results.csv")
+    assert len(rows) == 4 and first < {r["name"] for r in rows}
+    assert len(trials_of(sweep, "drawn")) == 4, "the first three trials were not run again"
+    assert capsys.readouterr().out.count("COMPLETE") == 7
+
+
+def test_pruned_trials_are_marked_pruned_and_stop_early(
+    small: list[str], tmp_path: Path, no_run_pictures: None
+) -> None:
+    # Optuna's median pruner judges from the sixth trial on; the sixth learns nothing at all. (In the
+    # first epoch none of them is much better than chance yet.)
+    lrs = "optimizer.lr=0.01,0.011,0.012,0.013,0.014,1e-9"
+    args = ["sweep", BASE, *small, lrs, "trainer.max_epochs=3", "scheduler.name=none", "--prune", "median"]
+    assert main([*args, "--name", "pruned"]) == 0
+    sweep = tmp_path / "runs" / "pruned"
+    rows = {r["optimizer.lr"]: r for r in read_csv(sweep / "results.csv")}
+    metrics = json.loads((sweep / "lr-1e-9" / "metrics.json").read_text())
+    assert metrics["pruned_epoch"] in (1, 2), "stopped before the last epoch"
+    assert metrics["epochs_trained"] == metrics["pruned_epoch"], "a pruned run is tested and finished"
+    assert rows["1e-9"]["status"] == "PRUNED" and rows["1e-9"]["epochs"] == str(metrics["pruned_epoch"])
+    assert {rows[lr]["status"] for lr in ("0.01", "0.011", "0.012", "0.013", "0.014")} == {"COMPLETE"}
+    trials = {t.params["optimizer.lr"]: t for t in trials_of(sweep, "pruned")}
+    assert trials["1e-9"].state.name == "PRUNED"
+    assert list(trials["1e-9"].intermediate_values) == list(range(1, metrics["pruned_epoch"] + 1))
+    assert list(trials["0.01"].intermediate_values) == [1, 2, 3]
+
+
+def wait_for(condition: Any, process: subprocess.Popen[str], timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if process.poll() is not None:
+            raise AssertionError(f"the sweep ended early: {process.communicate()}")
+        if time.monotonic() > deadline:
+            process.kill()
+            raise AssertionError(f"timed out: {process.communicate()}")
+        time.sleep(0.05)
+
+
+def test_a_killed_sweep_started_again_keeps_finished_trials_and_resumes_the_interrupted_one(
+    small: list[str], tmp_path: Path
+) -> None:
+    trace = tmp_path / "trace.txt"
+    handler = f"handlers=[{{target: 'tests.sweep_plugins:Trace', kwargs: {{path: '{trace}', seconds: 0.5}}}}]"
+    args = [BASE, *small, handler, "optimizer.lr=0.01,0.02", "--name", "killed"]
+    sweep = tmp_path / "runs" / "killed"
+    first, second = sweep / "lr-0.01", sweep / "lr-0.02"
+    process = start(*args)
+    wait_for(
+        lambda: (first / "metrics.json").exists() and (second / "checkpoints" / "checkpoint_1.pt").exists(), process
+    )
+    process.send_signal(signal.SIGKILL)
+    process.communicate()
+    finished = (first / "metrics.json").stat().st_mtime_ns, (first / "metrics.json").read_text()
+    assert not (second / "metrics.json").exists()
+
+    again = subprocess.run(sweep_command(*args), cwd=REPO, env=ONE_THREAD, capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    assert re.search(r"Resuming .*lr-0\.02 from checkpoint_1\.pt", again.stderr)
+    assert "Trial 1 was left running by a process that is gone" in again.stderr
+    assert ((first / "metrics.json").stat().st_mtime_ns, (first / "metrics.json").read_text()) == finished
+    assert [r["epoch"] for r in json.loads((second / "history.json").read_text())] == [1, 2]
+    assert Counter(line.split()[0] for line in trace.read_text().splitlines()) == {"lr-0.01": 1, "lr-0.02": 2}
+    assert [r["status"] for r in read_csv(sweep / "results.csv")] == ["COMPLETE", "COMPLETE"]
+    assert [t.state.name for t in trials_of(sweep, "killed")] == ["COMPLETE", "FAIL", "COMPLETE"]
+
+
+def test_two_sweeps_on_one_storage_share_the_study_and_run_each_trial_once(small: list[str], tmp_path: Path) -> None:
+    trace = tmp_path / "trace.txt"
+    handler = f"handlers=[{{target: 'tests.sweep_plugins:Trace', kwargs: {{path: '{trace}', seconds: 0.3}}}}]"
+    storage = f"sqlite:///{tmp_path / 'shared.db'}"
+    args = [BASE, *small, handler, "optimizer.lr=0.01,0.02,0.03", "--name", "shared", "--storage", storage]
+    processes = [start(*args, "--workers", "2"), start(*args)]
+    outputs = [p.communicate(timeout=300) for p in processes]
+    for process, (out, err) in zip(processes, outputs, strict=True):
+        assert process.returncode == 0, err
+        assert out.count("COMPLETE") == 3, "each process waits for the others and prints the whole table"
+    names = ["lr-0.01", "lr-0.02", "lr-0.03"]
+    assert Counter(line.split()[0] for line in trace.read_text().splitlines()) == dict.fromkeys(names, 1)
+    assert len({line.split()[1] for line in trace.read_text().splitlines()}) >= 2, "more than one process trained"
+    trials = optuna.load_study(study_name="shared", storage=storage).get_trials()
+    assert sorted(t.params["optimizer.lr"] for t in trials) == ["0.01", "0.02", "0.03"]
+    assert {t.state.name for t in trials} == {"COMPLETE"}
+    assert not (tmp_path / "runs" / "shared" / "study.db").exists()
