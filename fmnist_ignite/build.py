@@ -1,11 +1,12 @@
 """Assembling an experiment from a config: data, model, optimizer, schedule, engines, handlers.
 
-:func:`build_experiment` touches no file; :func:`resume_experiment` builds a run again from its
-own ``config.yaml``.
+:func:`build_experiment` writes no file; :func:`resume_experiment` builds a run again from its
+own ``config.yaml``, with the changes a resume allows.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -15,13 +16,13 @@ from ignite.engine import Engine, Events
 from ignite.handlers import CosineAnnealingScheduler, LRScheduler
 
 from .checkpoint import Checkpointer
-from .config import Config, HandlerConfig
+from .config import Config, HandlerConfig, resume_changes
 from .context import Context
 from .data import ImageData, Loader, load_data, split_indices
 from .data.loaders import EpochDataLoader, TensorLoader
 from .engine import compile_for_training, create_evaluator, create_trainer, make_prepare_batch, resolve_device
-from .errors import ConfigError, RunDirError
-from .evaluation import build_model
+from .errors import CheckpointError, ConfigError, RunDirError
+from .evaluation import build_model, load_weights
 from .experiment import Experiment, RNGState
 from .handlers import attach_handler
 from .history import History
@@ -33,7 +34,10 @@ def build_experiment(config: Config, data: ImageData | None = None) -> Experimen
     """Build everything the config describes, without writing anything.
 
     Paths in the config are made absolute first (see :meth:`Config.with_absolute_paths`), so the
-    run means the same files whatever the current folder is later.
+    run means the same files whatever the current folder is later. The run will go to
+    ``output_dir/name``, or to the next free ``name-1``, ``name-2``, ... if that exists: building
+    the same config twice gives two runs, and never touches an existing one. With ``init_from``,
+    the model starts from that run's weights.
 
     Args:
         config: a validated config (see :func:`~fmnist_ignite.load_config`).
@@ -42,6 +46,7 @@ def build_experiment(config: Config, data: ImageData | None = None) -> Experimen
     Raises:
         ConfigError: a device, plugin or value that the config names cannot be used.
         DataError: the data set is missing or damaged.
+        RunDirError, CheckpointError: ``init_from`` names no run, or weights it lacks or that do not fit.
 
     Example:
         Attach a handler in Python, then run::
@@ -51,6 +56,12 @@ def build_experiment(config: Config, data: ImageData | None = None) -> Experimen
             metrics = experiment.run()
     """
     config = config.with_absolute_paths()
+    rundir = RunDir.next_free(config.run_dir)
+    return _build(config.model_copy(update={"name": rundir.path.name}), rundir, data, initialize=True)
+
+
+def _build(config: Config, rundir: RunDir, data: ImageData | None, initialize: bool) -> Experiment:
+    """Build the experiment of ``config`` writing to ``rundir``; ``initialize``: load ``init_from``'s weights."""
     device = resolve_device(config.device)
     data = data if data is not None else load_data(config.data)
     if config.data.val_size >= len(data.train_labels):
@@ -61,6 +72,7 @@ def build_experiment(config: Config, data: ImageData | None = None) -> Experimen
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         model = build_model(config, data.image_shape, len(data.classes)).to(device)
+    initial_weights = initialize_from(config, model) if initialize else None
     optimizer = make_optimizer(config, model)
     prepare_batch = make_prepare_batch(data.mean, data.std, config.data.normalize)
     step_model = model
@@ -81,7 +93,6 @@ def build_experiment(config: Config, data: ImageData | None = None) -> Experimen
     }
     scheduler = attach_scheduler(config, optimizer, trainer, len(loaders["train"]))
 
-    rundir = RunDir(config.run_dir)
     history = History(rundir, trainer, evaluator, optimizer)
     monitor = Monitor(model, config.monitor.metric, config.monitor.direction)
     # The run's own steps at each epoch, before any handler: data order, validation, record, best.
@@ -112,27 +123,79 @@ def build_experiment(config: Config, data: ImageData | None = None) -> Experimen
     for name, spec in [*builtin_handlers(config), *((f"handlers[{i}]", s) for i, s in enumerate(config.handlers))]:
         handlers[name] = attach_handler(context, spec, name)
     checkpointer = Checkpointer(rundir, context.state, trainer, monitor, config.checkpoint.n_saved)
-    return Experiment(config, context, data, loaders, handlers, checkpointer)
-
-
-def resume_experiment(run_dir: str | Path, data: ImageData | None = None) -> Experiment:
-    """Rebuild a run from ``RUN_DIR/config.yaml``; its :meth:`~Experiment.run` continues from the newest checkpoint.
-
-    Raises:
-        RunDirError: ``run_dir`` is not a run directory, or the run has finished.
-    """
-    rundir = RunDir(run_dir)
-    config = rundir.load_config()
-    if rundir.finished:
-        raise RunDirError(f"the run in {rundir} has finished (metrics.json exists); nothing to resume")
-    experiment = build_experiment(config, data)
-    experiment.resuming = True
+    experiment = Experiment(config, context, data, loaders, handlers, checkpointer)
+    experiment.initial_weights = initial_weights
     return experiment
 
 
+def initialize_from(config: Config, model: torch.nn.Module) -> Path | None:
+    """Load the weights ``config.init_from`` names into ``model``; returns their file (``None`` without it).
+
+    Raises:
+        RunDirError: ``init_from`` is not a run directory.
+        CheckpointError: that run has no such weights, or they do not fit this model.
+    """
+    if config.init_weights is None:
+        return None
+    run, which = config.init_weights
+    source = RunDir(run)
+    try:
+        source.require()
+        path = source.weights(which)
+    except (RunDirError, CheckpointError) as err:
+        raise type(err)(f"init_from: {err}") from None
+    load_weights(model, path)
+    return path
+
+
+def resume_experiment(run_dir: str | Path, data: ImageData | None = None, overrides: Iterable[str] = ()) -> Experiment:
+    """Rebuild a run from ``RUN_DIR/config.yaml``; its :meth:`~Experiment.run` continues from the newest checkpoint.
+
+    ``overrides`` (``key=value``) may change what leaves the continuation exact:
+    ``trainer.max_epochs``, ``early_stopping.patience`` and ``logging.*``. The run's
+    ``config.yaml`` is rewritten with them when it resumes. A finished run can be extended this
+    way: it trains on to the new ``max_epochs`` (unless early stopping, with its restored counter
+    and the new patience, stops it), and its ``metrics.json``, report and pictures are rewritten
+    at the new end. A cosine schedule is rebuilt over the new total: from the resumed iteration on,
+    the rate follows the cosine from ``optimizer.lr`` to ``scheduler.min_lr`` over all
+    ``max_epochs`` (so it first rises from near ``min_lr`` to where that curve stands).
+
+    Raises:
+        RunDirError: ``run_dir`` is not a run directory, or the run has finished and no override
+            extends it.
+        ConfigError: an override is invalid or changes a setting a resume may not change.
+    """
+    rundir = RunDir(run_dir)
+    config, changes = resume_config(rundir, overrides)
+    if rundir.finished and not changes:
+        raise RunDirError(
+            f"the run in {rundir} has finished (metrics.json exists); to train it longer, resume it with "
+            f"trainer.max_epochs=N above {config.trainer.max_epochs}, or start a new run from its weights "
+            f"with --init-from {rundir}"
+        )
+    experiment = _build(config, RunDir(config.run_dir), data, initialize=False)
+    experiment.resuming = True
+    experiment.changes = changes
+    return experiment
+
+
+def resume_config(run_dir: str | Path | RunDir, overrides: Iterable[str] = ()) -> tuple[Config, dict[str, Any]]:
+    """A run's config with the changes a resume allows, and those changes (see :func:`resume_experiment`).
+
+    Raises:
+        RunDirError: ``run_dir`` is not a run directory.
+        ConfigError: an override is invalid or changes a setting a resume may not change.
+    """
+    rundir = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    return resume_changes(rundir.load_config(), overrides)
+
+
 def builtin_handlers(config: Config) -> list[tuple[str, HandlerConfig]]:
-    """The built-in handlers a config asks for, as the same entries a user writes under ``handlers:``."""
-    specs = []
+    """The built-in handlers a config asks for, as the same entries a user writes under ``handlers:``.
+
+    The epoch's line comes first, so that early stopping's line follows the epoch it speaks of.
+    """
+    specs = [("progress", HandlerConfig(target="progress", kwargs={"bar": config.logging.progress_bar}))]
     es = config.early_stopping
     if es.enabled:
         specs.append(
@@ -141,7 +204,6 @@ def builtin_handlers(config: Config) -> list[tuple[str, HandlerConfig]]:
                 HandlerConfig(target="early_stopping", kwargs={"patience": es.patience, "min_delta": es.min_delta}),
             )
         )
-    specs.append(("progress", HandlerConfig(target="progress", kwargs={"bar": config.logging.progress_bar})))
     if config.logging.tensorboard:
         specs.append(
             ("tensorboard", HandlerConfig(target="tensorboard", kwargs={"log_every": config.logging.log_every}))
@@ -185,7 +247,7 @@ def attach_scheduler(config: Config, optimizer: torch.optim.Optimizer, trainer: 
         return None
     if sched.name == "cosine":
         total = max(2, epoch_length * config.trainer.max_epochs)
-        scheduler: Any = CosineAnnealingScheduler(
+        scheduler: Any = CosineOverRun(
             optimizer, "lr", start_value=config.optimizer.lr, end_value=sched.min_lr, cycle_size=total
         )
     else:
@@ -193,6 +255,20 @@ def attach_scheduler(config: Config, optimizer: torch.optim.Optimizer, trainer: 
         scheduler = LRScheduler(step)
     trainer.add_event_handler(Events.ITERATION_STARTED, scheduler)
     return scheduler
+
+
+class CosineOverRun(CosineAnnealingScheduler):
+    """Ignite's cosine annealing over the whole run, whose checkpoint restores its position, not its length.
+
+    The length comes from the config (``trainer.max_epochs`` iterations of an epoch): a resume
+    that raises ``max_epochs`` rebuilds the curve over the new total instead of starting a second
+    cycle at ``optimizer.lr``.
+    """
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        length = self.cycle_size, self.total_cycle_size
+        super().load_state_dict(state_dict)
+        self.cycle_size, self.total_cycle_size = length
 
 
 def make_loader(

@@ -89,9 +89,10 @@ class Checkpointer:
         self.rundir = rundir
         self.state = state
         self.monitor = monitor
+        self.saver = SaveThenRotate(rundir.checkpoints)
         self.last = Checkpoint(
             state,
-            SaveThenRotate(rundir.checkpoints),
+            self.saver,
             n_saved=n_saved,
             global_step_transform=global_step_from_engine(trainer),
             include_self=True,
@@ -102,6 +103,7 @@ class Checkpointer:
         # monitor state rewrites the best file on resume.
         if self.monitor.improved:
             self.save_best()
+        self.saver.dirname = self.rundir.checkpoints  # final only once the run has created its directory
         self.last(engine)
 
     def save_best(self) -> None:

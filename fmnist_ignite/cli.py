@@ -1,9 +1,10 @@
 """The command line: one table maps each subcommand to its arguments and the library call it makes.
 
 ``python -m fmnist_ignite CONFIG [key=value ...]`` trains (the ``train`` subcommand is implied);
-``evaluate``, ``predict`` and ``compare`` ask runs questions. Errors from the library become one
-line on stderr and an exit code (2 for usage and config errors); nothing here does work the
-Python API cannot do.
+``evaluate``, ``predict`` and ``compare`` ask runs questions. The run's record (its directory,
+one line per epoch, the test, where the results are) goes to stdout, warnings and errors to
+stderr; errors from the library become one line there and an exit code (2 for usage and config
+errors). Nothing here does work the Python API cannot do.
 """
 
 from __future__ import annotations
@@ -16,16 +17,10 @@ import sys
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, Literal, NoReturn
 
 from . import __version__
-from .errors import FmnistIgniteError, first_line
-
-
-def program_name() -> str:
-    """The program as it was invoked: ``fmnist-ignite`` or ``python -m fmnist_ignite``."""
-    return "fmnist-ignite" if sys.argv and Path(sys.argv[0]).name == "fmnist-ignite" else "python -m fmnist_ignite"
+from .errors import FmnistIgniteError, first_line, program_name
 
 
 class _Parser(argparse.ArgumentParser):
@@ -44,8 +39,24 @@ class Command:
 
 def _train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", nargs="?", help="YAML config file")
-    parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="override a config value (read as YAML)")
-    parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its newest checkpoint")
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key.sub=value",
+        help="override a config value (read as YAML); with --resume, only trainer.max_epochs, "
+        "early_stopping.patience and logging.*",
+    )
+    parser.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue the run in RUN_DIR from its newest checkpoint; with trainer.max_epochs=N, extend it "
+        "(a finished run too)",
+    )
+    parser.add_argument(
+        "--init-from",
+        metavar="RUN_DIR[:best|last]",
+        help="start a new run from another run's weights (its model.pt, else best; or best, or last): sets init_from",
+    )
     parser.add_argument(
         "--print-config", action="store_true", help="print the resolved config (the defaults without CONFIG) and exit"
     )
@@ -55,21 +66,35 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .build import build_experiment, resume_experiment
+    from .build import build_experiment, resume_config, resume_experiment
     from .config import load_config
 
     if args.list_plugins:
         sys.stdout.write(plugin_listing())
         return 0
-    if args.resume and (args.config or args.overrides):
-        args.parser.error("--resume takes the run directory alone: its config.yaml is used as saved")
+    overrides = list(args.overrides)
+    if args.resume:
+        # The first override lands in the CONFIG slot: --resume takes the run directory and changes only.
+        overrides = [*([args.config] if args.config else []), *overrides]
+        if args.init_from:
+            args.parser.error("--init-from starts a new run from a run's weights; it does not go with --resume")
+        if overrides and "=" not in overrides[0]:
+            args.parser.error(
+                "--resume takes the run directory and key=value changes (e.g. trainer.max_epochs=20), not a config "
+                "file: its config.yaml is used"
+            )
+    elif args.init_from:
+        overrides.append(f"init_from={json.dumps(args.init_from)}")
     if args.print_config:
-        sys.stdout.write(load_config(args.config, args.overrides).to_yaml())
+        config = resume_config(args.resume, overrides)[0] if args.resume else load_config(args.config, overrides)
+        sys.stdout.write(config.to_yaml())
         return 0
     if not args.resume and not args.config:
         args.parser.error("give a config file (e.g. configs/base.yaml) or --resume RUN_DIR")
     experiment = (
-        resume_experiment(args.resume) if args.resume else build_experiment(load_config(args.config, args.overrides))
+        resume_experiment(args.resume, overrides=overrides)
+        if args.resume
+        else build_experiment(load_config(args.config, overrides))
     )
     try:
         experiment.run()
@@ -135,13 +160,21 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _predict_arguments(parser: argparse.ArgumentParser) -> None:
     _run_arguments(parser)
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="PNG or JPEG files, any size or colour")
+    parser.add_argument("--top-k", type=_positive, default=3, metavar="K", help="how many classes to list (default: 3)")
+    parser.add_argument(
+        "--invert",
+        choices=("auto", "yes", "no"),
+        default="auto",
+        help="invert each image's brightness; auto (default): when its border is light and the training images' "
+        "background dark (Fashion-MNIST), or the other way round",
+    )
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
 
 
 def _predict(args: argparse.Namespace) -> int:
     from .inspect_runs import predict_images
 
-    answers = predict_images(args.run, args.images, args.checkpoint)
+    answers = predict_images(args.run, args.images, args.checkpoint, top_k=args.top_k, invert=args.invert)
     if args.json:
         print(json.dumps(answers, indent=2))
     for answer in answers:
@@ -149,23 +182,30 @@ def _predict(args: argparse.Namespace) -> int:
             print(f"error: {answer['error']}", file=sys.stderr)
         elif not args.json:
             top = ", ".join(f"{t['class']} {t['probability']:.3f}" for t in answer["top"])
-            print(f"{answer['file']}: {answer['prediction']} ({top})")
+            inverted = " [inverted]" if answer["inverted"] else ""
+            print(f"{answer['file']}: {answer['prediction']} ({top}){inverted}")
     return 1 if any("error" in a for a in answers) else 0
 
 
 def _compare_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories, or a sweep's folder")
-    parser.add_argument("--output", default="compare.png", help="where to write the figure (default: compare.png)")
+    parser.add_argument(
+        "--output",
+        metavar="FILE|FOLDER",
+        help="also write a figure overlaying the runs' validation curves: to FILE, or FOLDER/compare.png "
+        "(default: no figure)",
+    )
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from .inspect_runs import compare_figure, compare_runs
-    from .reports import save_figure
+    from .inspect_runs import compare_runs, save_compare_figure
 
     result = compare_runs(args.runs)
     print(format_comparison(result))
-    save_figure(compare_figure(result["histories"]), Path(args.output))
-    print(f"validation curves: {args.output}")
+    if args.output:
+        print(f"validation curves: {save_compare_figure(result, args.output)}")
+    elif args.verbosity >= 0:
+        print("(add --output FILE.png for a figure of the validation curves)", file=sys.stderr)
     return 0
 
 
@@ -218,6 +258,7 @@ def _sweep(args: argparse.Namespace) -> int:
     from .sweep_results import format_sweep
 
     quiet_optuna()
+    setup_logging(args.verbosity, records="stderr")  # stdout is for the sweep's table
     result = run_sweep(
         args.config,
         args.overrides,
@@ -245,12 +286,13 @@ COMMANDS: dict[str, Command] = {
         _evaluate,
     ),
     "predict": Command(
-        "Class and top-3 probabilities of image files, converted the way the training data was.",
+        "Class and top-K probabilities of image files, converted (and inverted if need be) the way the training "
+        "data was.",
         _predict_arguments,
         _predict,
     ),
     "compare": Command(
-        "Final metrics and differing settings of several runs, and a figure overlaying their curves.",
+        "Final metrics and the settings that differ between runs; --output adds a figure overlaying their curves.",
         _compare_arguments,
         _compare,
     ),
@@ -277,9 +319,11 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         f"  {prog} configs/base.yaml\n"
         f"  {prog} configs/base.yaml optimizer.lr=0.05 name=lr005\n"
         f"  {prog} --resume runs/base\n"
+        f"  {prog} --resume runs/base trainer.max_epochs=20\n"
+        f"  {prog} configs/base.yaml --init-from runs/base:best optimizer.lr=0.005 name=finetune\n"
         f"  {prog} evaluate runs/base --split val\n"
-        f"  {prog} predict runs/base shirt.png\n"
-        f"  {prog} compare runs/base runs/lr005\n"
+        f"  {prog} predict runs/base shirt.png --top-k 5\n"
+        f"  {prog} compare runs/base runs/lr005 --output compare.png\n"
         f"  {prog} sweep configs/base.yaml optimizer.lr=0.01,0.05 seed=1,2,3 --workers 2\n"
         f"  {prog} export runs/base --format onnx",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -298,8 +342,16 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
 def _add_verbosity(parser: argparse.ArgumentParser, default: Any) -> None:
     group = parser.add_mutually_exclusive_group()
     options = {"dest": "verbosity", "default": default, "action": "store_const"}
-    group.add_argument("-q", "--quiet", const=-1, help="print results, warnings and errors only", **options)
-    group.add_argument("-v", "--verbose", const=1, help="print more, and the traceback of an error", **options)
+    group.add_argument(
+        "-q",
+        "--quiet",
+        const=-1,
+        help="print the outcome (test line, where the results are), warnings and errors only",
+        **options,
+    )
+    group.add_argument(
+        "-v", "--verbose", const=1, help="print more (Ignite's lines too), and the traceback of an error", **options
+    )
 
 
 def plugin_listing() -> str:
@@ -320,12 +372,51 @@ def plugin_listing() -> str:
     return "\n".join(lines) + "\n"
 
 
-def setup_logging(verbosity: int) -> None:
-    """Log the library's lines to stderr as plain messages; keep Ignite's own chatter down."""
-    logging.basicConfig(stream=sys.stderr, format="%(message)s", level=logging.WARNING, force=True)
+class Console(logging.Handler):
+    """Where the command line's lines go: results to stdout, notes, warnings and errors to stderr.
+
+    The results are the run's record, logger ``fmnist_ignite.run``: its directory, one line per
+    epoch, the report, and (``fmnist_ignite.run.outcome``) the test line and where the results
+    are. Every other line is a note (where the data set was unpacked, a sweep's progress) or a
+    warning, prefixed ``warning:``; all go to stderr, as the progress bar does. Each line is
+    written with ``tqdm.write``, which clears a progress bar first and draws it again after, so no
+    line is ever glued into the bar.
+
+    Args:
+        records: where the run's record goes: ``stdout``, or ``stderr`` where stdout holds another
+            command's results (a sweep's table).
+    """
+
+    def __init__(self, records: Literal["stdout", "stderr"] = "stdout") -> None:
+        super().__init__()
+        self.records = records
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = self.format(record)
+            if record.levelno >= logging.WARNING:
+                stream, text = sys.stderr, text if record.levelno >= logging.ERROR else f"warning: {text}"
+            elif self.records == "stdout" and (record.name + ".").startswith("fmnist_ignite.run."):
+                stream = sys.stdout
+            else:
+                stream = sys.stderr
+            from tqdm import tqdm
+
+            tqdm.write(text, file=stream)
+            stream.flush()
+        except Exception:
+            self.handleError(record)
+
+
+def setup_logging(verbosity: int, records: Literal["stdout", "stderr"] = "stdout") -> None:
+    """Print the library's lines (see :class:`Console`); ``-q`` keeps the outcome only, ``-v`` adds detail."""
+    console = Console(records)
+    console.setFormatter(logging.Formatter("%(message)s"))
+    logging.basicConfig(handlers=[console], level=logging.WARNING, force=True)
     level = {-1: logging.WARNING, 0: logging.INFO, 1: logging.DEBUG}[verbosity]
     logging.getLogger("fmnist_ignite").setLevel(level)
-    logging.getLogger("ignite").setLevel(logging.WARNING)
+    logging.getLogger("fmnist_ignite.run.outcome").setLevel(min(level, logging.INFO))
+    logging.getLogger("ignite").setLevel(logging.INFO if verbosity > 0 else logging.WARNING)
     # MLflow configures its own loggers when imported (with logging.mlflow), from this variable.
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "INFO" if verbosity > 0 else "WARNING")
     # The CLI reports every exception itself; Ignite's log line about it would say it twice.
@@ -342,7 +433,7 @@ def format_comparison(result: dict[str, Any]) -> str:
 
     columns = ["run", "test_accuracy", "monitor", "best_value", "best_epoch", "epochs", *result["differing"]]
     rows = [
-        [row["run"], *(show(row[k]) for k in columns[1:6]), *(str(row["settings"][k]) for k in result["differing"])]
+        [row["run"], *(show(row[k]) for k in columns[1:6]), *(row["settings"][k] for k in result["differing"])]
         for row in result["runs"]
     ]
     widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(columns)]

@@ -24,6 +24,9 @@ NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 FLOAT32_MAX = 3.4e38  # a learning rate at float32's limit (about 3.4028e38) overflows at once
 MOVED_TO_MONITOR = {"metric": "monitor.metric", "mode": "monitor.mode", "restore_best": "monitor.restore_best"}
 DEVICE_PATTERN = r"^(auto|cpu|mps|cuda(:[0-9]+)?)$"
+# What a resume may change: settings that leave the continuation exact (max_epochs also rebuilds a
+# cosine schedule over the new total), and display. A key ending in "." stands for its section.
+CHANGEABLE_ON_RESUME = ("trainer.max_epochs", "early_stopping.patience", "logging.")
 ENGINE_EVENTS = sorted(e.name for e in Events if not e.name.startswith(("GET_BATCH", "DATALOADER")))
 
 
@@ -259,9 +262,18 @@ class CheckpointConfig(_Section):
 class LoggingConfig(_Section):
     """What is shown and logged while training."""
 
-    progress_bar: bool = Field(True, description="Show a progress bar during each epoch.")
-    tensorboard: bool = Field(False, description="Write TensorBoard logs to `RUN_DIR/tb/`.")
-    log_every: int = Field(50, ge=1, description="Iterations between train-loss points in TensorBoard.")
+    progress_bar: bool | Literal["auto"] = Field(
+        "auto",
+        description="Show a progress bar during each epoch: `auto` on a terminal (not when the output goes to a "
+        "file, a pipe or CI, nor with `--quiet`), `true` always, `false` never. One line per epoch is printed "
+        "either way.",
+    )
+    tensorboard: bool = Field(
+        True,
+        description="Write TensorBoard logs to `RUN_DIR/tb/`: runs `train` and `validation` with the same tags, "
+        "and the pictures and hyperparameters with the test metrics in `tb/` itself.",
+    )
+    log_every: int = Field(50, ge=1, description="Iterations between `batch_loss` points in TensorBoard.")
     mlflow: bool = Field(
         False,
         description="Log the run to MLflow: the config as parameters, every epoch's metrics, the test metrics and "
@@ -320,7 +332,12 @@ class HandlerConfig(_Section):
 class Config(_Section):
     """A whole experiment. Load one with :func:`load_config`."""
 
-    name: str = Field("base", pattern=NAME_PATTERN, description="Run name; the run directory is `output_dir/name`.")
+    name: str = Field(
+        "base",
+        pattern=NAME_PATTERN,
+        description="Run name; the run directory is `output_dir/name`, or the next free `name-1`, `name-2`, ... "
+        "when that exists (a run never touches another's folder).",
+    )
     output_dir: str = Field("runs", min_length=1, description="Folder that holds the run directories.")
     seed: int = Field(
         0, ge=0, lt=2**32, description="Seed for the split, the initial weights and the shuffling (below 2^32)."
@@ -340,15 +357,30 @@ class Config(_Section):
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     handlers: list[HandlerConfig] = Field(default_factory=list, description="Extra handlers to attach, in order.")
+    init_from: str | None = Field(
+        None,
+        min_length=1,
+        description="Start from another run's weights: `RUN_DIR` (its `model.pt`, else its best model), "
+        "`RUN_DIR:best` or `RUN_DIR:last` (its newest checkpoint). The optimizer and the schedule start afresh "
+        "(fine-tuning, a second phase with another `optimizer.lr`). `--init-from` on the command line sets it.",
+    )
 
     @property
     def run_dir(self) -> Path:
         """The run directory, ``output_dir/name``."""
         return Path(self.output_dir) / self.name
 
+    @property
+    def init_weights(self) -> tuple[Path, str | None] | None:
+        """``init_from`` split into the run directory and ``best``, ``last`` or ``None``; ``None`` without it."""
+        if self.init_from is None:
+            return None
+        head, sep, which = self.init_from.rpartition(":")
+        return (Path(head), which) if sep and which in ("best", "last") else (Path(self.init_from), None)
+
     def with_absolute_paths(self) -> Config:
-        """The same config with its paths made absolute: ``output_dir``, ``data.root``, ``data.system_dir``, and
-        the file of a SQLite ``logging.mlflow_uri``.
+        """The same config with its paths made absolute: ``output_dir``, ``data.root``, ``data.system_dir``,
+        ``init_from``, and the file of a SQLite ``logging.mlflow_uri``.
 
         A run stores its config this way, so it means the same data and place from any folder.
         """
@@ -360,7 +392,11 @@ class Config(_Section):
         )
         logging = self.logging.model_copy(update={"mlflow_uri": _absolute_sqlite_uri(self.logging.mlflow_uri)})
         output_dir = str(Path(self.output_dir).expanduser().absolute())
-        return self.model_copy(update={"output_dir": output_dir, "data": data, "logging": logging})
+        update: dict[str, Any] = {"output_dir": output_dir, "data": data, "logging": logging}
+        if self.init_weights is not None:
+            run, which = self.init_weights
+            update["init_from"] = str(run.expanduser().absolute()) + (f":{which}" if which else "")
+        return self.model_copy(update=update)
 
     def to_dict(self) -> dict[str, Any]:
         """The config as plain data (what ``config.yaml`` holds)."""
@@ -406,6 +442,46 @@ def load_config(source: str | Path | Mapping[str, Any] | None = None, overrides:
     for item in overrides:
         _apply_override(data, item)
     return validate_config(data, where)
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """A config's plain data as ``{"section.key": value}``; lists are leaves.
+
+    Example:
+        >>> flatten({"optimizer": {"lr": 0.1}, "handlers": []})
+        {'optimizer.lr': 0.1, 'handlers': []}
+    """
+    if isinstance(tree, Mapping) and tree:
+        flat: dict[str, Any] = {}
+        for key, value in tree.items():
+            flat.update(flatten(value, f"{prefix}{key}."))
+        return flat
+    return {prefix.rstrip("."): tree}
+
+
+def resume_changes(saved: Config, overrides: Iterable[str]) -> tuple[Config, dict[str, Any]]:
+    """Apply ``key=value`` overrides to a run's saved config, allowing only what a resume may change.
+
+    Returns:
+        the new config, and each setting that changed with its new value.
+
+    Raises:
+        ConfigError: an override is malformed or invalid, or changes a setting that would break the
+            exact continuation; the message lists what may change.
+    """
+    config = load_config(saved.to_dict(), overrides)
+    before, after = flatten(saved.to_dict()), flatten(config.to_dict())
+    changes = {k: after.get(k) for k in sorted(before.keys() | after.keys()) if before.get(k) != after.get(k)}
+    refused = [k for k in changes if not k.startswith(CHANGEABLE_ON_RESUME)]
+    if refused:
+        *first, last = (k + "*" if k.endswith(".") else k for k in CHANGEABLE_ON_RESUME)
+        allowed = f"{', '.join(first)} and {last}"
+        raise ConfigError(
+            f"--resume cannot change {', '.join(refused)}: the run would no longer continue exactly; "
+            f"a resume may change only {allowed}; to start a new run from this one's weights, use "
+            "--init-from RUN_DIR with a config"
+        )
+    return config, changes
 
 
 def validate_config(data: Mapping[str, Any], where: str = "config") -> Config:

@@ -6,11 +6,19 @@ exit code (:attr:`FmnistIgniteError.exit_code`).
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 
 def first_line(error: BaseException) -> str:
     """The first line of an exception's message, or its type name when it has none (for one-line errors)."""
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
+
+
+def program_name() -> str:
+    """The program as it was invoked, for the hints in messages: ``fmnist-ignite`` or ``python -m fmnist_ignite``."""
+    return "fmnist-ignite" if sys.argv and Path(sys.argv[0]).name == "fmnist-ignite" else "python -m fmnist_ignite"
 
 
 class FmnistIgniteError(Exception):

@@ -82,6 +82,8 @@ class TrainedModel:
         classes: the class names, indexed by output.
         image_shape: ``(C, H, W)`` of an input image.
         prepare_batch: turns uint8 images into the model's inputs, as in training.
+        background: ``dark`` or ``light`` when the training images share one, else ``None``
+            (also for runs made before it was recorded).
     """
 
     model: torch.nn.Module
@@ -90,6 +92,7 @@ class TrainedModel:
     classes: tuple[str, ...]
     image_shape: tuple[int, int, int]
     prepare_batch: PrepareBatch
+    background: str | None = None
 
 
 def load_trained_model(run_dir: str | Path, which: str | Path | None = None) -> TrainedModel:
@@ -116,6 +119,7 @@ def load_trained_model(run_dir: str | Path, which: str | Path | None = None) -> 
         classes=tuple(info["classes"]),
         image_shape=(c, h, w),
         prepare_batch=make_prepare_batch(info["mean"], info["std"], info["normalize"]),
+        background=info.get("background"),
     )
 
 
@@ -153,4 +157,6 @@ def _input_description_problem(info: Any) -> str | None:
         return "'std' must be greater than 0"
     if not isinstance(info.get("normalize"), bool):
         return "'normalize' must be true or false"
+    if info.get("background") not in (None, "dark", "light"):
+        return "'background' must be dark, light or null"
     return None

@@ -21,16 +21,20 @@ from .checkpoint import Checkpointer
 from .config import Config, HandlerConfig
 from .context import Context
 from .data import ImageData, Loader
-from .errors import TrainingError
+from .errors import ConfigError, TrainingError
 from .evaluation import evaluate
 from .events import RunEvents
 from .fileio import atomic_torch_save, atomic_write_json
 from .handlers import attach_handler
 from .interrupt import Interrupted, StopRequest, stop_on_signals
 from .reports import format_report, write_results
-from .rundir import RunDir
+from .rundir import RunDir, shown
 
 logger = logging.getLogger(__name__)
+# The run's record, as a person reads it: the run directory first, the epochs, the test, where the
+# results are; the command line prints it on stdout. The outcome (the last two) shows even with -q.
+record = logging.getLogger("fmnist_ignite.run")
+outcome = logging.getLogger("fmnist_ignite.run.outcome")
 
 
 class RNGState:
@@ -111,6 +115,8 @@ class Experiment:
         self.handlers = handlers
         self.checkpointer = checkpointer
         self.resuming = False
+        self.changes: dict[str, Any] = {}
+        self.initial_weights: Path | None = None
         self.stop_request = StopRequest()
         self.status = TrainingStatus(context.trainer)
         context.state["status"] = self.status
@@ -187,13 +193,15 @@ class Experiment:
         Returns:
             the test metrics, as written to ``metrics.json``.
 
-        Fires :attr:`~fmnist_ignite.events.RunEvents.RUN_STARTED` before anything is written, and
+        A new run takes the directory ``output_dir/name``, or the next free ``name-1``, ``name-2``, ...
+        if it is taken (an existing run is never touched); the first line logged names it. Fires
+        :attr:`~fmnist_ignite.events.RunEvents.RUN_STARTED` before anything is written, and
         :attr:`~fmnist_ignite.events.RunEvents.RUN_STOPPED` if the run stops without finishing.
 
         Raises:
             ConfigError: a handler's state could not be restored from a checkpoint, or a handler
                 could not reach an outside service (checked before anything is written).
-            RunDirError: a new run's directory exists already, or a resumed run's is locked.
+            RunDirError: a new run's directory cannot be created, or a resumed run's is locked.
             Interrupted: SIGINT or SIGTERM stopped training (after saving the epoch, or at once on
                 a second signal); the message says how to resume.
             TrainingError: the loss became NaN, or a handler called ``sys.exit``.
@@ -201,9 +209,10 @@ class Experiment:
         self.checkpointer.check_resumable()
         self.trainer.fire_event(RunEvents.RUN_STARTED)
         if not self.resuming:
-            self.rundir.create(self.config)
+            self.config = self.context.config = self.rundir.create(self.config)
             atomic_write_json(self.rundir.data, self.input_description())
             seed_everything(self.config.seed)
+            self._log_start()
         self._attach_last_steps()
         with self.rundir.lock(), stop_on_signals(self.trainer, self.stop_request):
             try:
@@ -245,14 +254,33 @@ class Experiment:
             self.trainer.add_event_handler(Events.EPOCH_COMPLETED, self.stop_request.stop_if_asked)
             self._last_steps_attached = True
 
+    def _log_start(self) -> None:
+        taken = f" ({shown(self.rundir.requested)} exists already)" if self.rundir.path != self.rundir.requested else ""
+        start = f"; initial weights from {shown(self.initial_weights)}" if self.initial_weights else ""
+        record.info("Run directory %s%s%s", shown(self.run_dir), taken, start)
+
     def _restore(self) -> None:
-        self.rundir.remove_temporary_files()
         path = self.checkpointer.load_newest(self.context.device)
+        epoch = self.trainer.state.epoch if path is not None else 0
+        if epoch > self.config.trainer.max_epochs:
+            raise ConfigError(
+                f"trainer.max_epochs={self.config.trainer.max_epochs} is below the {epoch} epochs {self.rundir} "
+                "has trained; give a larger value"
+            )
+        changed = "".join(f", with {key}={value}" for key, value in self.changes.items())
         if path is None:
-            logger.info("Resuming %s: no epoch was saved yet, so training starts from epoch 1", self.rundir)
+            record.info(
+                "Resuming %s%s: no epoch was saved yet, so training starts from epoch 1", shown(self.run_dir), changed
+            )
             seed_everything(self.config.seed)
         else:
-            logger.info("Resuming %s from %s (epoch %d)", self.rundir, path.name, self.trainer.state.epoch)
+            record.info("Resuming %s from %s (epoch %d)%s", shown(self.run_dir), path.name, epoch, changed)
+        self.rundir.remove_temporary_files()  # after the line that names the run: they are never read
+        if self.changes:
+            self.rundir.update_config(self.config)
+            # Training may go on where a handler (early stopping) ended it; it decides again, from
+            # its restored state and the new settings, when training starts.
+            self.status.ended = False
 
     def resume_hint(self) -> str:
         """How to continue this run from its newest checkpoint."""
@@ -266,6 +294,7 @@ class Experiment:
             "mean": self.data.mean,
             "std": self.data.std,
             "normalize": self.config.data.normalize,
+            "background": self.data.background,
         }
 
     def training_done(self) -> bool:
@@ -305,15 +334,23 @@ class Experiment:
         self.trainer.state.results = {"metrics": metrics, "report": report, "figures": figures}  # type: ignore[attr-defined]
         self.trainer.fire_event(RunEvents.RUN_FINISHED)
         atomic_write_json(self.rundir.metrics, metrics)
-        logger.info("%s", format_report(report))
-        logger.info(
+        record.info("%s", format_report(report))
+        outcome.info(
             "Test (%s weights, epoch %d): accuracy %.4f loss %.4f",
             weights,
             epoch,
             metrics["test_accuracy"],
             metrics["test_loss"],
         )
+        outcome.info("%s", self._where_the_results_are(figures))
         return metrics
+
+    def _where_the_results_are(self, figures: Mapping[str, Path]) -> str:
+        files = [self.rundir.metrics, self.rundir.report, self.rundir.model, *figures.values()]
+        where = f"Results in {shown(self.run_dir)}: {', '.join(p.name for p in files)}"
+        if self.rundir.tensorboard.is_dir():
+            where += f"; tensorboard --logdir {shown(self.rundir.tensorboard)}"
+        return where
 
     def _sample_predictions(self, count: int = 32) -> tuple[torch.Tensor, list[int], list[int]]:
         images, labels = self.data.test_images[:count], self.data.test_labels[:count]

@@ -7,18 +7,23 @@ an experiment (handlers, optimizer), so training plugins need not be installed.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .data import load_data, split_indices
+from .config import flatten
+from .data import border_brightness, load_data, split_indices
 from .data.loaders import TensorLoader
-from .errors import DataError
+from .errors import ConfigError, DataError, first_line
 from .evaluation import evaluate, load_trained_model
 from .reports import classification_report
 from .rundir import RunDir, SweepDir
+
+if TYPE_CHECKING:
+    from PIL.Image import Image as PILImage
 
 
 def evaluate_run(run_dir: str | Path, split: str = "test", checkpoint: str | None = None) -> dict[str, Any]:
@@ -37,61 +42,137 @@ def evaluate_run(run_dir: str | Path, split: str = "test", checkpoint: str | Non
     return {"run": str(run_dir), "split": split, "weights": str(trained.weights), "loss": result["loss"], **report}
 
 
+INVERT = ("auto", "yes", "no")
+
+
 def predict_images(
-    run_dir: str | Path, images: Sequence[str | Path], checkpoint: str | None = None, top: int = 3
+    run_dir: str | Path,
+    images: Sequence[str | Path | PILImage | torch.Tensor],
+    checkpoint: str | None = None,
+    top_k: int = 3,
+    invert: str = "auto",
 ) -> list[dict[str, Any]]:
-    """Class and top-``top`` probabilities for each image file; a file that is not an image gets an ``error``.
+    """Class and top-``top_k`` probabilities for each image; an image that cannot be read gets an ``error``.
 
     Each image is converted the way the training data was: to the run's channels (grayscale for
-    Fashion-MNIST, RGB for CIFAR-10) and resized to its size (28x28, 32x32).
+    Fashion-MNIST, RGB for CIFAR-10) and resized to its size (28x28, 32x32). Fashion-MNIST's
+    garments are light on a black background; a photo on a white one is inverted first with
+    ``invert="auto"``, which compares the image's border with the training images' background
+    (recorded in ``data.json``); ``"yes"`` and ``"no"`` decide for every image.
+
+    Args:
+        run_dir: the run directory.
+        images: file paths, PIL images, or tensors ``(H, W)`` / ``(C, H, W)``, uint8 (0-255) or float (0-1).
+        checkpoint: which weights (see :func:`~fmnist_ignite.load_trained_model`).
+        top_k: how many classes to list, best first.
+        invert: ``auto``, ``yes`` or ``no``.
+
+    Returns:
+        one answer per image, in order: ``{"file", "prediction", "top": [{"class", "probability"}], "inverted"}``,
+        or ``{"file", "error"}`` (``file`` is ``None`` for an image given in memory).
+
+    Raises:
+        ConfigError: ``top_k`` below 1, or ``invert`` not one of ``auto``, ``yes``, ``no``.
     """
-    from PIL import Image
-
-    from .images import open_image
-
+    if top_k < 1:
+        raise ConfigError(f"top_k must be at least 1, got {top_k}")
+    if invert not in INVERT:
+        raise ConfigError(f"invert must be one of {', '.join(INVERT)}, got {invert!r}")
     trained = load_trained_model(run_dir, checkpoint)
-    channels, height, width = trained.image_shape
     classes = trained.classes
     answers: list[dict[str, Any]] = []
-    for name in images:
+    for index, image in enumerate(images):
+        file = str(image) if isinstance(image, str | Path) else None
         try:
-            image = open_image(name, "L" if channels == 1 else "RGB")
+            x = _as_training_image(image, index, trained.image_shape)
         except DataError as err:
-            answers.append({"file": str(name), "error": str(err)})
+            answers.append({"file": file, "error": str(err)})
             continue
-        converted = image.resize((width, height), Image.Resampling.BILINEAR)
-        pixels = torch.frombuffer(bytearray(converted.tobytes()), dtype=torch.uint8)
-        x = pixels.view(height, width, channels).permute(2, 0, 1).unsqueeze(0)
-        inputs, _ = trained.prepare_batch((x, torch.zeros(1, dtype=torch.long)), "cpu", False)
+        inverted = invert == "yes" or (invert == "auto" and _background_differs(x, trained.background))
+        if inverted:
+            x = 255 - x
+        inputs, _ = trained.prepare_batch((x.unsqueeze(0), torch.zeros(1, dtype=torch.long)), "cpu", False)
         with torch.no_grad():
             probabilities = trained.model(inputs).softmax(1)[0]
-        best = probabilities.topk(min(top, len(classes)))
+        best = probabilities.topk(min(top_k, len(classes)))
         answers.append(
             {
-                "file": str(name),
+                "file": file,
                 "prediction": classes[int(best.indices[0])],
                 "top": [
                     {"class": classes[int(i)], "probability": float(p)}
                     for p, i in zip(best.values, best.indices, strict=True)
                 ],
+                "inverted": inverted,
             }
         )
     return answers
 
 
-def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(tree, dict):
-        flat: dict[str, Any] = {}
-        for key, value in tree.items():
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        return flat
-    return {prefix.rstrip("."): json.dumps(tree) if isinstance(tree, list) else tree}
+def _as_training_image(
+    image: str | Path | PILImage | torch.Tensor, index: int, shape: tuple[int, int, int]
+) -> torch.Tensor:
+    """The image as the training data holds one: uint8 ``(C, H, W)`` of the run's channels and size.
+
+    Raises:
+        DataError: one line naming the file (or ``image <index>``): it cannot be read as an image.
+    """
+    from PIL import Image
+    from torchvision.transforms.functional import to_pil_image
+
+    from .images import open_image
+
+    channels, height, width = shape
+    mode = "L" if channels == 1 else "RGB"
+    if isinstance(image, str | Path):
+        picture = open_image(image, mode)
+    else:
+        try:
+            picture = (image if isinstance(image, Image.Image) else to_pil_image(image)).convert(mode)
+        except (TypeError, ValueError) as err:
+            raise DataError(f"image {index}: {first_line(err)}") from None
+    converted = picture.resize((width, height), Image.Resampling.BILINEAR)
+    pixels = torch.frombuffer(bytearray(converted.tobytes()), dtype=torch.uint8)
+    return pixels.view(height, width, channels).permute(2, 0, 1)
+
+
+def _background_differs(image: torch.Tensor, background: str | None) -> bool:
+    """Whether the image's border is light where the training images' background is dark, or the other way round."""
+    if background is None:
+        return False
+    light = border_brightness(image) > 0.5
+    return light if background == "dark" else not light
+
+
+# Settings that change what is shown, not what is trained: never a difference between runs.
+DISPLAY_ONLY = ("logging.",)
+
+
+def _readable(value: Any) -> str:
+    """A setting as a short scalar: handler entries by their targets (and kwargs), lists joined."""
+    if value is None:
+        return "-"
+    if isinstance(value, list):
+        return ", ".join(_readable(item) for item in value) or "[]"
+    if isinstance(value, dict) and "target" in value:
+        kwargs = ", ".join(f"{k}={_readable(v)}" for k, v in value.get("kwargs", {}).items())
+        return f"{value['target']}({kwargs})" if kwargs else str(value["target"])
+    if isinstance(value, dict):
+        return json.dumps(value, sort_keys=True) if value else "{}"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)
 
 
 def compare_runs(run_dirs: Sequence[str | Path]) -> dict[str, Any]:
     """Final metrics of each run, the settings that differ between them, and their histories.
 
+    Settings are compared whole and shown as short scalars (``handlers`` by their targets);
+    display-only settings (``logging.*``) and where a run lives (``name``, ``output_dir``) are left out.
     A sweep's folder stands for the run directories of its trials.
+
+    Returns:
+        ``{"runs": [one row per run], "differing": [setting names], "histories": {run: history}}``.
     """
     expanded = [t.path for d in run_dirs for t in (SweepDir(d).trials() if SweepDir(d).exists() else [RunDir(d)])]
     runs: list[dict[str, Any]] = []
@@ -101,8 +182,9 @@ def compare_runs(run_dirs: Sequence[str | Path]) -> dict[str, Any]:
         metrics = json.loads(rundir.metrics.read_text()) if rundir.metrics.is_file() else {}
         history = json.loads(rundir.history_json.read_text()) if rundir.history_json.is_file() else []
         runs.append({"run": str(run_dir), "config": config, "metrics": metrics, "history": history})
-    settings = [_flatten(r["config"].to_dict()) for r in runs]
+    settings = [flatten(r["config"].to_dict()) for r in runs]
     keys = sorted({k for s in settings for k in s} - {"name", "output_dir"})
+    keys = [k for k in keys if not k.startswith(DISPLAY_ONLY)]
     differing = [k for k in keys if len({json.dumps(s.get(k), sort_keys=True) for s in settings}) > 1]
     rows = []
     for r, s in zip(runs, settings, strict=True):
@@ -116,24 +198,53 @@ def compare_runs(run_dirs: Sequence[str | Path]) -> dict[str, Any]:
                 "best_epoch": m.get("best_epoch"),
                 "epochs": len(r["history"]),
                 "finished": bool(m),
-                "settings": {k: s.get(k) for k in differing},
+                "settings": {k: _readable(s.get(k)) for k in differing},
             }
         )
     return {"runs": rows, "differing": differing, "histories": {r["run"]: r["history"] for r in runs}}
 
 
-def compare_figure(histories: dict[str, list[dict[str, Any]]]) -> Any:
-    """Validation accuracy and loss of several runs against epoch, overlaid."""
+def run_labels(runs: Sequence[str]) -> dict[str, str]:
+    """A legend label for each run: its folder's name, or the path as given where two runs share a name."""
+    names = [Path(run).name for run in runs]
+    return {run: name if names.count(name) == 1 else run for run, name in zip(runs, names, strict=True)}
+
+
+def compare_figure(histories: Mapping[str, list[dict[str, Any]]]) -> Any:
+    """Validation accuracy and loss of several runs against epoch, overlaid; labelled by :func:`run_labels`."""
     from .reports import DPI, HISTORY_SIZE, _pyplot, epoch_axes
 
     plt = _pyplot()
     fig, (acc_ax, loss_ax) = plt.subplots(1, 2, figsize=HISTORY_SIZE, dpi=DPI)
+    labels = run_labels(list(histories))
     for run, history in histories.items():
         epochs = [h["epoch"] for h in history]
-        label = Path(run).name
-        acc_ax.plot(epochs, [h["val_accuracy"] for h in history], "-o", markersize=3, label=label)
-        loss_ax.plot(epochs, [h["val_loss"] for h in history], "-o", markersize=3, label=label)
+        acc_ax.plot(epochs, [h["val_accuracy"] for h in history], "-o", markersize=3, label=labels[run])
+        loss_ax.plot(epochs, [h["val_loss"] for h in history], "-o", markersize=3, label=labels[run])
     epoch_axes(acc_ax, "validation accuracy")
     epoch_axes(loss_ax, "validation loss")
     fig.tight_layout()
     return fig
+
+
+def save_compare_figure(result: Mapping[str, Any], output: str | Path) -> Path:
+    """Write :func:`compare_figure` of a :func:`compare_runs` result to ``output``, a file or a folder.
+
+    A folder (one that exists, or a path ending in ``/``) gets ``compare.png``.
+
+    Returns:
+        the file written.
+
+    Raises:
+        ConfigError: the file cannot be written.
+    """
+    from .reports import save_figure
+
+    path = Path(output)
+    if path.is_dir() or str(output).endswith(("/", os.sep)):
+        path = path / "compare.png"
+    try:
+        save_figure(compare_figure(result["histories"]), path)
+    except OSError as err:
+        raise ConfigError(f"--output {output}: cannot write {path}: {err.strerror or err}") from None
+    return path

@@ -2,7 +2,8 @@
 
 No other module spells the name of a run's file. A run directory holds::
 
-    config.yaml          the resolved config (absolute paths), written when the run is created
+    config.yaml          the resolved config (absolute paths), written when the run is created and
+                         rewritten when a resume changes a setting
     data.json            what the model expects as input and what its outputs mean
     history.json/.csv    one record per epoch
     checkpoints/         checkpoint_<epoch>.pt (full training states) and best_model.pt
@@ -10,7 +11,7 @@ No other module spells the name of a run's file. A run directory holds::
     model.onnx, model.ts the model for serving, written by ``export``
     report.json          per-class test report
     *.png                history, confusion matrix, predictions
-    tb/                  TensorBoard logs
+    tb/                  TensorBoard logs: tb/train, tb/validation, and the results in tb/ itself
     mlflow.json          the run's MLflow run (id, tracking URI), with logging.mlflow
     metrics.json         the test metrics; written last, it marks the run as finished
     .lock                held by the training process
@@ -21,6 +22,7 @@ A sweep (:class:`SweepDir`) is a folder of such run directories, one per trial.
 from __future__ import annotations
 
 import errno
+import itertools
 import logging
 import os
 import re
@@ -32,7 +34,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .errors import CheckpointError, RunDirError
+from .errors import CheckpointError, RunDirError, program_name
 from .fileio import atomic_write_text, current_umask
 
 if TYPE_CHECKING:
@@ -44,15 +46,41 @@ CHECKPOINT_RE = re.compile(r"^checkpoint_(\d+)\.pt$")
 FIGURES = ("history", "confusion_matrix", "predictions")
 
 
+def shown(path: Path) -> str:
+    """A path as a person wants to read it: relative to the current folder when inside it, else as it is."""
+    try:
+        return str(path.absolute().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def _names(requested: Path) -> Iterator[Path]:
+    """``NAME``, then ``NAME-1``, ``NAME-2``, ...: the names a new run asked to be ``requested`` may take."""
+    yield requested
+    for k in itertools.count(1):
+        yield requested.with_name(f"{requested.name}-{k}")
+
+
 class RunDir:
     """The files of one run, under ``path``.
 
     Args:
         path: the run directory (``output_dir/name``); it need not exist yet.
+        requested: for a new run, the directory it was asked for (``path`` may be the next free
+            ``NAME-k`` after it); defaults to ``path``.
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, requested: str | Path | None = None) -> None:
         self.path = Path(path)
+        self.requested = Path(requested) if requested is not None else self.path
+
+    @classmethod
+    def next_free(cls, requested: str | Path) -> RunDir:
+        """The run directory a new run asked for ``requested`` gets: ``requested`` itself if it is free, else
+        the first free of ``NAME-1``, ``NAME-2``, ... Nothing is created (see :meth:`create`)."""
+        requested = Path(requested)
+        path = next(p for p in _names(requested) if not (p.exists() or p.is_symlink()))
+        return cls(path, requested)
 
     def __repr__(self) -> str:
         return f"RunDir({str(self.path)!r})"
@@ -69,7 +97,7 @@ class RunDir:
     model = property(lambda self: self.path / "model.pt", doc="``model.pt``: the final weights.")
     metrics = property(lambda self: self.path / "metrics.json", doc="``metrics.json``: written last.")
     report = property(lambda self: self.path / "report.json", doc="``report.json``.")
-    tensorboard = property(lambda self: self.path / "tb", doc="TensorBoard's log folder.")
+    tensorboard = property(lambda self: self.path / "tb", doc="TensorBoard's log folder (the results' run).")
     mlflow_run = property(lambda self: self.path / "mlflow.json", doc="``mlflow.json``: the run's MLflow run.")
     lock_file = property(lambda self: self.path / ".lock", doc="The training process's lock.")
 
@@ -80,6 +108,10 @@ class RunDir:
     def exported(self, fmt: str) -> Path:
         """Where ``export`` writes the model: ``model.onnx`` or ``model.ts``."""
         return self.path / ("model.onnx" if fmt == "onnx" else "model.ts")
+
+    def tensorboard_run(self, name: str) -> Path:
+        """TensorBoard's run ``tb/<name>`` (``train``, ``validation``)."""
+        return self.tensorboard / name
 
     def checkpoint(self, epoch: int) -> Path:
         """The full training state saved after ``epoch``."""
@@ -101,40 +133,54 @@ class RunDir:
         """Whether the directory exists."""
         return self.path.is_dir()
 
-    def create(self, config: Config) -> None:
+    def create(self, config: Config) -> Config:
         """Create the directory with its ``config.yaml``, all at once: it appears whole or not at all.
 
-        The directory is filled under a temporary name and renamed into place, so a process that
-        loses a race for the same name is refused like any existing run, and leaves nothing behind.
+        An existing run is never touched: if :attr:`path` was taken meanwhile (by another process),
+        the next free ``NAME-k`` after it is created instead and :attr:`path` becomes that.
+
+        Returns:
+            the config as written: its ``name`` is the directory's.
 
         Raises:
-            RunDirError: it exists already, or the output folder cannot be written.
+            RunDirError: the output folder cannot be written.
         """
-        if self.path.exists() or self.path.is_symlink():
-            raise self._exists()
         staging: Path | None = None
-        renaming = False  # only the rename can lose a race for the name
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            staging = Path(tempfile.mkdtemp(dir=self.path.parent, prefix=f".{self.path.name}.partial-"))
+            staging = Path(tempfile.mkdtemp(dir=self.path.parent, prefix=f".{self.requested.name}.partial-"))
             os.chmod(staging, 0o777 & ~current_umask())
-            atomic_write_text(staging / self.config.name, config.to_yaml())
-            renaming = True
-            os.rename(staging, self.path)
+            candidates = itertools.dropwhile(lambda p: p != self.path, _names(self.requested))
+            for path in candidates:
+                if path.exists() or path.is_symlink():
+                    continue
+                written = config.model_copy(update={"name": path.name})
+                atomic_write_text(staging / self.config.name, written.to_yaml())
+                try:
+                    # A directory renamed onto an existing one fails unless that one is empty, and a
+                    # run directory never is: whoever renames first owns the name.
+                    os.rename(staging, path)
+                except OSError as err:
+                    if err.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                        raise
+                    continue
+                staging = None
+                self.path = path
+                return written
         except OSError as err:
-            if staging is not None:
-                shutil.rmtree(staging, ignore_errors=True)
-            if renaming and (err.errno in (errno.EEXIST, errno.ENOTEMPTY) or self.path.is_symlink()):
-                raise self._exists() from None
             raise RunDirError(
                 f"cannot create run directory {self.path}: {err.strerror or err}; choose a writable output_dir"
             ) from None
+        finally:
+            if staging is not None:
+                shutil.rmtree(staging, ignore_errors=True)
+        raise AssertionError("unreachable: the names NAME-k never run out")
 
-    def _exists(self) -> RunDirError:
-        return RunDirError(
-            f"run directory {self.path} exists already; continue it with "
-            f"'python -m fmnist_ignite --resume {shell_quote(self.path)}' or start another run with name=<new-name>"
-        )
+    def update_config(self, config: Config) -> None:
+        """Rewrite ``config.yaml`` with changed settings and remove ``metrics.json``: the run is unfinished
+        until its new end (a resume that extends a run, see :func:`~fmnist_ignite.resume_experiment`)."""
+        atomic_write_text(self.config, config.to_yaml())
+        self.metrics.unlink(missing_ok=True)
 
     def require(self) -> None:
         """Check that this is a run directory.
@@ -227,7 +273,7 @@ class RunDir:
 
     def resume_hint(self) -> str:
         """How to continue this run, as a command a shell takes whatever the path holds."""
-        return f"resume with 'python -m fmnist_ignite --resume {shell_quote(self.path)}'"
+        return f"resume with '{program_name()} --resume {shell_quote(shown(self.path))}'"
 
 
 def shell_quote(path: str | Path) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import signal as signal_module
 import time
@@ -292,3 +293,8 @@ def exit_in_epoch(context: Context, epoch: int, code: int = 0) -> None:
     if context.trainer.state.epoch == epoch and not marker.exists():
         marker.touch()
         sys.exit(code)
+
+
+def warn(context: Context, message: str = "a warning from a handler") -> None:
+    """Logs a warning: the command line must print it on stderr, never on stdout."""
+    logging.getLogger("tests.plugins").warning(message)

@@ -227,8 +227,9 @@ def test_existing_run_directory_is_never_overwritten(make_config: Callable[..., 
     cfg = make_config("trainer.max_epochs=1")
     build_experiment(cfg).run()
     before = (cfg.run_dir / "metrics.json").read_bytes()
-    with pytest.raises(RunDirError, match=f"run directory {cfg.run_dir} exists already; continue it with .*--resume"):
-        build_experiment(cfg).run()
+    again = build_experiment(cfg)
+    again.run()
+    assert again.run_dir == cfg.run_dir.with_name("small-1"), "running again makes a new run directory"
     assert (cfg.run_dir / "metrics.json").read_bytes() == before
     with pytest.raises(RunDirError, match="has finished"):
         resume_experiment(cfg.run_dir)

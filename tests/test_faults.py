@@ -95,7 +95,7 @@ def test_kill_9_anywhere_then_resume_gives_the_uninterrupted_history(
 
     resumed = run_cli("--resume", str(run))
     assert resumed.returncode == 0, resumed.stderr
-    assert "from checkpoint_1.pt (epoch 1)" in resumed.stderr
+    assert resumed.stdout.startswith(f"Resuming {run} from checkpoint_1.pt (epoch 1)\n")
     assert values(read_history(run)) == reference
     leftovers = [p.name for p in [*run.iterdir(), *(run / "checkpoints").iterdir()] if "tmp" in p.name]
     assert leftovers == []
@@ -225,7 +225,7 @@ def test_unwritable_output_location_fails_before_training(tmp_path: Path, small:
     assert result.returncode == 2
     assert result.stderr.startswith(f"error: cannot create run directory {blocker / 'runs' / 'small'}: ")
     assert "choose a writable output_dir" in result.stderr
-    assert "Epoch [" not in result.stderr
+    assert "Epoch [" not in result.stdout + result.stderr
 
 
 def test_nan_loss_stops_with_epoch_and_iteration(tmp_path: Path, small: list[str]) -> None:

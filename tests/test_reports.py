@@ -17,11 +17,9 @@ from .conftest import REPO, run_cli, small_overrides
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory: pytest.TempPathFactory, system_dir: Path) -> dict:
-    """A finished small run with TensorBoard on, and what the test needs to check it."""
+    """A finished small run (TensorBoard is on by default), and what the test needs to check it."""
     tmp = tmp_path_factory.mktemp("finished")
-    config = load_config(
-        REPO / "configs" / "base.yaml", [*small_overrides(tmp, system_dir), "logging.tensorboard=true"]
-    )
+    config = load_config(REPO / "configs" / "base.yaml", small_overrides(tmp, system_dir))
     experiment = build_experiment(config)
     metrics = experiment.run()
     data = experiment.data
@@ -81,19 +79,27 @@ def test_classification_report_by_hand() -> None:
     assert report["accuracy"] == pytest.approx(8 / 14)
 
 
-def test_tensorboard_has_scalars_figures_and_hparams(finished: dict) -> None:
+def test_tensorboard_has_train_and_validation_runs_figures_and_hparams(finished: dict) -> None:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    events = EventAccumulator(str(finished["run"] / "tb"), size_guidance={"images": 0, "scalars": 0})
-    events.Reload()
-    tags = events.Tags()
-    epochs = finished["metrics"]["epochs_trained"]
-    assert [e.step for e in events.Scalars("val/accuracy")] == list(range(1, epochs + 1))
-    assert len(events.Scalars("train/batch_loss")) >= 1 and len(events.Scalars("lr")) == epochs
+    def events(run: str) -> EventAccumulator:
+        accumulator = EventAccumulator(str(finished["run"] / "tb" / run), size_guidance={"images": 0, "scalars": 0})
+        return accumulator.Reload()
+
+    train, validation, results = events("train"), events("validation"), events("")
     history = json.loads((finished["run"] / "history.json").read_text())
-    assert events.Scalars("val/accuracy")[-1].value == pytest.approx(history[-1]["val_accuracy"])
-    assert {"results/confusion_matrix", "results/predictions", "results/history"} <= set(tags["images"])
-    assert (finished["run"] / "tb" / "hparams").is_dir()
+    steps = [e.step for e in train.Scalars("epoch")]
+    assert [e.value for e in train.Scalars("epoch")] == [r["epoch"] for r in history]
+    for accumulator, prefix in ((train, "train"), (validation, "val")):
+        assert [e.step for e in accumulator.Scalars("epoch_accuracy")] == steps, "the runs share steps and tags"
+        assert [e.value for e in accumulator.Scalars("epoch_accuracy")] == pytest.approx(
+            [r[f"{prefix}_accuracy"] for r in history]
+        )
+    assert len(train.Scalars("batch_loss")) >= 1 and len(train.Scalars("epoch_learning_rate")) == len(history)
+    assert {"confusion_matrix", "predictions", "history"} <= set(results.Tags()["images"])
+    assert results.PluginTagToContent("hparams"), "the hyperparameters, with the test metrics beside them"
+    assert results.Scalars("test_accuracy")[-1].value == pytest.approx(finished["metrics"]["test_accuracy"])
+    assert sorted(p.name for p in (finished["run"] / "tb").iterdir() if p.is_dir()) == ["train", "validation"]
 
 
 def test_evaluate_command_on_both_splits(finished: dict) -> None:
@@ -170,7 +176,6 @@ def test_compare_shows_metrics_and_differing_settings(finished: dict, system_dir
         "best_value",
         "best_epoch",
         "epochs",
-        "logging.tensorboard",
         "optimizer.lr",
     ]
     assert (

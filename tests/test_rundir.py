@@ -14,15 +14,18 @@ from fmnist_ignite import CheckpointError, Config, RunDir, RunDirError, load_con
 from .conftest import BASE, run_cli, small_overrides
 
 
-def test_create_writes_the_config_and_refuses_an_existing_directory(make_config: Callable[..., Config]) -> None:
+def test_create_writes_the_config_and_takes_the_next_name_when_it_exists(make_config: Callable[..., Config]) -> None:
     cfg = make_config()
     rundir = RunDir(cfg.run_dir)
-    rundir.create(cfg)
+    assert rundir.create(cfg) == cfg
     assert rundir.exists() and rundir.config.read_text() == cfg.to_yaml()
     assert not rundir.finished
-    with pytest.raises(RunDirError, match="exists already; continue it with 'python -m fmnist_ignite --resume"):
-        rundir.create(cfg)
-    assert [p.name for p in rundir.path.parent.iterdir()] == [rundir.path.name], "no staging folder is left"
+    again = RunDir(cfg.run_dir)
+    written = again.create(cfg)
+    assert again.path == cfg.run_dir.with_name("small-1") and written.name == "small-1"
+    assert again.config.read_text() == written.to_yaml() and rundir.config.read_text() == cfg.to_yaml()
+    assert RunDir.next_free(cfg.run_dir).path.name == "small-2"
+    assert sorted(p.name for p in rundir.path.parent.iterdir()) == ["small", "small-1"], "no staging folder is left"
 
 
 def test_create_in_an_unwritable_place_leaves_nothing(tmp_path: Path, make_config: Callable[..., Config]) -> None:
@@ -159,32 +162,35 @@ def test_resume_hints_are_one_line_and_a_shell_gives_back_the_path(tmp_path: Pat
     assert echoed.stdout == str(path)
 
 
-def test_losing_a_race_for_the_name_is_exists_already_and_leaves_nothing(
+def test_losing_a_race_for_the_name_takes_the_next_one_and_leaves_nothing(
     make_config: Callable[..., Config], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     cfg = make_config()
-    rundir = RunDir(cfg.run_dir)
+    rundir = RunDir.next_free(cfg.run_dir)
+    RunDir(cfg.run_dir).create(cfg)  # another process was quicker, after next_free looked
     real_rename = os.rename
 
     def other_process_first(source: str | Path, target: str | Path) -> None:
-        Path(target).mkdir()
-        (Path(target) / "config.yaml").write_text("theirs")
+        if Path(target).name == "small-1":  # and quicker again, between the check and the rename
+            Path(target).mkdir()
+            (Path(target) / "config.yaml").write_text("theirs")
         real_rename(source, target)
 
     monkeypatch.setattr(os, "rename", other_process_first)
-    with pytest.raises(RunDirError, match="exists already; continue it with"):
-        rundir.create(cfg)
-    assert sorted(p.name for p in rundir.path.parent.iterdir()) == ["small"], "no .small.partial-* folder"
-    assert (rundir.path / "config.yaml").read_text() == "theirs"
+    written = rundir.create(cfg)
+    assert rundir.path == cfg.run_dir.with_name("small-2") and written.name == "small-2"
+    assert (cfg.run_dir.with_name("small-1") / "config.yaml").read_text() == "theirs"
+    assert sorted(p.name for p in rundir.path.parent.iterdir()) == ["small", "small-1", "small-2"], (
+        "no .small.partial-* folder"
+    )
 
 
-def test_a_dangling_link_as_the_run_name_is_refused_and_leaves_nothing(
-    tmp_path: Path, make_config: Callable[..., Config]
-) -> None:
+def test_a_dangling_link_as_the_run_name_is_left_alone(tmp_path: Path, make_config: Callable[..., Config]) -> None:
     cfg = make_config()
     cfg.run_dir.parent.mkdir(parents=True)
     os.symlink(tmp_path / "nowhere", cfg.run_dir)
-    with pytest.raises(RunDirError, match="exists already"):
-        RunDir(cfg.run_dir).create(cfg)
-    assert [p.name for p in cfg.run_dir.parent.iterdir()] == ["small"]
-    assert not (tmp_path / "nowhere").exists()
+    rundir = RunDir(cfg.run_dir)
+    rundir.create(cfg)
+    assert rundir.path.name == "small-1"
+    assert sorted(p.name for p in cfg.run_dir.parent.iterdir()) == ["small", "small-1"]
+    assert cfg.run_dir.is_symlink() and not (tmp_path / "nowhere").exists()

@@ -1,6 +1,6 @@
 """Data: finding files, loading data sets as uint8 tensors, and batching them."""
 
-from .datasets import FASHION_CLASSES, ImageData, load_cifar10, load_data, load_fashion_mnist
+from .datasets import FASHION_CLASSES, ImageData, border_brightness, load_cifar10, load_data, load_fashion_mnist
 from .loaders import EpochDataLoader, Loader, TensorLoader, epoch_permutation, split_indices
 
 __all__ = [
@@ -9,6 +9,7 @@ __all__ = [
     "ImageData",
     "Loader",
     "TensorLoader",
+    "border_brightness",
     "epoch_permutation",
     "load_cifar10",
     "load_data",

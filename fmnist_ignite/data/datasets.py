@@ -65,6 +65,15 @@ class ImageData:
         c, h, w = self.train_images.shape[1:]
         return (c, h, w)
 
+    @property
+    def background(self) -> str | None:
+        """``dark`` or ``light`` when the training images share one (Fashion-MNIST: dark), else ``None``.
+
+        Judged from the border pixels of up to 1,000 training images; ``predict --invert auto`` uses it.
+        """
+        brightness = border_brightness(self.train_images[:1000])
+        return "dark" if brightness < 0.25 else "light" if brightness > 0.75 else None
+
     def __post_init__(self) -> None:
         for name in ("train", "test"):
             images, labels = getattr(self, f"{name}_images"), getattr(self, f"{name}_labels")
@@ -81,6 +90,13 @@ class ImageData:
                 f"train images have shape (C, H, W) {tuple(self.train_images.shape[1:])} but test images "
                 f"{tuple(self.test_images.shape[1:])}; the model takes one shape: replace the files that differ"
             )
+
+
+def border_brightness(images: torch.Tensor) -> float:
+    """Mean brightness, from 0 (black) to 1 (white), of the outermost pixels of uint8 images ``(..., H, W)``."""
+    rows = torch.cat([images[..., 0, :], images[..., -1, :]], -1)
+    columns = torch.cat([images[..., 1:-1, 0], images[..., 1:-1, -1]], -1)
+    return float(torch.cat([rows.flatten(), columns.flatten()]).double().mean()) / 255
 
 
 @DATASETS.register("fashion_mnist")

@@ -11,6 +11,7 @@ prepared files appear atomically (written aside, verified, then renamed).
 from __future__ import annotations
 
 import gzip
+import logging
 import os
 import shutil
 import struct
@@ -20,6 +21,8 @@ import zlib
 from pathlib import Path
 
 from ..errors import DataError
+
+logger = logging.getLogger(__name__)
 
 FASHION_FILES = (
     "train-images-idx3-ubyte",
@@ -121,9 +124,11 @@ def prepare_fashion_mnist(root: Path, system_dir: Path | None, download: bool) -
         sources = [raw] + ([system_dir] if system_dir is not None else [])
         source = next((s for s in sources if all((s / f"{n}.gz").is_file() for n in missing)), None)
         if source is not None:
+            logger.info("Fashion-MNIST: unpacking %s into %s (once; data.root)", source, raw)
             for name in missing:
                 _gunzip_verified(source / f"{name}.gz", raw / name)
         elif download:
+            logger.info("Fashion-MNIST: downloading into %s (once; data.root)", root)
             _download_fashion_mnist(root)
         else:
             looked = " and ".join(str(s) for s in sources)
@@ -190,7 +195,9 @@ def prepare_cifar10(root: Path, download: bool) -> Path:
                 "or set data.download=true"
             )
         if not archive.is_file():
+            logger.info("CIFAR-10: downloading into %s (once; data.root)", root)
             _download_cifar(archive)
+        logger.info("CIFAR-10: extracting %s into %s (once; data.root)", archive, root)
         _extract_cifar(archive, root)
     missing = [name for name in CIFAR_FILES if not (folder / name).is_file()]
     if missing:

@@ -1,4 +1,4 @@
-"""TensorBoard logging through Ignite's ``TensorboardLogger``, into ``RUN_DIR/tb``."""
+"""TensorBoard logs in ``RUN_DIR/tb``, laid out as Keras and Lightning lay them out."""
 
 from __future__ import annotations
 
@@ -11,25 +11,52 @@ from ..events import RunEvents
 from ..registry import HANDLERS
 
 if TYPE_CHECKING:
-    from ignite.handlers.tensorboard_logger import TensorboardLogger
+    from torch.utils.tensorboard import SummaryWriter
+
+HPARAMS = (
+    "model.name",
+    "optimizer.name",
+    "optimizer.lr",
+    "optimizer.momentum",
+    "optimizer.weight_decay",
+    "scheduler.name",
+    "data.batch_size",
+    "trainer.max_epochs",
+    "seed",
+    "init_from",
+)
+RESULTS = ("test_accuracy", "test_loss", "best_value", "best_epoch", "epochs_trained")
 
 
 @HANDLERS.register("tensorboard")
 class TensorBoard:
-    """Logs the train loss every ``log_every`` iterations, and validation loss, accuracy and learning rate per epoch.
+    """Writes TensorBoard logs: training and validation as two runs sharing their tags, then the results.
 
-    The writer is opened when training starts (not when the experiment is built) and closed when
-    it ends. ``tensorboard --logdir runs`` then shows every run.
+    ``tb/train``
+        ``batch_loss`` every ``log_every`` iterations; at each epoch's end ``epoch_loss``,
+        ``epoch_accuracy`` (the history's ``train_*`` columns), ``epoch_learning_rate`` and ``epoch``.
+    ``tb/validation``
+        ``epoch_loss``, ``epoch_accuracy`` (and ``epoch_<name>`` for a metric a handler adds): the
+        same tags as training, so TensorBoard overlays the two curves.
+    ``tb`` itself
+        at the end of the run, the pictures, and the hyperparameters with the test metrics
+        (``test_accuracy``, ``test_loss``, ``best_value``, ...) in the same run: the HPARAMS tab.
+
+    Every point's step is the training iteration (Lightning's global step), so points logged per
+    batch and per epoch share one axis. The writers are opened when training starts with
+    ``purge_step`` set just after the resumed iteration: what an interrupted process logged after
+    its last checkpoint is dropped, and no step appears twice. ``tensorboard --logdir runs``
+    shows every run.
 
     Args:
         context: the experiment context.
-        log_every: iterations between train-loss points (each point reads the loss from the device).
+        log_every: iterations between ``batch_loss`` points (each point reads the loss from the device).
     """
 
     def __init__(self, context: Context, log_every: int = 50) -> None:
         self.context = context
         self.log_every = log_every
-        self.logger: TensorboardLogger | None = None
+        self.writers: dict[str, SummaryWriter] = {}
 
     def attach(self, engine: Engine, event: Any) -> None:
         engine.add_event_handler(Events.STARTED, self._open)
@@ -39,51 +66,60 @@ class TensorBoard:
         engine.add_event_handler(event, self)
         engine.add_event_handler(RunEvents.RUN_FINISHED, self._log_results)
 
-    def _open(self) -> None:
-        from ignite.handlers.tensorboard_logger import TensorboardLogger  # imports TensorBoard: only when used
+    def _open(self, engine: Engine) -> None:
+        from torch.utils.tensorboard import SummaryWriter  # imports TensorBoard: only when used
 
-        self.logger = TensorboardLogger(log_dir=str(self.context.rundir.tensorboard))
+        self.close()
+        rundir, purge_step = self.context.rundir, engine.state.iteration + 1
+        self.writers = {
+            name: SummaryWriter(log_dir=str(rundir.tensorboard_run(name)), purge_step=purge_step)
+            for name in ("train", "validation")
+        }
 
     def _log_iteration(self, engine: Engine) -> None:
-        if self.logger is not None:
+        if self.writers:
             loss = float(engine.state.output)  # type: ignore[arg-type]
-            self.logger.writer.add_scalar("train/batch_loss", loss, engine.state.iteration)
+            self.writers["train"].add_scalar("batch_loss", loss, engine.state.iteration)
 
     def __call__(self, engine: Engine) -> None:
-        if self.logger is None:
+        if not self.writers:
             return
-        epoch = engine.state.epoch
-        writer = self.logger.writer
-        writer.add_scalar("train/loss", float(engine.state.metrics["train_loss"]), epoch)
-        for name, value in self.context.evaluator.state.metrics.items():
-            writer.add_scalar(f"val/{name}", float(value), epoch)
-        writer.add_scalar("lr", float(self.context.optimizer.param_groups[0]["lr"]), epoch)
-        writer.flush()
+        step, latest = engine.state.iteration, self.context.history.records[-1]
+        train, validation = self.writers["train"], self.writers["validation"]
+        for column, value in latest.items():
+            for prefix, writer in (("train_", train), ("val_", validation)):
+                if column.startswith(prefix):
+                    writer.add_scalar(f"epoch_{column.removeprefix(prefix)}", value, step)
+        train.add_scalar("epoch_learning_rate", latest["lr"], step)
+        train.add_scalar("epoch", engine.state.epoch, step)
+        for writer in self.writers.values():
+            writer.flush()
 
     def _log_results(self, engine: Engine) -> None:
-        """At the end of a run: the pictures, and the hyperparameters with the test metrics."""
+        """At the end of a run: the pictures, and the hyperparameters with the test metrics, in ``tb`` itself."""
         import numpy as np
         from PIL import Image
         from torch.utils.tensorboard import SummaryWriter
+        from torch.utils.tensorboard.summary import hparams
+
+        from ..config import flatten
 
         results = engine.state.results  # type: ignore[attr-defined]
-        config = self.context.config
-        with SummaryWriter(log_dir=str(self.context.rundir.tensorboard)) as writer:
+        settings = flatten(self.context.config.to_dict())
+        values = {key: "" if settings[key] is None else settings[key] for key in HPARAMS}
+        metrics = {key: float(results["metrics"][key] or 0) for key in RESULTS}
+        step = engine.state.iteration
+        # purge_step: a run that was stopped while writing these, then resumed, writes them once.
+        with SummaryWriter(log_dir=str(self.context.rundir.tensorboard), purge_step=step) as writer:
             for name, path in results["figures"].items():
                 with Image.open(path) as image:
                     pixels = np.asarray(image.convert("RGB"))
-                writer.add_image(f"results/{name}", pixels, dataformats="HWC")
-            hparams = {
-                "optimizer": config.optimizer.name,
-                "lr": config.optimizer.lr,
-                "batch_size": config.data.batch_size,
-                "scheduler": config.scheduler.name,
-                "seed": config.seed,
-                "max_epochs": config.trainer.max_epochs,
-            }
-            metrics = results["metrics"]
-            final = {f"hparam/{k}": v for k, v in metrics.items() if isinstance(v, int | float) and v is not None}
-            writer.add_hparams(hparams, final, run_name="hparams")
+                writer.add_image(name, pixels, step, dataformats="HWC")
+            assert writer.file_writer is not None
+            for summary in hparams(values, metrics):
+                writer.file_writer.add_summary(summary, step)
+            for key, value in metrics.items():
+                writer.add_scalar(key, value, step)
 
     def _close_and_reraise(self, engine: Engine, error: BaseException) -> None:
         # Ignite stops propagating an exception once any EXCEPTION_RAISED handler exists.
@@ -91,6 +127,6 @@ class TensorBoard:
         raise error
 
     def close(self, *_: Any) -> None:
-        if self.logger is not None:
-            self.logger.close()
-            self.logger = None
+        for writer in self.writers.values():
+            writer.close()
+        self.writers = {}
