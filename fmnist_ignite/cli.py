@@ -201,12 +201,14 @@ def _compare(args: argparse.Namespace) -> int:
     from .inspect_runs import compare_runs, save_compare_figure
 
     result = compare_runs(args.runs)
+    for error in result["errors"]:
+        print(f"error: {error}", file=sys.stderr)
     print(format_comparison(result))
     if args.output:
         print(f"validation curves: {save_compare_figure(result, args.output)}")
     elif args.verbosity >= 0:
         print("(add --output FILE.png for a figure of the validation curves)", file=sys.stderr)
-    return 0
+    return 1 if result["errors"] else 0
 
 
 def _export_arguments(parser: argparse.ArgumentParser) -> None:
