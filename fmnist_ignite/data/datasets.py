@@ -18,7 +18,7 @@ import torch
 
 from ..errors import ConfigError, DataError, first_line
 from ..registry import DATASETS
-from .sources import prepare_cifar10, prepare_fashion_mnist
+from .sources import prepare_cifar10, read_fashion_mnist
 
 if TYPE_CHECKING:
     from ..config import DataConfig
@@ -85,19 +85,14 @@ class ImageData:
 
 @DATASETS.register("fashion_mnist")
 def load_fashion_mnist(config: DataConfig) -> ImageData:
-    """Fashion-MNIST through ``torchvision.datasets.FashionMNIST``, from local, system or downloaded files."""
-    from torchvision.datasets import FashionMNIST
-
-    root = Path(config.root)
+    """Fashion-MNIST from local, system or downloaded files (see :func:`~.sources.read_fashion_mnist`)."""
     system_dir = Path(config.system_dir) if config.system_dir else None
-    prepare_fashion_mnist(root, system_dir, config.download)
-    train = FashionMNIST(str(root), train=True, download=False)
-    test = FashionMNIST(str(root), train=False, download=False)
+    arrays = read_fashion_mnist(Path(config.root), system_dir, config.download)
     return ImageData(
-        train_images=train.data.unsqueeze(1),
-        train_labels=train.targets.long(),
-        test_images=test.data.unsqueeze(1),
-        test_labels=test.targets.long(),
+        train_images=torch.from_numpy(arrays["train-images-idx3-ubyte"]).unsqueeze(1),
+        train_labels=torch.from_numpy(arrays["train-labels-idx1-ubyte"]).long(),
+        test_images=torch.from_numpy(arrays["t10k-images-idx3-ubyte"]).unsqueeze(1),
+        test_labels=torch.from_numpy(arrays["t10k-labels-idx1-ubyte"]).long(),
         classes=FASHION_CLASSES,
         mean=0.2860,
         std=0.3530,
