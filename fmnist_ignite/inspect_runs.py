@@ -12,12 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from PIL import Image
 
 from .data import load_data, split_indices
 from .data.loaders import TensorLoader
 from .errors import DataError
 from .evaluation import evaluate, load_trained_model
-from .reports import classification_report
+from .plots import COLORS, Canvas, Curve, line_panel
+from .reports import HISTORY_SIZE, classification_report
 from .rundir import RunDir
 
 
@@ -118,18 +120,14 @@ def compare_runs(run_dirs: Sequence[str | Path]) -> dict[str, Any]:
     return {"runs": rows, "differing": differing, "histories": {r["run"]: r["history"] for r in runs}}
 
 
-def compare_figure(histories: dict[str, list[dict[str, Any]]]) -> Any:
+def compare_figure(histories: dict[str, list[dict[str, Any]]]) -> Image.Image:
     """Validation accuracy and loss of several runs against epoch, overlaid."""
-    from .reports import DPI, HISTORY_SIZE, _pyplot, epoch_axes
-
-    plt = _pyplot()
-    fig, (acc_ax, loss_ax) = plt.subplots(1, 2, figsize=HISTORY_SIZE, dpi=DPI)
-    for run, history in histories.items():
-        epochs = [h["epoch"] for h in history]
-        label = Path(run).name
-        acc_ax.plot(epochs, [h["val_accuracy"] for h in history], "-o", markersize=3, label=label)
-        loss_ax.plot(epochs, [h["val_loss"] for h in history], "-o", markersize=3, label=label)
-    epoch_axes(acc_ax, "validation accuracy")
-    epoch_axes(loss_ax, "validation loss")
-    fig.tight_layout()
-    return fig
+    canvas = Canvas(*HISTORY_SIZE)
+    width, height = HISTORY_SIZE[0] / 2, HISTORY_SIZE[1]
+    for k, (key, title) in enumerate((("val_accuracy", "validation accuracy"), ("val_loss", "validation loss"))):
+        curves = [
+            Curve(Path(run).name, [h["epoch"] for h in history], [h[key] for h in history], COLORS[i % len(COLORS)])
+            for i, (run, history) in enumerate(histories.items())
+        ]
+        line_panel(canvas, (k * width, 0, (k + 1) * width, height), title, curves)
+    return canvas.image()
