@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import codecs
 import io
+import logging
 import pickle
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,6 +24,8 @@ from .sources import prepare_cifar10, read_fashion_mnist
 
 if TYPE_CHECKING:
     from ..config import DataConfig
+
+logger = logging.getLogger(__name__)
 
 FASHION_CLASSES = (
     "T-shirt/top",
@@ -212,8 +216,10 @@ def _cifar_classes(path: Path) -> tuple[str, ...]:
 
 def load_data(config: DataConfig) -> ImageData:
     """Load the configured data set through the registry."""
+    start = time.perf_counter()
     loader = DATASETS.get(config.dataset)
     data = loader(config)
     if not isinstance(data, ImageData):
         raise ConfigError(f"data.dataset '{config.dataset}' returned {type(data).__name__}, not ImageData")
+    logger.debug("timing: data %.3f s (%s)", time.perf_counter() - start, config.dataset)
     return data
