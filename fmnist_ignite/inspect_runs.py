@@ -13,13 +13,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+from PIL import Image
 
 from .config import flatten
 from .data import border_brightness, load_data, split_indices
 from .data.loaders import TensorLoader
 from .errors import ConfigError, DataError, FmnistIgniteError, RunDirError, first_line
 from .evaluation import evaluate, load_trained_model
-from .reports import classification_report
+from .plots import COLORS, Canvas, Curve, line_panel
+from .reports import HISTORY_SIZE, classification_report
 from .rundir import RunDir, SweepDir
 
 if TYPE_CHECKING:
@@ -117,7 +119,6 @@ def _as_training_image(
     Raises:
         DataError: one line naming the file (or ``image <index>``): it cannot be read as an image.
     """
-    from PIL import Image
     from torchvision.transforms.functional import to_pil_image
 
     from .images import open_image
@@ -262,19 +263,16 @@ def run_labels(runs: Sequence[str]) -> dict[str, str]:
 
 def compare_figure(histories: Mapping[str, list[dict[str, Any]]]) -> Any:
     """Validation accuracy and loss of several runs against epoch, overlaid; labelled by :func:`run_labels`."""
-    from .reports import DPI, HISTORY_SIZE, _pyplot, epoch_axes
-
-    plt = _pyplot()
-    fig, (acc_ax, loss_ax) = plt.subplots(1, 2, figsize=HISTORY_SIZE, dpi=DPI)
+    canvas = Canvas(*HISTORY_SIZE)
+    width, height = HISTORY_SIZE[0] / 2, HISTORY_SIZE[1]
     labels = run_labels(list(histories))
-    for run, history in histories.items():
-        epochs = [h["epoch"] for h in history]
-        acc_ax.plot(epochs, [h["val_accuracy"] for h in history], "-o", markersize=3, label=labels[run])
-        loss_ax.plot(epochs, [h["val_loss"] for h in history], "-o", markersize=3, label=labels[run])
-    epoch_axes(acc_ax, "validation accuracy")
-    epoch_axes(loss_ax, "validation loss")
-    fig.tight_layout()
-    return fig
+    for k, (key, title) in enumerate((("val_accuracy", "validation accuracy"), ("val_loss", "validation loss"))):
+        curves = [
+            Curve(labels[run], [h["epoch"] for h in history], [h[key] for h in history], COLORS[i % len(COLORS)])
+            for i, (run, history) in enumerate(histories.items())
+        ]
+        line_panel(canvas, (k * width, 0, (k + 1) * width, height), title, curves)
+    return canvas.image()
 
 
 def save_compare_figure(result: Mapping[str, Any], output: str | Path) -> Path:
