@@ -139,6 +139,7 @@ def parse_arguments(items: Sequence[str]) -> tuple[list[str], list[Param]]:
         ConfigError: an argument that is none of these, or a key swept twice.
 
     Example:
+        >>> from fmnist_ignite.sweep import parse_arguments
         >>> plain, params = parse_arguments(["optimizer.lr=0.01,0.1", "seed=3", "optimizer.name=choice(sgd,adam)"])
         >>> plain, [p.describe() for p in params]
         (['seed=3'], ['0.01,0.1', 'choice(sgd,adam)'])
@@ -225,6 +226,7 @@ def trial_name(params: Sequence[Param], values: Mapping[str, Any]) -> str:
     A key is shortened to its last part (``optimizer.lr`` to ``lr``) unless two swept keys share it.
 
     Example:
+        >>> from fmnist_ignite.sweep import parse_arguments, trial_name
         >>> _, params = parse_arguments(["optimizer.lr=0.01,0.1", "seed=1,2"])
         >>> trial_name(params, {"optimizer.lr": "0.1", "seed": "2"})
         'lr-0.1_seed-2'

@@ -90,6 +90,7 @@ def seed_statistics(rows: Sequence[dict[str, Any]], keys: Sequence[str]) -> list
     and ``best_value`` and ``test_accuracy`` as ``(mean, std)`` (std 0 for a single seed).
 
     Example:
+        >>> from fmnist_ignite.sweep_results import seed_statistics
         >>> rows = [{"seed": "1", "status": "COMPLETE", "best_value": 0.8, "test_accuracy": 0.7},
         ...         {"seed": "2", "status": "COMPLETE", "best_value": 0.9, "test_accuracy": 0.7}]
         >>> seed_statistics(rows, ["seed"])[0]["best_value"]
