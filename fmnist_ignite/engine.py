@@ -153,8 +153,8 @@ def create_evaluator(
 class EpochLoss:
     """The epoch's train loss and accuracy, and a stop when the loss becomes NaN or infinite.
 
-    The training step records each batch's loss and count of correct predictions into buffers
-    on the device: no host synchronisation and no per-step event handler. When the epoch
+    The training step records each batch's loss and count of correct predictions, as tensors
+    left on the device: no host synchronisation and no per-step event handler. When the epoch
     completes, before validation or any handler, ``trainer.state.metrics`` gets ``train_loss``
     (the mean batch loss) and ``train_accuracy``; if a loss is not finite,
     :class:`TrainingError` names the epoch and the first bad iteration, so nothing of that epoch
@@ -163,32 +163,26 @@ class EpochLoss:
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
-        self.losses = torch.empty(0, device=device)
-        self.correct = torch.empty(0, dtype=torch.long, device=device)
-        self.count = 0
+        self.losses: list[torch.Tensor] = []
+        self.correct: list[torch.Tensor] = []
         self.samples = 0
 
     def attach(self, trainer: Engine) -> None:
         trainer.add_event_handler(Events.EPOCH_STARTED, self.reset)
         trainer.add_event_handler(Events.EPOCH_COMPLETED, self.complete)
 
-    def reset(self, engine: Engine) -> None:
-        length = engine.state.epoch_length or 0
-        if len(self.losses) != length:
-            self.losses = torch.empty(length, device=self.device)
-            self.correct = torch.empty(length, dtype=torch.long, device=self.device)
-        self.count = 0
-        self.samples = 0
+    def reset(self) -> None:
+        self.losses, self.correct, self.samples = [], [], 0
 
     def record(self, loss: torch.Tensor, correct: torch.Tensor, size: int) -> None:
-        """Store one step's loss and correct count (called by the training step)."""
-        self.losses[self.count] = loss
-        self.correct[self.count] = correct
-        self.count += 1
+        """Keep one step's loss and correct count, as tensors on the device (called by the training step)."""
+        self.losses.append(loss)
+        self.correct.append(correct)
         self.samples += size
 
     def complete(self, engine: Engine) -> None:
-        losses, correct = self.losses[: self.count], self.correct[: self.count]
+        losses = torch.stack(self.losses) if self.losses else torch.empty(0, device=self.device)
+        correct = torch.stack(self.correct) if self.correct else torch.empty(0, dtype=torch.long, device=self.device)
         finite = torch.isfinite(losses)
         if not bool(finite.all()):
             within = int((~finite).nonzero()[0]) + 1

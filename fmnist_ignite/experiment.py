@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import random
 import signal
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal, cast
@@ -234,6 +235,7 @@ class Experiment:
                 raise
 
     def _train(self) -> None:
+        start, first = time.perf_counter(), self.trainer.state.epoch
         try:
             self.trainer.run(self.loaders["train"], max_epochs=self.config.trainer.max_epochs)
         except Interrupted as err:
@@ -244,6 +246,8 @@ class Experiment:
                 f"a handler called sys.exit({err.code!r}) during epoch {self.trainer.state.epoch}; "
                 f"the run stopped there and its last checkpoint is kept: {self.rundir.resume_hint()}"
             ) from None
+        epochs = self.trainer.state.epoch - first
+        logger.debug("timing: training %.3f s (%d epochs)", time.perf_counter() - start, epochs)
 
     def _attach_last_steps(self) -> None:
         # Last at EPOCH_COMPLETED, so the checkpoint holds every handler's update for the epoch,
@@ -308,6 +312,7 @@ class Experiment:
         :attr:`~fmnist_ignite.events.RunEvents.RUN_FINISHED`, then writes ``metrics.json`` (last:
         it marks the run as finished) and logs the per-class report.
         """
+        start = time.perf_counter()
         monitor, records = self.context.monitor, self.history
         if self.config.monitor.restore_best and monitor.best_epoch:
             self.model.load_state_dict(monitor.best_state)
@@ -342,6 +347,7 @@ class Experiment:
             metrics["test_accuracy"],
             metrics["test_loss"],
         )
+        logger.debug("timing: end of run %.3f s (test, model.pt, report, pictures)", time.perf_counter() - start)
         outcome.info("%s", self._where_the_results_are(figures))
         return metrics
 

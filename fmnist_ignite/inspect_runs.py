@@ -13,13 +13,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+from PIL import Image
 
 from .config import flatten
 from .data import border_brightness, load_data, split_indices
 from .data.loaders import TensorLoader
-from .errors import ConfigError, DataError, first_line
+from .errors import ConfigError, DataError, FmnistIgniteError, RunDirError, first_line
 from .evaluation import evaluate, load_trained_model
-from .reports import classification_report
+from .plots import COLORS, Canvas, Curve, line_panel
+from .reports import HISTORY_SIZE, classification_report
 from .rundir import RunDir, SweepDir
 
 if TYPE_CHECKING:
@@ -117,7 +119,6 @@ def _as_training_image(
     Raises:
         DataError: one line naming the file (or ``image <index>``): it cannot be read as an image.
     """
-    from PIL import Image
     from torchvision.transforms.functional import to_pil_image
 
     from .images import open_image
@@ -176,12 +177,19 @@ def compare_runs(run_dirs: Sequence[str | Path]) -> dict[str, Any]:
     """
     expanded = [t.path for d in run_dirs for t in (SweepDir(d).trials() if SweepDir(d).exists() else [RunDir(d)])]
     runs: list[dict[str, Any]] = []
+    errors: list[str] = []
     for run_dir in expanded:
         rundir = RunDir(run_dir)
-        config = rundir.load_config()
-        metrics = json.loads(rundir.metrics.read_text()) if rundir.metrics.is_file() else {}
-        history = json.loads(rundir.history_json.read_text()) if rundir.history_json.is_file() else []
+        try:
+            config = rundir.load_config()
+            metrics = _read_metrics(rundir.metrics) if rundir.metrics.is_file() else {}
+            history = _read_history(rundir.history_json) if rundir.history_json.is_file() else []
+        except FmnistIgniteError as err:
+            errors.append(str(err))
+            continue
         runs.append({"run": str(run_dir), "config": config, "metrics": metrics, "history": history})
+    if not runs:
+        raise RunDirError(errors[0] if len(errors) == 1 else f"none of the {len(errors)} runs can be read: {errors[0]}")
     settings = [flatten(r["config"].to_dict()) for r in runs]
     keys = sorted({k for s in settings for k in s} - {"name", "output_dir"})
     keys = [k for k in keys if not k.startswith(DISPLAY_ONLY)]
@@ -201,7 +209,50 @@ def compare_runs(run_dirs: Sequence[str | Path]) -> dict[str, Any]:
                 "settings": {k: _readable(s.get(k)) for k in differing},
             }
         )
-    return {"runs": rows, "differing": differing, "histories": {r["run"]: r["history"] for r in runs}}
+    return {
+        "runs": rows,
+        "differing": differing,
+        "histories": {r["run"]: r["history"] for r in runs},
+        "errors": errors,
+    }
+
+
+HISTORY_NUMBERS = ("val_accuracy", "val_loss")
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        if path.stat().st_size > 64 * 2**20:
+            raise RunDirError(f"{path}: larger than 64 MiB, which no run writes")
+        return json.loads(path.read_text(encoding="utf-8"))
+    except OSError as err:
+        raise RunDirError(f"{path}: cannot be read ({err.strerror or err})") from None
+    except (ValueError, RecursionError) as err:
+        reason = "empty" if not path.stat().st_size else f"not valid JSON ({first_line(err)})"
+        raise RunDirError(f"{path}: {reason}; the run wrote it whole, so it was changed since") from None
+
+
+def _read_metrics(path: Path) -> dict[str, Any]:
+    metrics = _read_json(path)
+    if not isinstance(metrics, dict):
+        raise RunDirError(f"{path}: expected a JSON object, got {type(metrics).__name__}")
+    for key in ("test_accuracy", "best_value"):
+        if key in metrics and metrics[key] is not None and type(metrics[key]) not in (int, float):
+            raise RunDirError(f"{path}: '{key}' must be a number")
+    return metrics
+
+
+def _read_history(path: Path) -> list[dict[str, Any]]:
+    history = _read_json(path)
+    if not isinstance(history, list):
+        raise RunDirError(f"{path}: expected a JSON list of epoch records, got {type(history).__name__}")
+    for i, record in enumerate(history):
+        if not isinstance(record, dict) or type(record.get("epoch")) is not int:
+            raise RunDirError(f"{path}: record {i} is not an epoch record (an object with an integer 'epoch')")
+        for key in HISTORY_NUMBERS:
+            if type(record.get(key)) not in (int, float):
+                raise RunDirError(f"{path}: record {i} (epoch {record['epoch']}) lacks the number '{key}'")
+    return history
 
 
 def run_labels(runs: Sequence[str]) -> dict[str, str]:
@@ -212,19 +263,16 @@ def run_labels(runs: Sequence[str]) -> dict[str, str]:
 
 def compare_figure(histories: Mapping[str, list[dict[str, Any]]]) -> Any:
     """Validation accuracy and loss of several runs against epoch, overlaid; labelled by :func:`run_labels`."""
-    from .reports import DPI, HISTORY_SIZE, _pyplot, epoch_axes
-
-    plt = _pyplot()
-    fig, (acc_ax, loss_ax) = plt.subplots(1, 2, figsize=HISTORY_SIZE, dpi=DPI)
+    canvas = Canvas(*HISTORY_SIZE)
+    width, height = HISTORY_SIZE[0] / 2, HISTORY_SIZE[1]
     labels = run_labels(list(histories))
-    for run, history in histories.items():
-        epochs = [h["epoch"] for h in history]
-        acc_ax.plot(epochs, [h["val_accuracy"] for h in history], "-o", markersize=3, label=labels[run])
-        loss_ax.plot(epochs, [h["val_loss"] for h in history], "-o", markersize=3, label=labels[run])
-    epoch_axes(acc_ax, "validation accuracy")
-    epoch_axes(loss_ax, "validation loss")
-    fig.tight_layout()
-    return fig
+    for k, (key, title) in enumerate((("val_accuracy", "validation accuracy"), ("val_loss", "validation loss"))):
+        curves = [
+            Curve(labels[run], [h["epoch"] for h in history], [h[key] for h in history], COLORS[i % len(COLORS)])
+            for i, (run, history) in enumerate(histories.items())
+        ]
+        line_panel(canvas, (k * width, 0, (k + 1) * width, height), title, curves)
+    return canvas.image()
 
 
 def save_compare_figure(result: Mapping[str, Any], output: str | Path) -> Path:

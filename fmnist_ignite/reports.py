@@ -2,7 +2,8 @@
 
 ``history.png`` (loss and accuracy against epoch), ``confusion_matrix.png`` (counts, shaded by
 row), ``predictions.png`` (test images with predicted and true labels) and ``report.json``
-(precision, recall, F1 and support per class, and the most confused pairs).
+(precision, recall, F1 and support per class, and the most confused pairs). The pictures are
+drawn with Pillow (:mod:`fmnist_ignite.plots`), in milliseconds each.
 """
 
 from __future__ import annotations
@@ -10,20 +11,18 @@ from __future__ import annotations
 import io
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
+from PIL import Image
 
 from .fileio import atomic_write, atomic_write_json
+from .plots import COLORS, Canvas, Curve, blues, line_panel
 from .rundir import RunDir
 
-if TYPE_CHECKING:
-    from matplotlib.figure import Figure
-
-HISTORY_SIZE = (10.0, 4.0)
-CONFUSION_SIZE = (9.0, 8.0)
-PREDICTIONS_SIZE = (12.0, 7.0)
-DPI = 100
+HISTORY_SIZE = (1000, 400)
+CONFUSION_SIZE = (900, 800)
+PREDICTIONS_SIZE = (1200, 700)
 
 
 def classification_report(confusion: Sequence[Sequence[int]], classes: Sequence[str], top: int = 5) -> dict[str, Any]:
@@ -79,90 +78,94 @@ def format_report(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def history_figure(records: Sequence[dict[str, Any]], best_epoch: int | None = None) -> Figure:
+def history_figure(records: Sequence[dict[str, Any]], best_epoch: int | None = None) -> Image.Image:
     """Loss and accuracy against epoch, train and validation, with the best epoch marked."""
-    plt = _pyplot()
-    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=HISTORY_SIZE, dpi=DPI)
+    canvas = Canvas(*HISTORY_SIZE)
     epochs = [r["epoch"] for r in records]
-    for ax, key in ((loss_ax, "loss"), (acc_ax, "accuracy")):
-        ax.plot(epochs, [r[f"train_{key}"] for r in records], "-o", markersize=3, label="train")
-        ax.plot(epochs, [r[f"val_{key}"] for r in records], "-o", markersize=3, label="validation")
-        if best_epoch:
-            ax.axvline(best_epoch, color="grey", linestyle="--", linewidth=1, label=f"best epoch ({best_epoch})")
-        epoch_axes(ax, key)
-    fig.tight_layout()
-    return fig
+    marker = (best_epoch, f"best epoch ({best_epoch})") if best_epoch else None
+    for k, key in enumerate(("loss", "accuracy")):
+        curves = [
+            Curve("train", epochs, [r[f"train_{key}"] for r in records], COLORS[0]),
+            Curve("validation", epochs, [r[f"val_{key}"] for r in records], COLORS[1]),
+        ]
+        width = HISTORY_SIZE[0] / 2
+        line_panel(canvas, (k * width, 0, (k + 1) * width, HISTORY_SIZE[1]), key, curves, marker=marker)
+    return canvas.image()
 
 
-def epoch_axes(ax: Any, title: str) -> None:
-    """Label, grid and legend of a plot against epoch."""
-    ax.set_xlabel("epoch")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend()
-
-
-def confusion_figure(confusion: Sequence[Sequence[int]], classes: Sequence[str]) -> Figure:
+def confusion_figure(confusion: Sequence[Sequence[int]], classes: Sequence[str]) -> Image.Image:
     """The confusion matrix with class names and counts, each row shaded by its share of that class."""
-    plt = _pyplot()
     matrix = torch.tensor(confusion, dtype=torch.float64)
-    shares = matrix / matrix.sum(1, keepdim=True).clamp(min=1)
-    fig, ax = plt.subplots(figsize=CONFUSION_SIZE, dpi=DPI)
-    image = ax.imshow(shares.numpy(), cmap="Blues", vmin=0, vmax=1)
+    shares = (matrix / matrix.sum(1, keepdim=True).clamp(min=1)).tolist()
     n = len(classes)
-    ax.set_xticks(range(n), labels=classes, rotation=45, ha="right")
-    ax.set_yticks(range(n), labels=classes)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
+    canvas = Canvas(*CONFUSION_SIZE)
+    left, top, side = 120.0, 62.0, 610.0
+    cell = side / max(n, 1)
+    canvas.text((left + side / 2, top - 16), "confusion matrix", size=14)
     for i in range(n):
         for j in range(n):
-            color = "white" if shares[i, j] > 0.5 else "black"
-            ax.text(j, i, str(int(matrix[i, j])), ha="center", va="center", color=color, fontsize=8)
-    fig.colorbar(image, ax=ax, label="share of the true class")
-    ax.set_title("confusion matrix")
-    fig.tight_layout()
-    return fig
+            box = (left + j * cell, top + i * cell, left + (j + 1) * cell, top + (i + 1) * cell)
+            canvas.rectangle(box, fill=blues(shares[i][j]))
+            color = "white" if shares[i][j] > 0.5 else "black"
+            canvas.text(((box[0] + box[2]) / 2, (box[1] + box[3]) / 2), str(int(matrix[i, j])), size=10, fill=color)
+    canvas.rectangle((left, top, left + side, top + side), outline="black")
+    for k, name in enumerate(classes):
+        middle = left + (k + 0.5) * cell
+        canvas.line([(left - 4, top + (k + 0.5) * cell), (left, top + (k + 0.5) * cell)])
+        canvas.text((left - 7, top + (k + 0.5) * cell), name, size=11, anchor="rm")
+        canvas.line([(middle, top + side), (middle, top + side + 4)])
+        canvas.rotated_text((middle + 3, top + side + 10), name, 45, size=11)
+    canvas.text((left + side / 2, top + side + 88), "predicted", size=11)
+    canvas.rotated_text((28, top + side / 2), "true", 90, size=11, end=False)
+    _colour_bar(canvas, (770.0, 20.0, 790.0, 720.0), "share of the true class")
+    return canvas.image()
+
+
+def _colour_bar(canvas: Canvas, box: tuple[float, float, float, float], label: str) -> None:
+    left, top, right, bottom = box
+    steps = 140
+    for k in range(steps):
+        y0 = bottom - (k + 1) * (bottom - top) / steps
+        canvas.rectangle((left, y0, right, y0 + (bottom - top) / steps + 0.5), fill=blues((k + 0.5) / steps))
+    canvas.rectangle(box, outline="black")
+    for k in range(6):
+        y = bottom - k / 5 * (bottom - top)
+        canvas.line([(right, y), (right + 4, y)])
+        canvas.text((right + 7, y), f"{k / 5:.1f}", size=11, anchor="lm")
+    canvas.rotated_text((right + 45, (top + bottom) / 2), label, 90, size=11, end=False)
 
 
 def predictions_figure(
     images: torch.Tensor, labels: Sequence[int], predictions: Sequence[int], classes: Sequence[str], columns: int = 8
-) -> Figure:
-    """A grid of images titled ``predicted / true``; mistakes in red."""
-    plt = _pyplot()
-    rows = -(-len(images) // columns)
-    fig, axes = plt.subplots(rows, columns, figsize=PREDICTIONS_SIZE, dpi=DPI, squeeze=False)
-    for k, ax in enumerate(axes.flat):
-        ax.axis("off")
-        if k >= len(images):
-            continue
+) -> Image.Image:
+    """A grid of images titled ``predicted`` (or, in red, ``predicted (true)``): one picture, not a plot per image."""
+    rows = max(1, -(-len(images) // columns))
+    canvas = Canvas(*PREDICTIONS_SIZE)
+    canvas.text((PREDICTIONS_SIZE[0] / 2, 20), "test predictions (red: wrong, true class in brackets)", size=14)
+    cell_width, cell_height = PREDICTIONS_SIZE[0] / columns, (PREDICTIONS_SIZE[1] - 38) / rows
+    caption = 30.0
+    side = int(min(cell_width - 16, cell_height - caption - 6))
+    for k in range(len(images)):
         image = images[k].cpu()
-        shown = image[0].numpy() if image.shape[0] == 1 else image.permute(1, 2, 0).numpy()
-        ax.imshow(shown, cmap="gray" if image.shape[0] == 1 else None)
+        pixels = image[0].numpy() if image.shape[0] == 1 else image.permute(1, 2, 0).contiguous().numpy()
+        picture = Image.fromarray(pixels).resize((side, side), Image.Resampling.NEAREST)
+        x = (k % columns) * cell_width + (cell_width - side) / 2
+        y = 38 + (k // columns) * cell_height
         right = predictions[k] == labels[k]
-        ax.set_title(
-            f"{classes[predictions[k]]}\n({classes[labels[k]]})" if not right else classes[predictions[k]],
-            color="black" if right else "red",
-            fontsize=8,
-        )
-    fig.suptitle("test predictions (red: wrong, true class in brackets)")
-    fig.tight_layout()
-    return fig
+        middle = x + side / 2
+        if right:
+            canvas.text((middle, y + caption - 9), classes[predictions[k]], size=11)
+        else:
+            canvas.text((middle, y + caption - 22), classes[predictions[k]], size=11, fill="red")
+            canvas.text((middle, y + caption - 9), f"({classes[labels[k]]})", size=11, fill="red")
+        canvas.paste(picture, (x, y + caption))
+    return canvas.image()
 
 
-def save_figure(fig: Figure, path: Path) -> None:
-    """Write a figure as PNG atomically, then free it."""
+def save_figure(figure: Image.Image, path: Path) -> None:
+    """Write a picture as PNG atomically."""
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=DPI)
-    _pyplot().close(fig)
+    figure.save(buffer, format="PNG", compress_level=1)
     atomic_write(path, lambda f: f.write(buffer.getvalue()))
 
 

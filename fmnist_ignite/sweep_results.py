@@ -9,11 +9,11 @@ import csv
 import io
 import statistics
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .config import _parse_yaml
-from .fileio import atomic_write_text
-from .reports import DPI, _pyplot, save_figure
+from .fileio import atomic_write, atomic_write_text
 from .rundir import SweepDir
 from .sweep import Param, SweepPlan, points
 
@@ -57,7 +57,7 @@ def sweep_results(study: optuna.Study, plan: SweepPlan) -> dict[str, Any]:
     rows.sort(key=lambda r: (r["best_value"] is None, sign * (r["best_value"] or 0.0), r["trial"]))
     sweep = SweepDir(plan.sweep_dir)
     atomic_write_text(sweep.results_csv, results_csv(rows, keys))
-    save_figure(sweep_figure(rows, plan.params, plan.monitor, plan.study), sweep.results_figure)
+    save_matplotlib_figure(sweep_figure(rows, plan.params, plan.monitor, plan.study), sweep.results_figure)
     return {
         "sweep_dir": str(sweep.path),
         "study": plan.study,
@@ -120,6 +120,26 @@ def seed_statistics(rows: Sequence[dict[str, Any]], keys: Sequence[str]) -> list
 def _number(text: str) -> float | None:
     value = _parse_yaml(text)
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+DPI = 100
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_matplotlib_figure(fig: Figure, path: Path) -> None:
+    """Write a matplotlib figure as PNG atomically, then free it."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=DPI)
+    _pyplot().close(fig)
+    atomic_write(path, lambda f: f.write(buffer.getvalue()))
 
 
 def sweep_figure(rows: Sequence[dict[str, Any]], params: Sequence[Param], monitor: str, title: str) -> Figure:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import io
 import json
 import logging
@@ -34,6 +35,12 @@ def log_epoch(context: Context, tag: str = "") -> None:
     """A plain function handler: called with the context and its kwargs at each event."""
     with (context.run_dir / "function_calls.txt").open("a") as f:
         f.write(f"{tag}{context.trainer.state.epoch}\n")
+
+
+def record_gc(context: Context) -> None:
+    """Appends whether the garbage collector is on, and how many objects it leaves out, to ``RUN_DIR/gc.txt``."""
+    with (context.run_dir / "gc.txt").open("a") as f:
+        f.write(f"{gc.isenabled()} {gc.get_freeze_count()}\n")
 
 
 class CountingState:

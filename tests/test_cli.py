@@ -143,6 +143,16 @@ def test_a_handler_calling_sys_exit_is_an_error_and_the_run_resumes(tmp_path: Pa
     assert [r["epoch"] for r in json.loads((run / "history.json").read_text())] == [1, 2, 3]
 
 
+def test_the_garbage_collector_is_on_during_training_with_start_up_left_out(tmp_path: Path, small: list[str]) -> None:
+    # The command line keeps it off while torch loads and the experiment is built, then freezes what
+    # start-up made: training must run with it on, or a long run would keep every cycle it drops.
+    record = "handlers=[{target: 'tests.plugins:record_gc', event: ITERATION_COMPLETED, every: 3}]"
+    result = run_cli(BASE, *small, record, "trainer.max_epochs=1")
+    assert result.returncode == 0, result.stderr
+    rows = (tmp_path / "runs" / "small" / "gc.txt").read_text().split("\n")[:-1]
+    assert rows and all(row.split()[0] == "True" and int(row.split()[1]) > 100_000 for row in rows)
+
+
 def test_an_unexpected_error_is_one_line_with_where_and_the_traceback_with_v(tmp_path: Path, small: list[str]) -> None:
     boom = "handlers=[{target: 'tests.plugins:Exploding', kwargs: {epoch: 2}}]"
     quiet = run_cli(BASE, *small, boom, "name=quiet")

@@ -26,21 +26,38 @@ def fashion_config(root: Path, system_dir: Path | None, download: bool = False):
     ).data
 
 
-def test_system_copy_is_prepared_verified_and_loaded(tmp_path: Path, system_dir: Path) -> None:
-    data = load_data(fashion_config(tmp_path / "data", system_dir))
-    raw = tmp_path / "data" / "FashionMNIST" / "raw"
-    assert sorted(p.name for p in raw.iterdir()) == sorted(FASHION_FILES)
+def test_system_copy_is_read_verified_and_loaded_without_writing_a_copy(
+    tmp_path: Path, system_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    config = load_config({"data": {"system_dir": str(system_dir), "val_size": 10}}).data  # root: data/, relative
+    data = load_data(config)
+    assert list(tmp_path.iterdir()) == [], "nothing is written into data.root or the current folder"
+    assert sorted(p.name for p in system_dir.iterdir()) == sorted(f"{name}.gz" for name in FASHION_FILES)
     assert data.train_images.shape == (N_TRAIN, 1, 28, 28) and data.train_images.dtype == torch.uint8
     assert data.test_images.shape == (N_TEST, 1, 28, 28)
     assert data.classes[6] == "Shirt" and len(data.classes) == 10
-    expected, _ = synthetic_images(N_TRAIN, (28, 28), 1)
+    expected, labels = synthetic_images(N_TRAIN, (28, 28), 1)
     assert torch.equal(data.train_images[:, 0], torch.from_numpy(expected))
+    assert data.train_labels.dtype == torch.int64 and data.train_labels.tolist() == labels.tolist()
 
 
 def test_gz_files_in_root_are_used_without_a_system_copy(tmp_path: Path) -> None:
-    write_fashion_gz(tmp_path / "data" / "FashionMNIST" / "raw")
+    raw = write_fashion_gz(tmp_path / "data" / "FashionMNIST" / "raw")
     data = load_data(fashion_config(tmp_path / "data", None))
     assert len(data.train_labels) == N_TRAIN
+    assert sorted(p.name for p in raw.iterdir()) == sorted(f"{name}.gz" for name in FASHION_FILES)
+
+
+def test_uncompressed_files_in_root_come_first(tmp_path: Path, system_dir: Path) -> None:
+    raw = write_fashion_gz(tmp_path / "data" / "FashionMNIST" / "raw", n_train=30)
+    name = "train-images-idx3-ubyte"
+    (raw / name).write_bytes(gzip.decompress((raw / f"{name}.gz").read_bytes()))
+    (raw / f"{name}.gz").unlink()
+    data = load_data(fashion_config(tmp_path / "data", system_dir))
+    expected, _ = synthetic_images(30, (28, 28), 1)
+    assert torch.equal(data.train_images[:, 0], torch.from_numpy(expected))
+    assert len(data.test_labels) == N_TEST
 
 
 def test_missing_data_says_where_it_looked_and_how_to_get_it(tmp_path: Path) -> None:
@@ -85,15 +102,14 @@ def test_damaged_system_file_is_reported_and_leaves_nothing_behind(tmp_path: Pat
     assert str(target) in str(info.value)
     expected = {"truncate": "header promises", "magic": "magic number 2457", "gzip": "not a valid gzip file"}[damage]
     assert expected in str(info.value)
+    assert not (tmp_path / "data").exists(), "nothing is written"
+
+
+def test_truncated_uncompressed_file_is_reported_not_trained_on(tmp_path: Path, system_dir: Path) -> None:
     raw = tmp_path / "data" / "FashionMNIST" / "raw"
-    assert not (raw / "train-images-idx3-ubyte").exists()
-    assert not [p for p in raw.iterdir() if p.name.endswith(".tmp")]
-
-
-def test_truncated_prepared_file_is_reported_not_trained_on(tmp_path: Path, system_dir: Path) -> None:
-    load_data(fashion_config(tmp_path / "data", system_dir))
-    labels = tmp_path / "data" / "FashionMNIST" / "raw" / "t10k-labels-idx1-ubyte"
-    labels.write_bytes(labels.read_bytes()[:-5])
+    raw.mkdir(parents=True)
+    labels = raw / "t10k-labels-idx1-ubyte"  # as torchvision's download leaves it, then damaged
+    labels.write_bytes(gzip.decompress((system_dir / f"{labels.name}.gz").read_bytes())[:-5])
     with pytest.raises(DataError, match=f"{labels} has .* bytes but its header promises"):
         load_data(fashion_config(tmp_path / "data", system_dir))
 

@@ -188,8 +188,7 @@ def test_gz_bomb_is_refused_once_past_the_promised_size(tmp_path: Path) -> None:
         f"than the {16 + 20 * 28 * 28} bytes its header promises (padded, or a decompression bomb); replace it with "
         "the original file"
     )
-    raw = tmp_path / "data" / "FashionMNIST" / "raw"
-    assert sorted(p.name for p in raw.iterdir()) == [], "no partial or temporary file is left"
+    assert not (tmp_path / "data").exists(), "nothing is written"
 
 
 def test_cifar_archive_member_larger_than_a_batch_is_refused_before_writing(tmp_path: Path) -> None:
@@ -265,7 +264,7 @@ def test_any_idx_gz_loads_or_gives_a_data_error(
             data = load_data(data_config(Path(tmp) / "data", system))
         except DataError as err:
             assert "\n" not in str(err)
-            assert not [p for p in (Path(tmp) / "data" / "FashionMNIST" / "raw").iterdir() if p.suffix == ".tmp"]
+            assert not (Path(tmp) / "data").exists()
         else:
             assert data.train_images.shape == (count, 1, rows, cols) == (20, 1, 28, 28)
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from fmnist_ignite import build_experiment, load_config
-from fmnist_ignite.reports import classification_report
+from fmnist_ignite.data import FASHION_CLASSES
+from fmnist_ignite.reports import classification_report, predictions_figure
 
 from .conftest import REPO, run_cli, small_overrides
 
@@ -38,6 +40,21 @@ def test_pictures_are_written_and_decode(finished: dict, name: str, size: tuple[
         image.load()
         assert image.format == "PNG" and image.size == size
         assert sum(1 for count in image.convert("L").histogram() if count) > 10, "not a blank picture"
+
+
+@pytest.mark.parametrize("wrong", [(), (3,), (9, 30)])
+def test_predictions_picture_shows_every_image_large_and_mistakes_in_red(wrong: tuple[int, ...]) -> None:
+    images = torch.full((32, 1, 28, 28), 128, dtype=torch.uint8)
+    labels = [k % 10 for k in range(32)]
+    predictions = [(label + 1) % 10 if k in wrong else label for k, label in enumerate(labels)]
+    picture = predictions_figure(images, labels, predictions, FASHION_CLASSES)
+    assert picture.size == (1200, 700) and picture.mode == "RGB"
+    pixels = np.asarray(picture).astype(int)
+    grey = (pixels == 128).all(axis=2)
+    assert grey.sum() >= 32 * 120 * 120, "each 28x28 image is shown at least 120 pixels wide"
+    red = (pixels[..., 0] > 180) & (pixels[..., 1] < 100) & (pixels[..., 2] < 100)
+    columns = sorted({int(x) // 150 for x in np.nonzero(red)[1]})
+    assert columns == sorted({k % 8 for k in wrong}), "captions are red exactly in the columns of the mistakes"
 
 
 def test_report_matches_a_direct_computation(finished: dict) -> None:

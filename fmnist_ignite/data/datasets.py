@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import codecs
 import io
+import logging
 import pickle
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,10 +20,12 @@ import torch
 
 from ..errors import ConfigError, DataError, first_line
 from ..registry import DATASETS
-from .sources import prepare_cifar10, prepare_fashion_mnist
+from .sources import prepare_cifar10, read_fashion_mnist
 
 if TYPE_CHECKING:
     from ..config import DataConfig
+
+logger = logging.getLogger(__name__)
 
 FASHION_CLASSES = (
     "T-shirt/top",
@@ -101,19 +105,14 @@ def border_brightness(images: torch.Tensor) -> float:
 
 @DATASETS.register("fashion_mnist")
 def load_fashion_mnist(config: DataConfig) -> ImageData:
-    """Fashion-MNIST through ``torchvision.datasets.FashionMNIST``, from local, system or downloaded files."""
-    from torchvision.datasets import FashionMNIST
-
-    root = Path(config.root)
+    """Fashion-MNIST from local, system or downloaded files (see :func:`~.sources.read_fashion_mnist`)."""
     system_dir = Path(config.system_dir) if config.system_dir else None
-    prepare_fashion_mnist(root, system_dir, config.download)
-    train = FashionMNIST(str(root), train=True, download=False)
-    test = FashionMNIST(str(root), train=False, download=False)
+    arrays = read_fashion_mnist(Path(config.root), system_dir, config.download)
     return ImageData(
-        train_images=train.data.unsqueeze(1),
-        train_labels=train.targets.long(),
-        test_images=test.data.unsqueeze(1),
-        test_labels=test.targets.long(),
+        train_images=torch.from_numpy(arrays["train-images-idx3-ubyte"]).unsqueeze(1),
+        train_labels=torch.from_numpy(arrays["train-labels-idx1-ubyte"]).long(),
+        test_images=torch.from_numpy(arrays["t10k-images-idx3-ubyte"]).unsqueeze(1),
+        test_labels=torch.from_numpy(arrays["t10k-labels-idx1-ubyte"]).long(),
         classes=FASHION_CLASSES,
         mean=0.2860,
         std=0.3530,
@@ -233,8 +232,10 @@ def _cifar_classes(path: Path) -> tuple[str, ...]:
 
 def load_data(config: DataConfig) -> ImageData:
     """Load the configured data set through the registry."""
+    start = time.perf_counter()
     loader = DATASETS.get(config.dataset)
     data = loader(config)
     if not isinstance(data, ImageData):
         raise ConfigError(f"data.dataset '{config.dataset}' returned {type(data).__name__}, not ImageData")
+    logger.debug("timing: data %.3f s (%s)", time.perf_counter() - start, config.dataset)
     return data

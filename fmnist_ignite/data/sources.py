@@ -1,17 +1,19 @@
 """Finding, fetching and verifying data set files, so that nothing truncated is ever trained on.
 
-Fashion-MNIST is looked for in this order: the uncompressed files under
-``root/FashionMNIST/raw/``; the ``*.gz`` files in that folder (what torchvision's download leaves)
-or in a system folder (Debian's ``dataset-fashion-mnist`` package); a download, if allowed.
+Fashion-MNIST is looked for, file by file, in this order: uncompressed under
+``root/FashionMNIST/raw/`` (what torchvision's download leaves); as ``*.gz`` in that folder or in a
+system folder (Debian's ``dataset-fashion-mnist`` package); a download, if allowed. The files are
+read straight into memory, compressed ones decompressed on the way, and no copy is written.
 CIFAR-10 is looked for as ``root/cifar-10-batches-py/``, then as the archive
-``root/cifar-10-python.tar.gz``, then downloaded if allowed. Every file is checked before use and
-prepared files appear atomically (written aside, verified, then renamed).
+``root/cifar-10-python.tar.gz``, then downloaded if allowed; its batches are extracted atomically
+(written aside, verified, then renamed). Every file is checked before use.
 """
 
 from __future__ import annotations
 
 import gzip
 import logging
+import math
 import os
 import shutil
 import struct
@@ -19,6 +21,8 @@ import tarfile
 import tempfile
 import zlib
 from pathlib import Path
+
+import numpy as np
 
 from ..errors import DataError
 
@@ -112,66 +116,105 @@ def verify_idx(path: Path, expected_magic: int | None = None) -> int:
     return count
 
 
-def prepare_fashion_mnist(root: Path, system_dir: Path | None, download: bool) -> Path:
-    """Make sure the four verified Fashion-MNIST files exist under ``root/FashionMNIST/raw``.
+def read_fashion_mnist(root: Path, system_dir: Path | None, download: bool) -> dict[str, np.ndarray]:
+    """The four Fashion-MNIST files as uint8 arrays, each checked against its own header.
+
+    Each file is taken from the first place that has it: uncompressed in ``root/FashionMNIST/raw/``
+    (what torchvision's download leaves), compressed (``.gz``) in that folder, compressed in
+    ``system_dir``. Compressed files are decompressed in memory, never past the size their header
+    promises, and no copy is written anywhere. Files found nowhere are downloaded into
+    ``root/FashionMNIST/raw/`` if ``download`` allows.
 
     Returns:
-        the folder torchvision's ``FashionMNIST(root)`` reads.
+        the arrays by file name (:data:`FASHION_FILES`): images ``(N, H, W)``, labels ``(N,)``.
+
+    Raises:
+        DataError: a file is missing (the message says where it was looked for and how to get
+            it), is not valid gzip, or does not match its header.
     """
     raw = root / "FashionMNIST" / "raw"
-    missing = [name for name in FASHION_FILES if not (raw / name).exists()]
-    if missing:
-        sources = [raw] + ([system_dir] if system_dir is not None else [])
-        source = next((s for s in sources if all((s / f"{n}.gz").is_file() for n in missing)), None)
-        if source is not None:
-            logger.info("Fashion-MNIST: unpacking %s into %s (once; data.root)", source, raw)
-            for name in missing:
-                _gunzip_verified(source / f"{name}.gz", raw / name)
-        elif download:
-            logger.info("Fashion-MNIST: downloading into %s (once; data.root)", root)
-            _download_fashion_mnist(root)
-        else:
-            looked = " and ".join(str(s) for s in sources)
-            raise DataError(f"Fashion-MNIST not found (looked in {looked}); " + FASHION_HELP.format(raw=raw))
+    folders = [raw] + ([system_dir] if system_dir is not None else [])
+    found = _find_fashion_files(folders)
+    if len(found) < len(FASHION_FILES) and download:
+        _download_fashion_mnist(root)
+        found = _find_fashion_files(folders)
+    if len(found) < len(FASHION_FILES):
+        looked = " and ".join(str(s) for s in folders)
+        raise DataError(f"Fashion-MNIST not found (looked in {looked}); " + FASHION_HELP.format(raw=raw))
+    return {name: _read_idx_gz(path) if path.suffix == ".gz" else _read_idx(path) for name, path in found.items()}
+
+
+def _find_fashion_files(folders: list[Path]) -> dict[str, Path]:
+    """Where each file is, for the files found: ``raw/name``, else the first ``folder/name.gz``."""
+    found = {}
     for name in FASHION_FILES:
-        verify_idx(raw / name, _idx_magic(name))
-    return raw
+        candidates = [folders[0] / name, *(folder / f"{name}.gz" for folder in folders)]
+        path = next((c for c in candidates if c.is_file()), None)
+        if path is not None:
+            found[name] = path
+    return found
 
 
 def _idx_magic(name: str) -> int:
     return IMAGES_MAGIC if "-images-" in name else LABELS_MAGIC
 
 
-def _gunzip_verified(source: Path, target: Path) -> None:
-    """Decompress ``source`` into ``target``, never writing more than its IDX header promises."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    tmp = Path(tmp_name)
+def _idx_layout(head: bytes) -> tuple[int, tuple[int, ...]]:
+    """The header's length and the array's shape, for a header :func:`idx_size` accepted."""
+    magic, count = struct.unpack(">II", head[:8])
+    if magic == IMAGES_MAGIC:
+        rows, cols = struct.unpack(">II", head[8:16])
+        return 16, (count, rows, cols)
+    return 8, (count,)
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    """An uncompressed IDX file, checked against its header (see :func:`verify_idx`)."""
+    verify_idx(path, _idx_magic(path.name))
+    with path.open("rb") as f:
+        offset, shape = _idx_layout(f.read(16))
+        f.seek(offset)
+        body = np.fromfile(f, dtype=np.uint8, count=math.prod(shape))
+    if body.size != math.prod(shape):  # shortened since it was checked
+        raise DataError(f"{path} is truncated; delete it so that it is prepared again")
+    return body.reshape(shape)
+
+
+def _read_idx_gz(source: Path) -> np.ndarray:
+    """A gzip-compressed IDX file, decompressed in memory, never past the size its header promises."""
+    name = source.name.removesuffix(".gz")
     try:
-        with os.fdopen(fd, "wb") as out, gzip.open(source, "rb") as f:
+        with gzip.open(source, "rb") as f:
             head = f.read(16)
-            _, expected = idx_size(head, target.name, _idx_magic(target.name))
-            out.write(head[:expected])
-            left = expected - len(head)
-            while left > 0 and (chunk := f.read(min(left, COPY_CHUNK))):
-                out.write(chunk)
-                left -= len(chunk)
-            if left < 0 or f.read(1):
+            count, expected = idx_size(head, name, _idx_magic(name))
+            offset, shape = _idx_layout(head)
+            # np.empty reserves the promised size without touching it: memory is used as data arrives.
+            body = np.empty(expected - offset, dtype=np.uint8)
+            filled = min(len(head) - offset, body.size)
+            body[:filled] = np.frombuffer(head, dtype=np.uint8, count=filled, offset=offset)
+            view = body.data
+            while filled < body.size and (n := f.readinto(view[filled : filled + COPY_CHUNK])):
+                filled += n
+            if filled < body.size:
                 raise DataError(
-                    f"{target.name} holds more than the {expected} bytes its header promises (padded, or a "
+                    f"{name} has {offset + filled} bytes but its header promises {expected} ({count} items): the "
+                    "file is truncated or corrupt; replace it with the original file"
+                )
+            if len(head) - offset > body.size or f.read(1):
+                raise DataError(
+                    f"{name} holds more than the {expected} bytes its header promises (padded, or a "
                     "decompression bomb); replace it with the original file"
                 )
-        verify_idx(tmp)
     except (OSError, EOFError, zlib.error) as err:
-        tmp.unlink(missing_ok=True)
         raise DataError(
             f"{source} is not a valid gzip file ({err}); replace it with the original, e.g. by reinstalling "
             "dataset-fashion-mnist or deleting it and setting data.download=true"
         ) from None
+    except MemoryError:
+        raise DataError(f"{source} promises {expected} bytes, more than this machine can hold") from None
     except DataError as err:
-        tmp.unlink(missing_ok=True)
-        raise DataError(f"{source} decompresses to a bad file: {err}".replace(str(tmp), target.name)) from None
-    os.replace(tmp, target)
+        raise DataError(f"{source} decompresses to a bad file: {err}") from None
+    return body.reshape(shape)
 
 
 def _download_fashion_mnist(root: Path) -> None:
