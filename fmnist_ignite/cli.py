@@ -385,7 +385,7 @@ class Console(logging.Handler):
 
     What a run says is its record (logger ``fmnist_ignite.run``: its directory, one line per epoch,
     the report, and from ``fmnist_ignite.run.outcome`` the test line and where the results are)
-    and the notes around it (the first time, where the data set was unpacked). Warnings are
+    and the notes around it (where a data set was downloaded or extracted). Warnings are
     prefixed ``warning:``. Each line is written with ``tqdm.write``, which clears a progress bar
     (drawn on stderr) first and draws it again after, so no line is ever glued into the bar.
 
