@@ -266,7 +266,7 @@ def _sweep(args: argparse.Namespace) -> int:
     from .sweep_results import format_sweep
 
     quiet_optuna()
-    setup_logging(args.verbosity, records="stderr")  # stdout is for the sweep's table
+    setup_logging(args.verbosity, lines="stderr")  # stdout is for the sweep's table
     result = run_sweep(
         args.config,
         args.overrides,
@@ -381,33 +381,30 @@ def plugin_listing() -> str:
 
 
 class Console(logging.Handler):
-    """Where the command line's lines go: results to stdout, notes, warnings and errors to stderr.
+    """Where the command line's lines go: what a run says to stdout, warnings and errors to stderr.
 
-    The results are the run's record, logger ``fmnist_ignite.run``: its directory, one line per
-    epoch, the report, and (``fmnist_ignite.run.outcome``) the test line and where the results
-    are. Every other line is a note (where the data set was unpacked, a sweep's progress) or a
-    warning, prefixed ``warning:``; all go to stderr, as the progress bar does. Each line is
-    written with ``tqdm.write``, which clears a progress bar first and draws it again after, so no
-    line is ever glued into the bar.
+    What a run says is its record (logger ``fmnist_ignite.run``: its directory, one line per epoch,
+    the report, and from ``fmnist_ignite.run.outcome`` the test line and where the results are)
+    and the notes around it (where a data set was downloaded or extracted). Warnings are
+    prefixed ``warning:``. Each line is written with ``tqdm.write``, which clears a progress bar
+    (drawn on stderr) first and draws it again after, so no line is ever glued into the bar.
 
     Args:
-        records: where the run's record goes: ``stdout``, or ``stderr`` where stdout holds another
+        lines: where what a run says goes: ``stdout``, or ``stderr`` where stdout holds another
             command's results (a sweep's table).
     """
 
-    def __init__(self, records: Literal["stdout", "stderr"] = "stdout") -> None:
+    def __init__(self, lines: Literal["stdout", "stderr"] = "stdout") -> None:
         super().__init__()
-        self.records = records
+        self.lines = lines
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
             text = self.format(record)
-            if record.levelno >= logging.WARNING:
-                stream, text = sys.stderr, text if record.levelno >= logging.ERROR else f"warning: {text}"
-            elif self.records == "stdout" and (record.name + ".").startswith("fmnist_ignite.run."):
-                stream = sys.stdout
-            else:
-                stream = sys.stderr
+            results = record.levelno < logging.WARNING and self.lines == "stdout"
+            stream = sys.stdout if results else sys.stderr
+            if logging.WARNING <= record.levelno < logging.ERROR:
+                text = f"warning: {text}"
             from tqdm import tqdm
 
             tqdm.write(text, file=stream)
@@ -416,9 +413,9 @@ class Console(logging.Handler):
             self.handleError(record)
 
 
-def setup_logging(verbosity: int, records: Literal["stdout", "stderr"] = "stdout") -> None:
+def setup_logging(verbosity: int, lines: Literal["stdout", "stderr"] = "stdout") -> None:
     """Print the library's lines (see :class:`Console`); ``-q`` keeps the outcome only, ``-v`` adds detail."""
-    console = Console(records)
+    console = Console(lines)
     console.setFormatter(logging.Formatter("%(message)s"))
     logging.basicConfig(handlers=[console], level=logging.WARNING, force=True)
     level = {-1: logging.WARNING, 0: logging.INFO, 1: logging.DEBUG}[verbosity]

@@ -144,7 +144,7 @@ def test_evaluate_command_on_both_splits(finished: dict) -> None:
         (["evaluate", "RUN", "--split", "train"], 2, "argument --split: invalid choice: 'train'"),
         (["evaluate", "RUN", "--checkpoint", "nope.pt"], 2, "--checkpoint nope.pt: no such file; use best, last"),
         (["predict", "RUN"], 2, "the following arguments are required: IMAGE"),
-        (["compare", "RUN", "NOWHERE"], 2, "run directory NOWHERE does not exist"),
+        (["compare", "NOWHERE"], 2, "run directory NOWHERE does not exist"),
     ],
 )
 def test_commands_refuse_bad_input_in_one_line(finished: dict, args: list[str], code: int, message: str) -> None:

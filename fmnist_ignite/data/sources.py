@@ -136,6 +136,7 @@ def read_fashion_mnist(root: Path, system_dir: Path | None, download: bool) -> d
     folders = [raw] + ([system_dir] if system_dir is not None else [])
     found = _find_fashion_files(folders)
     if len(found) < len(FASHION_FILES) and download:
+        logger.info("Fashion-MNIST: downloading into %s (once; data.root)", raw)
         _download_fashion_mnist(root)
         found = _find_fashion_files(folders)
     if len(found) < len(FASHION_FILES):
