@@ -1,6 +1,7 @@
 # make run    set up (virtual environment, pinned torch, data) and train configs/base.yaml
 # make test   set up and run the checks: ruff, mypy, the test suite, the docs and their doctests
 # make docs   build the HTML docs (warnings are errors) and run their examples as doctests
+# make bench  the benchmarks: whole runs against a hand-written script, then epoch speed (a few minutes)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
@@ -26,6 +27,7 @@ docs: setup
 	$(VENV)/bin/sphinx-build -W --keep-going -q -b doctest -d docs/_build/doctrees docs docs/_build/doctest
 
 bench: setup
+	$(PY) benchmarks/end_to_end.py
 	$(PY) benchmarks/epoch_speed.py
 
 bench-sweep: setup

@@ -14,7 +14,7 @@ written after training), and start-up and exit (the rest: interpreter, imports, 
 teardown). The ratio of wall times is the median of the rounds' own ratios, which a machine that
 slows down for a while moves less than a ratio of medians.
 
-Run it with ``make bench`` or ``.venv/bin/python benchmarks/end_to_end.py [--rounds N]``.
+Run it with ``make bench`` or ``.venv/bin/python benchmarks/end_to_end.py [--rounds N] [--threads N]``.
 """
 
 from __future__ import annotations
@@ -60,9 +60,11 @@ class Runs:
         return statistics.median(getattr(r, key) for r in self.runs)
 
 
-def timed(command: list[str], cwd: Path) -> tuple[Run, str]:
+def timed(command: list[str], cwd: Path, threads: int | None) -> tuple[Run, str]:
     """Start ``command``, wait for it with ``os.wait4`` (its rusage alone), return its figures and stdout."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = str(threads)
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         start = time.perf_counter()
         process = subprocess.Popen(command, cwd=cwd, env=env, stdout=out, stderr=err, text=True)
@@ -83,18 +85,18 @@ def timed(command: list[str], cwd: Path) -> tuple[Run, str]:
     return run, stdout
 
 
-def package_run(work: Path, name: str) -> Run:
+def package_run(work: Path, name: str, threads: int | None) -> Run:
     out = work / "runs"
     command = [sys.executable, "-m", "fmnist_ignite", "-v", str(REPO / "configs" / "base.yaml")]
     command += ["logging.progress_bar=false", f"name={name}", f"output_dir={out}"]
-    run, _ = timed(command, work)
+    run, _ = timed(command, work, threads)
     run.accuracy = json.loads((out / name / "metrics.json").read_text())["test_accuracy"]
     return run
 
 
-def reference_run(work: Path, name: str) -> Run:
+def reference_run(work: Path, name: str, threads: int | None) -> Run:
     script = REPO / "benchmarks" / "reference_script.py"
-    run, stdout = timed([sys.executable, str(script), "--out", str(work / "reference" / name)], work)
+    run, stdout = timed([sys.executable, str(script), "--out", str(work / "reference" / name)], work, threads)
     run.accuracy = json.loads(stdout.splitlines()[-1])["test_accuracy"]
     return run
 
@@ -102,13 +104,17 @@ def reference_run(work: Path, name: str) -> Run:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5, help="alternating rounds (each runs both once)")
+    parser.add_argument(
+        "--threads", type=int, help="torch threads of both processes (OMP_NUM_THREADS; default: torch's, one per core)"
+    )
     args = parser.parse_args()
     import torch
 
     load = os.getloadavg()
     print(
         f"machine: {os.cpu_count()} CPU cores ({platform.machine()}), torch {torch.__version__}, "
-        f"Python {platform.python_version()}; load average {load[0]:.1f} at the start"
+        f"Python {platform.python_version()}; torch threads: {args.threads or 'default'}; "
+        f"load average {load[0]:.1f} at the start"
     )
     package, reference = Runs(), Runs()
     ratios: list[float] = []
@@ -116,9 +122,11 @@ def main() -> None:
         work = Path(tmp)
         for round_ in range(args.rounds):
             if round_ % 2 == 0:
-                ours, theirs = package_run(work, f"e2e-{round_}"), reference_run(work, f"e2e-{round_}")
+                ours = package_run(work, f"e2e-{round_}", args.threads)
+                theirs = reference_run(work, f"e2e-{round_}", args.threads)
             else:
-                theirs, ours = reference_run(work, f"e2e-{round_}"), package_run(work, f"e2e-{round_}")
+                theirs = reference_run(work, f"e2e-{round_}", args.threads)
+                ours = package_run(work, f"e2e-{round_}", args.threads)
             package.runs.append(ours)
             reference.runs.append(theirs)
             ratios.append(ours.wall / theirs.wall)

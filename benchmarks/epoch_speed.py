@@ -17,6 +17,7 @@ Run it with ``make bench`` or ``.venv/bin/python benchmarks/epoch_speed.py [--ep
 from __future__ import annotations
 
 import argparse
+import gzip
 import math
 import os
 import statistics
@@ -36,6 +37,7 @@ sys.path.insert(0, str(REPO))
 
 from fmnist_ignite import ImageData, build_experiment, load_config  # noqa: E402
 from fmnist_ignite.data import epoch_permutation, load_data  # noqa: E402
+from fmnist_ignite.data.sources import FASHION_FILES  # noqa: E402
 
 TARGET = 0.84
 
@@ -72,13 +74,30 @@ def cosine(optimizer: torch.optim.Optimizer, lr: float, total: int) -> Callable[
     return set_lr
 
 
-def original_pipeline(config, epochs: int, device: torch.device) -> Timer:  # type: ignore[no-untyped-def]
+def torchvision_root(config, folder: Path) -> Path:  # type: ignore[no-untyped-def]
+    """``folder``, holding the four files uncompressed in ``FashionMNIST/raw/``: where the notebook reads them.
+
+    fmnist_ignite reads the ``.gz`` files directly and writes no such copy.
+    """
+    raw = folder / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    places = [
+        Path(config.data.root) / "FashionMNIST" / "raw",
+        *([Path(config.data.system_dir)] * bool(config.data.system_dir)),
+    ]
+    for name in FASHION_FILES:
+        source = next(place / f"{name}.gz" for place in places if (place / f"{name}.gz").is_file())
+        (raw / name).write_bytes(gzip.decompress(source.read_bytes()))
+    return folder
+
+
+def original_pipeline(config, epochs: int, device: torch.device, root: Path) -> Timer:  # type: ignore[no-untyped-def]
     """The notebook: ToTensor per image, random_split, DataLoader, a plain fit loop."""
     from torch.utils.data import DataLoader, random_split
     from torchvision.datasets import FashionMNIST
     from torchvision.transforms import ToTensor
 
-    dataset = FashionMNIST(config.data.root, train=True, transform=ToTensor())
+    dataset = FashionMNIST(str(root), train=True, transform=ToTensor())
     train_ds, val_ds = random_split(
         dataset, [len(dataset) - config.data.val_size, config.data.val_size], torch.Generator().manual_seed(0)
     )
@@ -263,7 +282,7 @@ def main() -> None:
         f"{torch.get_num_threads()} threads, torch {torch.__version__}"
     )
 
-    original = original_pipeline(base, 3, device)
+    original = original_pipeline(base, 3, device, torchvision_root(base, out / "torchvision"))
     # Alternate the fast pipelines, so that a slow spell of the machine does not favour one of them.
     plain, quiet, bar = Timer(), Timer(), Timer()
     round_ratios: list[float] = []
@@ -302,7 +321,7 @@ def main() -> None:
     paired = statistics.median(round_ratios)
     print(
         f"\nfmnist_ignite (bar off) vs plain loop: {paired:.2f}x (median of the {args.rounds} rounds' ratios; "
-        f"target <= 1.2x); {overhead:.2f}x by overall medians, {fastest:.2f}x by fastest epochs"
+        f"target <= 1.1x); {overhead:.2f}x by overall medians, {fastest:.2f}x by fastest epochs"
     )
     print(f"fmnist_ignite (bar off) vs original: {speedup:.1f}x faster (target >= 25x)")
 
