@@ -206,6 +206,8 @@ def test_ctrl_c_while_starting_up_is_one_line_and_exit_130(tmp_path: Path, small
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # A shell's background job starts with Ctrl-C ignored, and a child would inherit that.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     time.sleep(1.0)  # inside the imports, long before training
     process.send_signal(signal.SIGINT)
