@@ -430,6 +430,35 @@ def setup_logging(verbosity: int, lines: Literal["stdout", "stderr"] = "stdout")
     )
 
 
+@contextmanager
+def _logging_restored() -> Iterator[None]:
+    """Undo :func:`setup_logging` when :func:`main` returns.
+
+    ``main`` may be called in a notebook, a test or another program: its console handler and
+    levels must not go on printing that program's log lines after the command has ended.
+    """
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    named = [logging.getLogger(name) for name in ("fmnist_ignite", "fmnist_ignite.run.outcome", "ignite")]
+    levels = [logger.level for logger in named]
+    engine = logging.getLogger("ignite.engine.engine.Engine")
+    filters = engine.filters[:]
+    mlflow_level = os.environ.get("MLFLOW_LOGGING_LEVEL")
+    try:
+        yield
+    finally:
+        for handler in root.handlers:
+            if handler not in handlers:
+                handler.close()
+        root.handlers[:] = handlers
+        root.setLevel(level)
+        for logger, saved in zip(named, levels):
+            logger.setLevel(saved)
+        engine.filters[:] = filters
+        if mlflow_level is None:
+            os.environ.pop("MLFLOW_LOGGING_LEVEL", None)
+
+
 def format_comparison(result: dict[str, Any]) -> str:
     """The table ``compare`` prints: final metrics, then each setting that differs."""
 
@@ -457,7 +486,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     verbosity = getattr(args, "verbosity", 0)
-    setup_logging(verbosity)
+    with _logging_restored():
+        setup_logging(verbosity)
+        return _run_command(args, verbosity)
+
+
+def _run_command(args: argparse.Namespace, verbosity: int) -> int:
     try:
         return int(args.command_function(args))
     except FmnistIgniteError as err:

@@ -235,3 +235,17 @@ def test_evaluate_and_predict_need_no_training_plugin(tmp_path: Path, small: lis
     predicted = run_cli("predict", str(run), str(tmp_path / "grey.png"))
     assert predicted.returncode == 0, predicted.stderr
     assert predicted.stdout.startswith(f"{tmp_path / 'grey.png'}: ")
+
+
+def test_main_in_a_program_leaves_its_logging_as_it_was(tmp_path: Path, small: list[str]) -> None:
+    # main() called from a notebook or a test must not go on printing that program's log lines.
+    import logging
+
+    from fmnist_ignite.cli import main
+
+    root, ours = logging.getLogger(), logging.getLogger("fmnist_ignite")
+    before = (root.handlers[:], root.level, ours.level, logging.getLogger("ignite.engine.engine.Engine").filters[:])
+    assert main([BASE, *small, "--print-config"]) == 0
+    assert main([BASE, *small, "no_such_key=1"]) == 2
+    after = (root.handlers[:], root.level, ours.level, logging.getLogger("ignite.engine.engine.Engine").filters[:])
+    assert after == before

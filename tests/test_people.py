@@ -36,11 +36,6 @@ CLI = tuple[int, str, str]
 @pytest.fixture
 def cli(capsys: pytest.CaptureFixture[str]) -> Iterator[Callable[..., CLI]]:
     """``cli(*args)``: the command line in this process, returning (exit code, stdout, stderr)."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    names = ("fmnist_ignite", "fmnist_ignite.run.outcome", "ignite")
-    levels = {name: logging.getLogger(name).level for name in names}
-
     def call(*args: str) -> CLI:
         try:
             code = main(list(args))
@@ -50,9 +45,6 @@ def cli(capsys: pytest.CaptureFixture[str]) -> Iterator[Callable[..., CLI]]:
         return code, captured.out, captured.err
 
     yield call
-    root.handlers[:], root.level = handlers, level
-    for name, saved in levels.items():
-        logging.getLogger(name).setLevel(saved)
 
 
 def test_piped_output_is_one_line_per_epoch_run_directory_first_results_last(tmp_path: Path, system_dir: Path) -> None:
