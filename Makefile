@@ -14,8 +14,8 @@ run: setup
 	$(PY) -m fmnist_ignite configs/base.yaml
 
 lint: setup
-	$(VENV)/bin/ruff check fmnist_ignite tests benchmarks
-	$(VENV)/bin/ruff format --check fmnist_ignite tests benchmarks
+	$(VENV)/bin/ruff check fmnist_ignite tests benchmarks docs
+	$(VENV)/bin/ruff format --check fmnist_ignite tests benchmarks docs
 	$(VENV)/bin/mypy fmnist_ignite
 
 test: lint

@@ -88,7 +88,7 @@ def _hide_constructor(app, what, name, obj, options, signature, return_annotatio
 
 
 def _drop_object_base(app, name, obj, options, bases):
-    """"Bases: object" says nothing; other bases (``nn.Module``, the error hierarchy) stay."""
+    """ "Bases: object" says nothing; other bases (``nn.Module``, the error hierarchy) stay."""
     if bases == [object]:
         bases.clear()
 

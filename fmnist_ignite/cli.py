@@ -452,7 +452,7 @@ def _logging_restored() -> Iterator[None]:
                 handler.close()
         root.handlers[:] = handlers
         root.setLevel(level)
-        for logger, saved in zip(named, levels):
+        for logger, saved in zip(named, levels, strict=True):
             logger.setLevel(saved)
         engine.filters[:] = filters
         if mlflow_level is None:

@@ -36,6 +36,7 @@ CLI = tuple[int, str, str]
 @pytest.fixture
 def cli(capsys: pytest.CaptureFixture[str]) -> Iterator[Callable[..., CLI]]:
     """``cli(*args)``: the command line in this process, returning (exit code, stdout, stderr)."""
+
     def call(*args: str) -> CLI:
         try:
             code = main(list(args))

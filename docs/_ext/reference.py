@@ -134,7 +134,9 @@ def reference_lines(model: type[BaseModel]) -> list[str]:
         item = _list_item(annotation)
         if _is_section(annotation):
             title, section = f"``{name}``", annotation
-            intro = f"{_summary(annotation)} These keys go under ``{name}:``; on the command line, ``{name}.KEY=VALUE``."
+            intro = (
+                f"{_summary(annotation)} These keys go under ``{name}:``; on the command line, ``{name}.KEY=VALUE``."
+            )
         elif _is_section(item):
             title, section = f"``{name}`` entries", item
             intro = f"{_summary(item)} Each entry of the list under ``{name}:`` has these keys."
