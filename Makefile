@@ -19,7 +19,7 @@ lint: setup
 	$(VENV)/bin/mypy fmnist_ignite
 
 test: lint
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2 --dist loadfile   # two workers, each test file on one of them
 	$(MAKE) docs
 
 docs: setup

@@ -15,11 +15,12 @@ import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import CosineAnnealingScheduler, LRScheduler
 
+from . import distributed
 from .checkpoint import Checkpointer
 from .config import Config, HandlerConfig, resume_changes
 from .context import Context
 from .data import ImageData, Loader, load_data, split_indices
-from .data.loaders import EpochDataLoader, TensorLoader
+from .data.loaders import EpochDataLoader, Shard, TensorLoader
 from .engine import compile_for_training, create_evaluator, create_trainer, make_prepare_batch, resolve_device
 from .errors import CheckpointError, ConfigError, RunDirError
 from .evaluation import build_model, load_weights
@@ -56,14 +57,28 @@ def build_experiment(config: Config, data: ImageData | None = None) -> Experimen
             metrics = experiment.run()
     """
     config = config.with_absolute_paths()
-    rundir = RunDir.next_free(config.run_dir)
-    return _build(config.model_copy(update={"name": rundir.path.name}), rundir, data, initialize=True)
+    requested = config.run_dir
+    name = RunDir.next_free(requested).path.name if distributed.is_writer() else ""
+    name = distributed.agree_on_name(name)  # in a data-parallel run, rank 0's choice
+    config = config.model_copy(update={"name": name})
+    return _build(config, RunDir(config.run_dir, requested), data, initialize=True)
 
 
 def _build(config: Config, rundir: RunDir, data: ImageData | None, initialize: bool) -> Experiment:
     """Build the experiment of ``config`` writing to ``rundir``; ``initialize``: load ``init_from``'s weights."""
     device = resolve_device(config.device)
-    data = data if data is not None else load_data(config.data)
+    processes = distributed.world_size()
+    if processes > 1:
+        distributed.check_batch(config.data.batch_size, processes)
+        if device.type == "cuda":
+            device = torch.device("cuda", distributed.local_rank())
+    if data is None:
+        # Rank 0 first: it may decode the data set into its cache, which the others then read.
+        if not distributed.is_writer():
+            distributed.barrier()
+        data = load_data(config.data)
+        if distributed.is_writer():
+            distributed.barrier()
     if config.data.val_size >= len(data.train_labels):
         raise ConfigError(
             f"data.val_size={config.data.val_size} must be smaller than the {len(data.train_labels)} training images"
@@ -75,10 +90,10 @@ def _build(config: Config, rundir: RunDir, data: ImageData | None, initialize: b
     initial_weights = initialize_from(config, model) if initialize else None
     optimizer = make_optimizer(config, model)
     prepare_batch = make_prepare_batch(data.mean, data.std, config.data.normalize)
-    step_model = model
+    step_model = distributed.wrap_model(model, device)
     if config.trainer.compile:
         example, _ = prepare_batch((data.train_images[: config.data.batch_size], data.train_labels[:1]), device, False)
-        step_model = compile_for_training(model, example)
+        step_model = compile_for_training(step_model, example)
     trainer = create_trainer(step_model, optimizer, device, prepare_batch)
     evaluator = create_evaluator(model, device, prepare_batch)
 
@@ -93,7 +108,8 @@ def _build(config: Config, rundir: RunDir, data: ImageData | None, initialize: b
     }
     scheduler = attach_scheduler(config, optimizer, trainer, len(loaders["train"]))
 
-    history = History(rundir, trainer, evaluator, optimizer)
+    writer = distributed.is_writer()  # in a data-parallel run, rank 0 alone writes
+    history = History(rundir, trainer, evaluator, optimizer, write=writer)
     monitor = Monitor(model, config.monitor.metric, config.monitor.direction)
     # The run's own steps at each epoch, before any handler: data order, validation, record, best.
     trainer.add_event_handler(Events.EPOCH_STARTED, lambda e: loaders["train"].set_epoch(e.state.epoch))
@@ -120,9 +136,10 @@ def _build(config: Config, rundir: RunDir, data: ImageData | None, initialize: b
         context.state["scheduler"] = scheduler
     context.state.update(history=history, monitor=monitor)
     handlers: dict[str, Any] = {}
-    for name, spec in [*builtin_handlers(config), *((f"handlers[{i}]", s) for i, s in enumerate(config.handlers))]:
+    builtins = builtin_handlers(config, writer)
+    for name, spec in [*builtins, *((f"handlers[{i}]", s) for i, s in enumerate(config.handlers))]:
         handlers[name] = attach_handler(context, spec, name)
-    checkpointer = Checkpointer(rundir, context.state, trainer, monitor, config.checkpoint.n_saved)
+    checkpointer = Checkpointer(rundir, context.state, trainer, monitor, config.checkpoint.n_saved, write=writer)
     experiment = Experiment(config, context, data, loaders, handlers, checkpointer)
     experiment.initial_weights = initial_weights
     return experiment
@@ -190,12 +207,15 @@ def resume_config(run_dir: str | Path | RunDir, overrides: Iterable[str] = ()) -
     return resume_changes(rundir.load_config(), overrides)
 
 
-def builtin_handlers(config: Config) -> list[tuple[str, HandlerConfig]]:
+def builtin_handlers(config: Config, writer: bool = True) -> list[tuple[str, HandlerConfig]]:
     """The built-in handlers a config asks for, as the same entries a user writes under ``handlers:``.
 
     The epoch's line comes first, so that early stopping's line follows the epoch it speaks of.
+    A process that does not write (rank 1 and above in a data-parallel run) draws no progress bar
+    and logs to neither TensorBoard nor MLflow.
     """
-    specs = [("progress", HandlerConfig(target="progress", kwargs={"bar": config.logging.progress_bar}))]
+    bar = config.logging.progress_bar if writer else False
+    specs = [("progress", HandlerConfig(target="progress", kwargs={"bar": bar}))]
     es = config.early_stopping
     if es.enabled:
         specs.append(
@@ -204,11 +224,11 @@ def builtin_handlers(config: Config) -> list[tuple[str, HandlerConfig]]:
                 HandlerConfig(target="early_stopping", kwargs={"patience": es.patience, "min_delta": es.min_delta}),
             )
         )
-    if config.logging.tensorboard:
+    if config.logging.tensorboard and writer:
         specs.append(
             ("tensorboard", HandlerConfig(target="tensorboard", kwargs={"log_every": config.logging.log_every}))
         )
-    if config.logging.mlflow:
+    if config.logging.mlflow and writer:
         kwargs = {"uri": config.logging.mlflow_uri, "experiment": config.logging.mlflow_experiment}
         specs.append(("mlflow", HandlerConfig(target="mlflow", kwargs=kwargs)))
     return specs
@@ -274,11 +294,22 @@ class CosineOverRun(CosineAnnealingScheduler):
 def make_loader(
     config: Config, images: torch.Tensor, labels: torch.Tensor, train: bool, indices: torch.Tensor | None = None
 ) -> Loader:
-    """A loader of the configured kind over ``images[indices]`` (all images when ``indices`` is None)."""
+    """A loader of the configured kind over ``images[indices]`` (all images when ``indices`` is None).
+
+    In a data-parallel run each process's loader gives its share (see :class:`~fmnist_ignite.data.loaders.Shard`).
+    """
     data = config.data
     batch_size = data.batch_size if train else data.eval_batch_size
+    shard = Shard(distributed.rank(), distributed.world_size())
     if data.loader == "dataloader":
         return EpochDataLoader(
-            images, labels, batch_size, train, seed=config.seed, num_workers=data.num_workers, indices=indices
+            images,
+            labels,
+            batch_size,
+            train,
+            seed=config.seed,
+            num_workers=data.num_workers,
+            indices=indices,
+            shard=shard,
         )
-    return TensorLoader(images, labels, batch_size, shuffle=train, seed=config.seed, indices=indices)
+    return TensorLoader(images, labels, batch_size, shuffle=train, seed=config.seed, indices=indices, shard=shard)

@@ -83,12 +83,23 @@ class Checkpointer:
         trainer: the training engine (its epoch names the files).
         monitor: the run's definition of the best epoch.
         n_saved: how many training states to keep.
+        write: write files; ``False`` on the processes other than rank 0 of a data-parallel run,
+            which hold the same state and load it on resume, but leave the files to rank 0.
     """
 
-    def __init__(self, rundir: RunDir, state: dict[str, Any], trainer: Engine, monitor: Monitor, n_saved: int) -> None:
+    def __init__(
+        self,
+        rundir: RunDir,
+        state: dict[str, Any],
+        trainer: Engine,
+        monitor: Monitor,
+        n_saved: int,
+        write: bool = True,
+    ) -> None:
         self.rundir = rundir
         self.state = state
         self.monitor = monitor
+        self.write = write
         self.saver = SaveThenRotate(rundir.checkpoints)
         self.last = Checkpoint(
             state,
@@ -101,6 +112,8 @@ class Checkpointer:
     def __call__(self, engine: Engine) -> None:
         # The best file first: a kill between the two leaves the previous checkpoint, whose
         # monitor state rewrites the best file on resume.
+        if not self.write:
+            return
         if self.monitor.improved:
             self.save_best()
         self.saver.dirname = self.rundir.checkpoints  # final only once the run has created its directory
@@ -108,7 +121,7 @@ class Checkpointer:
 
     def save_best(self) -> None:
         """Write ``best_model.pt`` from the monitor's best epoch (atomically, replacing the old one)."""
-        if self.monitor.best_epoch:
+        if self.monitor.best_epoch and self.write:
             atomic_torch_save(
                 self.rundir.best,
                 {

@@ -27,6 +27,8 @@ from typing import Any, Literal, NoReturn
 from . import __version__
 from .errors import FmnistIgniteError, first_line, program_name
 
+RANK_VARIABLE = "FMNIST_IGNITE_RANK"  # set in each process of a data-parallel run (see fmnist_ignite.distributed)
+
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
@@ -91,17 +93,27 @@ def _train(args: argparse.Namespace) -> int:
                 )
         elif args.init_from:
             overrides.append(f"init_from={json.dumps(args.init_from)}")
+        if not args.resume and not args.config and not args.print_config:
+            args.parser.error("give a config file (e.g. configs/base.yaml) or --resume RUN_DIR")
+        config = resume_config(args.resume, overrides)[0] if args.resume else load_config(args.config, overrides)
         if args.print_config:
-            config = resume_config(args.resume, overrides)[0] if args.resume else load_config(args.config, overrides)
             sys.stdout.write(config.to_yaml())
             return 0
-        if not args.resume and not args.config:
-            args.parser.error("give a config file (e.g. configs/base.yaml) or --resume RUN_DIR")
-        experiment = (
-            resume_experiment(args.resume, overrides=overrides)
-            if args.resume
-            else build_experiment(load_config(args.config, overrides))
-        )
+        launch = config.distributed.backend is not None and not _in_parallel_context()
+        if launch:
+            from .distributed import check_batch, check_launch, launched_by_torchrun
+
+            check_launch(config.distributed)
+            if not launched_by_torchrun():
+                check_batch(config.data.batch_size, config.distributed.nproc_per_node)
+        else:
+            experiment = (
+                resume_experiment(args.resume, overrides=overrides) if args.resume else build_experiment(config)
+            )
+    if launch:
+        from .distributed import run_in_processes
+
+        return run_in_processes(config.distributed, main, args.argv)
     try:
         experiment.run()
     except (FmnistIgniteError, KeyboardInterrupt):
@@ -118,6 +130,12 @@ def _train(args: argparse.Namespace) -> int:
         then = f"; its last checkpoint is kept: {experiment.resume_hint()}" if kept else ""
         raise RunError(f"the run stopped on {type(err).__name__}: {first_line(err)} ({_origin(err)}){then}") from err
     return 0
+
+
+def _in_parallel_context() -> bool:
+    from .distributed import in_parallel_context
+
+    return in_parallel_context()
 
 
 class RunError(FmnistIgniteError):
@@ -414,14 +432,21 @@ class Console(logging.Handler):
 
 
 def setup_logging(verbosity: int, lines: Literal["stdout", "stderr"] = "stdout") -> None:
-    """Print the library's lines (see :class:`Console`); ``-q`` keeps the outcome only, ``-v`` adds detail."""
+    """Print the library's lines (see :class:`Console`); ``-q`` keeps the outcome only, ``-v`` adds detail.
+
+    In a data-parallel run the processes other than rank 0 print their warnings and errors only,
+    each line starting with ``rank N:``.
+    """
     console = Console(lines)
-    console.setFormatter(logging.Formatter("%(message)s"))
+    console.setFormatter(logging.Formatter(_rank_prefix().replace("%", "%%") + "%(message)s"))
     logging.basicConfig(handlers=[console], level=logging.WARNING, force=True)
     level = {-1: logging.WARNING, 0: logging.INFO, 1: logging.DEBUG}[verbosity]
+    outcome = min(level, logging.INFO)
+    if _rank() > 0:
+        level = outcome = logging.WARNING
     logging.getLogger("fmnist_ignite").setLevel(level)
-    logging.getLogger("fmnist_ignite.run.outcome").setLevel(min(level, logging.INFO))
-    logging.getLogger("ignite").setLevel(logging.INFO if verbosity > 0 else logging.WARNING)
+    logging.getLogger("fmnist_ignite.run.outcome").setLevel(outcome)
+    logging.getLogger("ignite").setLevel(logging.INFO if verbosity > 0 and level < logging.WARNING else logging.WARNING)
     # MLflow configures its own loggers when imported (with logging.mlflow), from this variable.
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "INFO" if verbosity > 0 else "WARNING")
     # The CLI reports every exception itself; Ignite's log line about it would say it twice.
@@ -485,6 +510,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv = ["train", *argv]  # the default command
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = argv
     verbosity = getattr(args, "verbosity", 0)
     with _logging_restored():
         setup_logging(verbosity)
@@ -492,6 +518,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run_command(args: argparse.Namespace, verbosity: int) -> int:
+    # In a data-parallel run, rank 0 says what went wrong; the other processes only with -v.
+    quiet = _rank() > 0 and verbosity <= 0
     try:
         return int(args.command_function(args))
     except FmnistIgniteError as err:
@@ -499,11 +527,22 @@ def _run_command(args: argparse.Namespace, verbosity: int) -> int:
             traceback.print_exception(err.__cause__)
         elif isinstance(err, RunError):
             err.args = (f"{err} (run with -v for the traceback)",)
-        print(f"error: {_one_line(err)}", file=sys.stderr)
+        if not quiet:
+            print(f"{_rank_prefix()}error: {_one_line(err)}", file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt:
-        print("error: interrupted (Ctrl-C)", file=sys.stderr)
+        if not quiet:
+            print(f"{_rank_prefix()}error: interrupted (Ctrl-C)", file=sys.stderr)
         return 130
+
+
+def _rank() -> int:
+    """This process's rank in a data-parallel run started by this package (0 otherwise)."""
+    return int(os.environ.get(RANK_VARIABLE, "0"))
+
+
+def _rank_prefix() -> str:
+    return f"rank {_rank()}: " if _rank() > 0 else ""
 
 
 def _one_line(error: BaseException) -> str:

@@ -253,6 +253,26 @@ class MonitorConfig(_Section):
         return "min" if self.metric.endswith("loss") else "max"
 
 
+class DistributedConfig(_Section):
+    """Data-parallel training on `ignite.distributed` (off by default).
+
+    The same experiment runs in `nproc_per_node` processes: each trains on its share of every
+    batch, the gradients are averaged across processes (`DistributedDataParallel`), and the
+    metrics are reduced across them. `data.batch_size` stays the *effective* batch (it is split
+    between the processes), so the learning rate that suits one process suits any number of them.
+    The first process (rank 0) alone writes the run directory and prints. Under `torchrun` the
+    processes come from `torchrun` and `nproc_per_node` is not used.
+    """
+
+    backend: Literal["gloo", "nccl"] | None = Field(
+        None,
+        description="`gloo` (CPUs, any machine) or `nccl` (CUDA GPUs); `null` (the default) trains in this process.",
+    )
+    nproc_per_node: int = Field(
+        2, ge=1, le=64, description="Processes to start on this machine (one per GPU with `nccl`)."
+    )
+
+
 class CheckpointConfig(_Section):
     """Full training states saved under `RUN_DIR/checkpoints/`."""
 
@@ -355,6 +375,7 @@ class Config(_Section):
     monitor: MonitorConfig = Field(default_factory=MonitorConfig)
     early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    distributed: DistributedConfig = Field(default_factory=DistributedConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     handlers: list[HandlerConfig] = Field(default_factory=list, description="Extra handlers to attach, in order.")
     init_from: str | None = Field(

@@ -8,9 +8,11 @@ device until the epoch ends.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from typing import Any, cast
 
+import ignite.distributed as idist
 import torch
 import torch.nn.functional as F
 from ignite.engine import Engine, Events, create_supervised_evaluator
@@ -157,7 +159,8 @@ class EpochLoss:
     The training step records each batch's loss and count of correct predictions, as tensors
     left on the device: no host synchronisation and no per-step event handler. When the epoch
     completes, before validation or any handler, ``trainer.state.metrics`` gets ``train_loss``
-    (the mean batch loss) and ``train_accuracy``; if a loss is not finite,
+    (the mean batch loss) and ``train_accuracy``, over every process of a data-parallel run; if a
+    loss is not finite (in any process),
     :class:`TrainingError` names the epoch and the first bad iteration, so nothing of that epoch
     is saved and the last good checkpoint stays the newest.
     """
@@ -184,13 +187,28 @@ class EpochLoss:
     def complete(self, engine: Engine) -> None:
         losses = torch.stack(self.losses) if self.losses else torch.empty(0, device=self.device)
         correct = torch.stack(self.correct) if self.correct else torch.empty(0, dtype=torch.long, device=self.device)
-        finite = torch.isfinite(losses)
-        if not bool(finite.all()):
-            within = int((~finite).nonzero()[0]) + 1
-            first = (engine.state.epoch - 1) * (engine.state.epoch_length or 0) + within
+        totals = torch.stack(
+            [
+                losses.double().sum(),
+                torch.tensor(float(len(losses)), dtype=torch.float64, device=losses.device),
+                correct.double().sum(),
+                torch.tensor(float(self.samples), dtype=torch.float64, device=losses.device),
+            ]
+        )
+        if idist.get_world_size() > 1:
+            totals = cast(torch.Tensor, idist.all_reduce(totals))  # every process then decides the same
+        loss_sum, batches, right, samples = totals.tolist()
+        if not math.isfinite(loss_sum):
+            finite = torch.isfinite(losses)
+            if bool(finite.all()):  # another process saw it first
+                where = ""
+            else:
+                within = int((~finite).nonzero()[0]) + 1
+                first = (engine.state.epoch - 1) * (engine.state.epoch_length or 0) + within
+                where = f" at iteration {within} (global iteration {first})"
             raise TrainingError(
-                f"the training loss became NaN or infinite in epoch {engine.state.epoch} at iteration {within} "
-                f"(global iteration {first}); lower optimizer.lr and start a new run"
+                f"the training loss became NaN or infinite in epoch {engine.state.epoch}{where}; "
+                "lower optimizer.lr and start a new run"
             )
-        engine.state.metrics["train_loss"] = float(losses.mean())
-        engine.state.metrics["train_accuracy"] = float(correct.sum()) / max(1, self.samples)
+        engine.state.metrics["train_loss"] = loss_sum / max(1.0, batches)
+        engine.state.metrics["train_accuracy"] = right / max(1.0, samples)

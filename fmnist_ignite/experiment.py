@@ -11,6 +11,7 @@ import random
 import signal
 import time
 from collections.abc import Callable, Mapping
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Literal, cast
 
@@ -18,6 +19,7 @@ import numpy as np
 import torch
 from ignite.engine import Engine, Events
 
+from . import distributed
 from .checkpoint import Checkpointer
 from .config import Config, HandlerConfig
 from .context import Context
@@ -210,12 +212,12 @@ class Experiment:
         self.checkpointer.check_resumable()
         self.trainer.fire_event(RunEvents.RUN_STARTED)
         if not self.resuming:
-            self.config = self.context.config = self.rundir.create(self.config)
-            atomic_write_json(self.rundir.data, self.input_description())
+            self._create()
             seed_everything(self.config.seed)
             self._log_start()
         self._attach_last_steps()
-        with self.rundir.lock(), stop_on_signals(self.trainer, self.stop_request):
+        lock = self.rundir.lock() if self.writer else nullcontext()
+        with lock, stop_on_signals(self.trainer, self.stop_request):
             try:
                 if self.resuming:
                     self._restore()
@@ -233,6 +235,21 @@ class Experiment:
                 self.trainer.state.stop_error = err  # type: ignore[attr-defined]
                 self.trainer.fire_event(RunEvents.RUN_STOPPED)
                 raise
+
+    @property
+    def writer(self) -> bool:
+        """Whether this process writes the run's files: rank 0 in a data-parallel run, else always."""
+        return self.checkpointer.write
+
+    def _create(self) -> None:
+        """Create the run directory (rank 0; the other processes of a data-parallel run learn its name)."""
+        if self.writer:
+            self.config = self.context.config = self.rundir.create(self.config)
+            atomic_write_json(self.rundir.data, self.input_description())
+        name = distributed.agree_on_name(self.config.name)  # waits for rank 0 in a data-parallel run
+        if name != self.config.name:
+            self.rundir.path = self.rundir.path.with_name(name)
+            self.config = self.context.config = self.config.model_copy(update={"name": name})
 
     def _train(self) -> None:
         start, first = time.perf_counter(), self.trainer.state.epoch
@@ -253,6 +270,7 @@ class Experiment:
         # Last at EPOCH_COMPLETED, so the checkpoint holds every handler's update for the epoch,
         # including handlers attached in Python after build_experiment.
         if not self._last_steps_attached:
+            self.trainer.add_event_handler(Events.EPOCH_COMPLETED, distributed.EpochConsensus(self.stop_request))
             self.trainer.add_event_handler(Events.EPOCH_COMPLETED, self.status)
             self.trainer.add_event_handler(Events.EPOCH_COMPLETED, self.checkpointer)
             self.trainer.add_event_handler(Events.EPOCH_COMPLETED, self.stop_request.stop_if_asked)
@@ -279,9 +297,11 @@ class Experiment:
             seed_everything(self.config.seed)
         else:
             record.info("Resuming %s from %s (epoch %d)%s", shown(self.run_dir), path.name, epoch, changed)
-        self.rundir.remove_temporary_files()  # after the line that names the run: they are never read
-        if self.changes:
+        if self.writer:
+            self.rundir.remove_temporary_files()  # after the line that names the run: they are never read
+        if self.changes and self.writer:
             self.rundir.update_config(self.config)
+        if self.changes:
             # Training may go on where a handler (early stopping) ended it; it decides again, from
             # its restored state and the new settings, when training starts.
             self.status.ended = False
@@ -331,6 +351,10 @@ class Experiment:
             "weights_epoch": epoch,
             "per_class_accuracy": test["per_class_accuracy"],
         }
+        if not self.writer:  # a data-parallel run's other processes: rank 0 writes and reports
+            self.trainer.state.results = {"metrics": metrics, "report": {}, "figures": {}}  # type: ignore[attr-defined]
+            self.trainer.fire_event(RunEvents.RUN_FINISHED)
+            return metrics
         atomic_torch_save(self.rundir.model, self.model.state_dict())
         samples = self._sample_predictions()
         report, figures = write_results(

@@ -30,7 +30,7 @@ import shlex
 import shutil
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -212,33 +212,20 @@ class RunDir:
         Raises:
             RunDirError: another process holds the lock, or ``.lock`` is not a plain file.
         """
+        held = ExitStack()
         try:
-            import fcntl
-        except ImportError:  # not on POSIX: no lock
-            yield
-            return
-        flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
-        try:
-            fd = os.open(self.lock_file, flags, 0o666 & ~current_umask())
+            fd = held.enter_context(exclusive_lock(self.lock_file, wait=False))
+        except BlockingIOError:
+            raise RunDirError(f"{self.path} is in use by another training process; wait for it or stop it") from None
         except OSError as err:
             raise RunDirError(
                 f"{self.lock_file} cannot be opened as a lock ({err.strerror}); it must be a plain file: remove it"
             ) from None
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise RunDirError(
-                    f"{self.path} is in use by another training process; wait for it or stop it"
-                ) from None
-            os.ftruncate(fd, 0)
-            os.write(fd, str(os.getpid()).encode())
-            try:
-                yield
-            finally:
-                fcntl.flock(fd, fcntl.LOCK_UN)
-        finally:
-            os.close(fd)
+        with held:
+            if fd is not None:
+                os.ftruncate(fd, 0)
+                os.write(fd, str(os.getpid()).encode())
+            yield
 
     def remove_temporary_files(self) -> None:
         """Delete what a killed process may have left half-written: never a file a run reads."""
@@ -342,19 +329,34 @@ class SweepDir:
 
         The OS releases it if the process dies.
         """
-        try:
-            import fcntl
-        except ImportError:  # not on POSIX: no lock
-            yield
-            return
         self.path.mkdir(parents=True, exist_ok=True)
-        flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
-        fd = os.open(self.claims_lock, flags, 0o666 & ~current_umask())
+        with exclusive_lock(self.claims_lock, wait=True):
+            yield
+
+
+@contextmanager
+def exclusive_lock(path: Path, wait: bool) -> Iterator[int | None]:
+    """Hold an exclusive ``flock`` on ``path``, created if missing; yields its descriptor (``None`` off POSIX).
+
+    The file is opened without following symbolic links and without truncating, so a crafted
+    folder cannot make the holder write to another file. The OS releases the lock if the process dies.
+
+    Raises:
+        BlockingIOError: ``wait`` is false and another process holds the lock.
+        OSError: the file cannot be opened (a symbolic link, a folder, no permission).
+    """
+    try:
+        import fcntl
+    except ImportError:  # not on POSIX: no lock
+        yield None
+        return
+    flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    fd = os.open(path, flags, 0o666 & ~current_umask())
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fd, fcntl.LOCK_UN)
+            yield fd
         finally:
-            os.close(fd)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)

@@ -325,6 +325,11 @@ def run_sweep(
     if workers < 1 or (trials is not None and trials < 1):
         raise ConfigError("--workers and --trials must be at least 1")
     base = load_config(config, plain)
+    if base.distributed.backend is not None or any(p.key.startswith("distributed.") for p in params):
+        raise ConfigError(
+            "a sweep trains each trial in one process: remove distributed.* from the config and the swept keys "
+            "(for trials in parallel, use --workers N)"
+        )
     for param in params:
         _check_key(base, param.key)
     name = name or f"{base.name}-sweep"

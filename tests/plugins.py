@@ -305,3 +305,18 @@ def exit_in_epoch(context: Context, epoch: int, code: int = 0) -> None:
 def warn(context: Context, message: str = "a warning from a handler") -> None:
     """Logs a warning: the command line must print it on stderr, never on stdout."""
     logging.getLogger("tests.plugins").warning(message)
+
+
+class TerminateOnRank:
+    """Ends training after epoch ``epoch``, on the process of rank ``rank`` only (a data-parallel run)."""
+
+    def __init__(self, context: Context, rank: int, epoch: int) -> None:
+        self.context = context
+        self.rank = rank
+        self.epoch = epoch
+
+    def __call__(self, engine: Engine) -> None:
+        import ignite.distributed as idist
+
+        if idist.get_rank() == self.rank and engine.state.epoch == self.epoch:
+            engine.terminate()

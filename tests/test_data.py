@@ -1,13 +1,16 @@
 from __future__ import annotations
 
 import gzip
+import itertools
 from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fmnist_ignite import DataError, load_config
-from fmnist_ignite.data import EpochDataLoader, TensorLoader, epoch_permutation, load_data
+from fmnist_ignite.data import EpochDataLoader, Shard, TensorLoader, epoch_permutation, load_data
 from fmnist_ignite.data.sources import FASHION_FILES, verify_idx
 
 from .conftest import N_TEST, N_TRAIN, idx_images, synthetic_images, write_cifar_archive, write_fashion_gz
@@ -168,3 +171,44 @@ def test_dataloader_path_gives_the_same_batches_as_the_tensor_loader() -> None:
         for (xa, ya), (xb, yb) in zip(fast, slow, strict=True):
             assert xb.dtype == torch.uint8
             assert torch.equal(xa, xb) and torch.equal(ya, yb)
+
+
+@given(
+    n=st.integers(1, 60),
+    per_process=st.integers(1, 9),
+    count=st.integers(1, 4),
+    shuffle=st.booleans(),
+    with_indices=st.booleans(),
+    loader=st.sampled_from([TensorLoader, EpochDataLoader]),
+)
+@settings(max_examples=60, deadline=None)
+def test_the_shards_of_a_data_parallel_run_make_up_the_single_process_batches(
+    n: int, per_process: int, count: int, shuffle: bool, with_indices: bool, loader: type
+) -> None:
+    # What one process reads, the processes read together: batch by batch in training (each
+    # process a piece of every batch), the whole split once in evaluation.
+    images = torch.arange(100, dtype=torch.uint8).view(100, 1, 1, 1)
+    labels = torch.arange(100)
+    indices = torch.randperm(100, generator=torch.Generator().manual_seed(n))[:n] if with_indices else None
+    size = per_process * count
+    if indices is None:
+        images, labels = images[:n], labels[:n]
+
+    def batches(shard: Shard) -> list[list[int]]:
+        made = loader(images, labels, size, shuffle, seed=7, indices=indices, shard=shard)
+        made.set_epoch(3)
+        got = [y.tolist() for _, y in made]
+        assert len(got) == len(made)
+        return got
+
+    single = batches(Shard())
+    shards = [batches(Shard(rank, count)) for rank in range(count)]
+    if shuffle:
+        full = [b for b in single if len(b) >= count]  # a last batch smaller than count is left out
+        assert all(len(s) == len(full) for s in shards), "every process takes as many steps"
+        for i, batch in enumerate(full):
+            pieces = [s[i] for s in shards]
+            assert list(itertools.chain(*pieces)) == batch
+            assert max(map(len, pieces)) - min(map(len, pieces)) <= 1
+    else:
+        assert list(itertools.chain(*(itertools.chain(*s) for s in shards))) == list(itertools.chain(*single))

@@ -116,6 +116,8 @@ def test_arguments_split_into_overrides_grids_and_distributions() -> None:
         (["optimizer.lr=0.1,0.2", "--trials", "3"], "--trials and --sampler are for sampled sweeps"),
         (["name=a,b"], "'name=a,b': a sweep names its trials and puts them in output_dir/NAME; sweep other keys"),
         (["seed=1,2", "--name", "../x"], "--name '../x': use letters, digits"),
+        (["seed=1,2", "distributed.backend=gloo"], "a sweep trains each trial in one process: remove distributed.*"),
+        (["distributed.nproc_per_node=1,2"], "a sweep trains each trial in one process: remove distributed.*"),
     ],
 )
 def test_bad_sweeps_stop_before_anything_runs(

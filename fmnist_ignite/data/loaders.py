@@ -1,12 +1,15 @@
 """Batches for the engines: an in-memory tensor loader (default) and a DataLoader path.
 
-Both shuffle with the same seeded permutation per epoch (:func:`epoch_permutation`), so they give
-the same batches, and a resumed run sees exactly the batches an uninterrupted one would.
+Both take their batches from :func:`batch_positions` (the seeded permutation of each epoch, see
+:func:`epoch_permutation`), so they give the same batches, a resumed run sees exactly the batches
+an uninterrupted one would, and the processes of a data-parallel run together see exactly the
+batches one process would (each its :class:`Shard` of them).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -29,6 +32,64 @@ def split_indices(n: int, val_size: int, seed: int) -> tuple[torch.Tensor, torch
     return order[val_size:], order[:val_size]
 
 
+@dataclass(frozen=True)
+class Shard:
+    """Which share of the data this process reads in a data-parallel run: share ``rank`` of ``count``.
+
+    Training: every batch of the one seeded epoch order is cut into ``count`` equal pieces
+    (``data.batch_size`` is the effective batch), so the processes together take exactly the
+    batches a single process would; a last batch smaller than ``count`` is left out. Evaluation:
+    each process takes one contiguous ``count``-th of the split (Ignite's metrics add the shares up).
+    """
+
+    rank: int = 0
+    count: int = 1
+
+    def bounds(self, n: int) -> tuple[int, int]:
+        """This share's ``[start, stop)`` of ``n`` items read in order."""
+        return n * self.rank // self.count, n * (self.rank + 1) // self.count
+
+
+def batch_positions(
+    n: int,
+    batch_size: int,
+    shuffle: bool,
+    seed: int,
+    epoch: int,
+    shard: Shard = Shard(),
+    indices: torch.Tensor | None = None,
+) -> Iterator[torch.Tensor | slice]:
+    """Each batch this process reads, as positions ``0..n-1`` (or as ``indices[positions]`` when given).
+
+    Index tensors in the epoch's shuffled order (on the device of ``indices``); slices of
+    ``0..n-1`` when reading in order without ``indices``.
+    """
+    if shuffle:
+        order = epoch_permutation(n, seed, epoch)
+        if indices is not None:
+            order = indices[order.to(indices.device)]
+        for start in range(0, n, batch_size):
+            batch = order[start : start + batch_size]
+            if shard.count > 1:
+                if len(batch) < shard.count:
+                    return
+                batch = batch.tensor_split(shard.count)[shard.rank]
+            yield batch
+        return
+    first, stop = shard.bounds(n)
+    for start in range(first, stop, batch_size):
+        part = slice(start, min(start + batch_size, stop))
+        yield part if indices is None else indices[part]
+
+
+def count_batches(n: int, batch_size: int, shuffle: bool, shard: Shard = Shard()) -> int:
+    """How many batches :func:`batch_positions` gives."""
+    if shuffle:
+        return n // batch_size + (1 if n % batch_size >= shard.count else 0)
+    first, stop = shard.bounds(n)
+    return -(-(stop - first) // batch_size)
+
+
 class TensorLoader:
     """Batches gathered from uint8 tensors held in memory (on the training device when it fits).
 
@@ -42,6 +103,7 @@ class TensorLoader:
         shuffle: draw a new :func:`epoch_permutation` each epoch (see :meth:`set_epoch`).
         seed: seed of the permutations.
         indices: the images of this split (default: all), on the same device as ``images``.
+        shard: this process's share in a data-parallel run (default: everything).
     """
 
     def __init__(
@@ -52,6 +114,7 @@ class TensorLoader:
         shuffle: bool,
         seed: int = 0,
         indices: torch.Tensor | None = None,
+        shard: Shard = Shard(),
     ):
         self.images = images
         self.labels = labels
@@ -59,6 +122,7 @@ class TensorLoader:
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.seed = seed
+        self.shard = shard
         self.epoch = 1
 
     def set_epoch(self, epoch: int) -> None:
@@ -66,24 +130,22 @@ class TensorLoader:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return -(-self._size() // self.batch_size)
+        return count_batches(self._size(), self.batch_size, self.shuffle, self.shard)
 
     def _size(self) -> int:
         return len(self.labels) if self.indices is None else len(self.indices)
 
     def __iter__(self) -> Iterator[Batch]:
-        n, size = self._size(), self.batch_size
-        order = epoch_permutation(n, self.seed, self.epoch).to(self.images.device) if self.shuffle else None
-        if self.indices is not None:
-            order = self.indices if order is None else self.indices[order]
-        for start in range(0, n, size):
-            if order is None:
-                yield self.images[start : start + size], self.labels[start : start + size]
-            else:
-                # index_select copies whole rows; images[index] goes through the general indexing kernel,
-                # ten times slower here: a fifth of a CPU epoch.
-                index = order[start : start + size]
-                yield self.images.index_select(0, index), self.labels.index_select(0, index)
+        device = self.images.device
+        n = self._size()
+        for index in batch_positions(n, self.batch_size, self.shuffle, self.seed, self.epoch, self.shard, self.indices):
+            if isinstance(index, slice):
+                yield self.images[index], self.labels[index]
+                continue
+            index = index.to(device)  # a no-op when the split's indices are on the images' device
+            # index_select copies whole rows; images[index] goes through the general indexing kernel,
+            # ten times slower here: a fifth of a CPU epoch.
+            yield self.images.index_select(0, index), self.labels.index_select(0, index)
 
 
 class ImageDataset(Dataset[Batch]):
@@ -113,21 +175,23 @@ class ImageDataset(Dataset[Batch]):
         return self.transform(self._to_pil(self.images[j])), self.labels[j]
 
 
-class EpochSampler(Sampler[int]):
-    """Yields :func:`epoch_permutation` for the current epoch."""
+class EpochBatchSampler(Sampler[list[int]]):
+    """Yields each batch's positions as :func:`batch_positions` gives them, for a ``DataLoader``."""
 
-    def __init__(self, n: int, seed: int):
-        self.n, self.seed, self.epoch = n, seed, 1
+    def __init__(self, n: int, batch_size: int, shuffle: bool, seed: int, shard: Shard = Shard()):
+        self.n, self.batch_size, self.shuffle, self.seed, self.shard = n, batch_size, shuffle, seed, shard
+        self.epoch = 1
 
     def __len__(self) -> int:
-        return self.n
+        return count_batches(self.n, self.batch_size, self.shuffle, self.shard)
 
-    def __iter__(self) -> Iterator[int]:
-        return iter(epoch_permutation(self.n, self.seed, self.epoch).tolist())
+    def __iter__(self) -> Iterator[list[int]]:
+        for positions in batch_positions(self.n, self.batch_size, self.shuffle, self.seed, self.epoch, self.shard):
+            yield list(range(self.n)[positions]) if isinstance(positions, slice) else positions.tolist()
 
 
 class EpochDataLoader:
-    """A ``DataLoader`` over :class:`ImageDataset` with the same epoch-seeded order as :class:`TensorLoader`."""
+    """A ``DataLoader`` over :class:`ImageDataset`: the same batches, in the same order, as :class:`TensorLoader`."""
 
     def __init__(
         self,
@@ -139,20 +203,15 @@ class EpochDataLoader:
         num_workers: int = 0,
         transform: Callable | None = None,
         indices: torch.Tensor | None = None,
+        shard: Shard = Shard(),
     ):
         dataset = ImageDataset(images, labels, transform, indices)
-        self.sampler = EpochSampler(len(dataset), seed) if shuffle else None
-        self.loader = DataLoader(
-            dataset,
-            batch_size=batch_size,
-            sampler=self.sampler,
-            num_workers=num_workers,
-        )
+        self.sampler = EpochBatchSampler(len(dataset), batch_size, shuffle, seed, shard)
+        self.loader = DataLoader(dataset, batch_sampler=self.sampler, num_workers=num_workers)
 
     def set_epoch(self, epoch: int) -> None:
         """Choose the permutation for the next pass."""
-        if self.sampler is not None:
-            self.sampler.epoch = epoch
+        self.sampler.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.loader)

@@ -1,0 +1,164 @@
+"""Data-parallel training: two processes on CPU with gloo, started by the command line itself."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from .conftest import BASE, REPO, run_cli, small_overrides, values
+from .test_faults import handler_entry, wait_for
+
+GLOO = ["distributed.backend=gloo", "distributed.nproc_per_node=2"]
+
+
+def read_history(run: Path) -> list[dict]:
+    return json.loads((run / "history.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory, system_dir: Path) -> dict[str, subprocess.CompletedProcess[str]]:
+    """The small config (4 epochs, early stopping off) trained in one process and in two."""
+    tmp = tmp_path_factory.mktemp("parallel")
+    small = [*small_overrides(tmp, system_dir), "early_stopping.enabled=false"]
+    return {
+        "one": run_cli(BASE, *small, "name=one"),
+        "two": run_cli(BASE, *small, *GLOO, "name=two"),
+        "root": tmp,  # type: ignore[dict-item]
+    }
+
+
+def test_two_processes_train_as_one_would_and_rank_0_alone_writes_and_prints(
+    runs: dict[str, subprocess.CompletedProcess[str]],
+) -> None:
+    one, two = runs["one"], runs["two"]
+    assert one.returncode == 0, one.stderr
+    assert two.returncode == 0, two.stderr
+    run = Path(str(runs["root"])) / "runs" / "two"
+    lines = two.stdout.splitlines()
+    assert lines[0] == f"Run directory {run}"
+    assert [line.split()[1] for line in lines if line.startswith("Epoch [")] == ["[1]", "[2]", "[3]", "[4]"]
+    assert sum(line.startswith("Test (") for line in lines) == 1
+    assert two.stderr == "", "the other process prints nothing, and the launcher says nothing"
+
+    # Each process takes half of every batch of the one seeded order, and the gradients are
+    # averaged: the run is the single-process run, up to the order of floating-point sums.
+    single = read_history(run.parent / "one")
+    double = read_history(run)
+    for a, b in zip(single, double, strict=True):
+        assert a["epoch"] == b["epoch"] and a["val_accuracy"] == b["val_accuracy"]
+        for key in ("train_loss", "train_accuracy", "val_loss"):
+            assert b[key] == pytest.approx(a[key], rel=1e-4)
+    metrics = json.loads((run / "metrics.json").read_text())
+    single_metrics = json.loads((run.parent / "one" / "metrics.json").read_text())
+    assert metrics["test_accuracy"] == single_metrics["test_accuracy"]
+    assert metrics["epochs_trained"] == 4
+    files = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert files == ["best_model.pt", "checkpoint_3.pt", "checkpoint_4.pt"]
+    assert len(list((run / "tb").glob("events.out.tfevents.*"))) == 1, "one TensorBoard writer"
+    assert sorted(p.name for p in run.parent.iterdir()) == ["one", "two"], "one run directory, no other"
+
+
+def test_kill_9_of_every_process_then_resume_gives_the_uninterrupted_history(
+    tmp_path: Path, system_dir: Path, runs: dict[str, subprocess.CompletedProcess[str]]
+) -> None:
+    small = [*small_overrides(tmp_path, system_dir), "early_stopping.enabled=false", "name=two"]
+    marker = tmp_path / "frozen"
+    stall = handler_entry("Stall", "EPOCH_COMPLETED", f"where: train, epoch: 2, marker: '{marker}'")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "fmnist_ignite", BASE, *small, *GLOO, stall],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group: the launcher and both processes
+    )
+    wait_for(marker, process)
+    os.killpg(process.pid, signal.SIGKILL)  # the machine goes away
+    process.communicate()
+    run = tmp_path / "runs" / "two"
+    assert [r["epoch"] for r in read_history(run)] == [1]
+
+    resumed = run_cli("--resume", str(run))
+    assert resumed.returncode == 0, resumed.stderr
+    assert resumed.stdout.startswith(f"Resuming {run} from checkpoint_1.pt (epoch 1)\n")
+    reference = Path(str(runs["root"])) / "runs" / "two"
+    assert values(read_history(run)) == values(read_history(reference))
+
+
+def test_a_stop_on_one_process_stops_them_all_after_the_same_epoch(tmp_path: Path, system_dir: Path) -> None:
+    # A handler that ends training on rank 1 only (as early stopping would on a metric of its own):
+    # rank 0 must not train a third epoch alone and wait for rank 1 for ever.
+    stop = handler_entry("TerminateOnRank", "EPOCH_COMPLETED", "rank: 1, epoch: 2")
+    result = run_cli(BASE, *small_overrides(tmp_path, system_dir), *GLOO, stop, timeout=120)
+    assert result.returncode == 0, result.stderr
+    run = tmp_path / "runs" / "small"
+    assert [r["epoch"] for r in read_history(run)] == [1, 2]
+    assert json.loads((run / "metrics.json").read_text())["epochs_trained"] == 2
+
+
+def test_a_signal_to_one_process_stops_them_all_with_its_exit_code(tmp_path: Path, system_dir: Path) -> None:
+    signaller = handler_entry("SignalSelf", "ITERATION_COMPLETED", "signal: SIGTERM, epoch: 2")
+    result = run_cli(BASE, *small_overrides(tmp_path, system_dir), *GLOO, signaller, timeout=120)
+    run = tmp_path / "runs" / "small"
+    assert result.returncode == 143, result.stderr
+    assert result.stderr.splitlines()[-1] == (
+        f"error: SIGTERM received: stopped after epoch 2, which is saved; "
+        f"resume with 'python -m fmnist_ignite --resume {run}'"
+    )
+    assert [r["epoch"] for r in read_history(run)] == [1, 2]
+    assert not (run / "metrics.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            ["data.batch_size=33"],
+            "error: data.batch_size=33 does not split evenly between 2 processes (it is the effective batch, "
+            "shared by all of them); use data.batch_size=32 or 34",
+        ),
+        (
+            ["distributed.backend=nccl"],
+            "error: distributed.backend=nccl needs CUDA GPUs, which this machine lacks; use distributed.backend=gloo",
+        ),
+    ],
+)
+def test_settings_the_processes_cannot_run_exit_2_and_write_nothing(
+    tmp_path: Path, system_dir: Path, overrides: list[str], message: str
+) -> None:
+    if "nccl" in overrides[0]:
+        import torch
+
+        if torch.cuda.is_available():
+            pytest.skip("this machine has CUDA")
+    result = run_cli(BASE, *small_overrides(tmp_path, system_dir), *GLOO, *overrides)
+    assert result.returncode == 2
+    assert result.stderr.strip() == message
+    assert not (tmp_path / "runs").exists()
+
+
+def test_under_torchrun_the_processes_are_torchruns(
+    tmp_path: Path, system_dir: Path, runs: dict[str, subprocess.CompletedProcess[str]]
+) -> None:
+    small = [*small_overrides(tmp_path, system_dir), "early_stopping.enabled=false", "name=two"]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2"]
+    result = subprocess.run(
+        [*torchrun, "-m", "fmnist_ignite", BASE, *small, "distributed.backend=gloo"],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    run = tmp_path / "runs" / "two"
+    assert result.stdout.splitlines()[0] == f"Run directory {run}"
+    reference = Path(str(runs["root"])) / "runs" / "two"
+    assert values(read_history(run)) == values(read_history(reference))
