@@ -2,10 +2,11 @@
 # make test   set up and run the checks: ruff, mypy, the test suite, the docs and their doctests
 # make docs   build the HTML docs (warnings are errors) and run their examples as doctests
 # make bench  the benchmarks: whole runs against a hand-written script, then epoch speed (a few minutes)
+# make bench-sweep, make bench-distributed   sweep throughput; data-parallel epoch time
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup run test lint docs bench bench-sweep clean
+.PHONY: setup run test lint docs bench bench-sweep bench-distributed clean
 
 setup:
 	bash scripts/setup.sh
@@ -32,6 +33,9 @@ bench: setup
 
 bench-sweep: setup
 	$(PY) benchmarks/sweep_speed.py
+
+bench-distributed: setup
+	$(PY) benchmarks/distributed_speed.py
 
 clean:
 	rm -rf $(VENV) docs/_build .pytest_cache .ruff_cache .mypy_cache

@@ -14,6 +14,7 @@ ends training on every rank after the same epoch, so no process waits forever fo
 
 from __future__ import annotations
 
+import gc
 import logging
 import multiprocessing
 import os
@@ -176,6 +177,7 @@ def _run_here(local_rank: int, command: Callable[[Sequence[str]], int], argv: li
 
 def _run_rank(command: Callable[[Sequence[str]], int], argv: list[str]) -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)  # the launcher ignores Ctrl-C; this process must not
+    gc.disable()  # as the command line does: start-up's objects are frozen, not swept (see cli.main_entry)
     from .cli import RANK_VARIABLE
 
     os.environ[RANK_VARIABLE] = str(rank())
