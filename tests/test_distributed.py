@@ -162,3 +162,12 @@ def test_under_torchrun_the_processes_are_torchruns(
     assert result.stdout.splitlines()[0] == f"Run directory {run}"
     reference = Path(str(runs["root"])) / "runs" / "two"
     assert values(read_history(run)) == values(read_history(reference))
+
+
+def test_a_nan_loss_stops_every_process_with_one_message(tmp_path: Path, system_dir: Path) -> None:
+    result = run_cli(BASE, *small_overrides(tmp_path, system_dir), *GLOO, "optimizer.lr=1e36", timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "error: the training loss became NaN or infinite in epoch 1 at iteration 2 (global iteration 2); "
+        "lower optimizer.lr and start a new run"
+    ]
