@@ -6,7 +6,7 @@ own ``config.yaml``, with the changes a resume allows.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -84,6 +84,13 @@ def _build(config: Config, rundir: RunDir, data: ImageData | None, initialize: b
             f"data.val_size={config.data.val_size} must be smaller than the {len(data.train_labels)} training images"
         )
     train_idx, val_idx = split_indices(len(data.train_labels), config.data.val_size, config.seed)
+    if processes > 1:
+        for key, size in (("data.val_size", config.data.val_size), ("the test split", len(data.test_labels))):
+            if size < processes:
+                raise ConfigError(
+                    f"{key} has {size} image(s), fewer than the {processes} processes that share its evaluation; "
+                    f"use at least {processes}, or fewer processes"
+                )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         model = build_model(config, data.image_shape, len(data.classes)).to(device)
@@ -94,7 +101,8 @@ def _build(config: Config, rundir: RunDir, data: ImageData | None, initialize: b
     if config.trainer.compile:
         example, _ = prepare_batch((data.train_images[: config.data.batch_size], data.train_labels[:1]), device, False)
         step_model = compile_for_training(step_model, example)
-    trainer = create_trainer(step_model, optimizer, device, prepare_batch)
+    share = batch_share(len(train_idx), config.data.batch_size) if processes > 1 else None
+    trainer = create_trainer(step_model, optimizer, device, prepare_batch, share)
     evaluator = create_evaluator(model, device, prepare_batch)
 
     if config.data.loader == "tensor":
@@ -145,6 +153,20 @@ def _build(config: Config, rundir: RunDir, data: ImageData | None, initialize: b
     return experiment
 
 
+def batch_share(n_train: int, batch_size: int) -> Callable[[Engine, int], float]:
+    """For a data-parallel run: the share of the whole batch that a process's ``n`` images are, at this iteration.
+
+    Every batch has ``batch_size`` images but the last of an epoch, which has the remainder.
+    """
+    full, rest = divmod(n_train, batch_size)
+
+    def share(engine: Engine, n: int) -> float:
+        within = (engine.state.iteration - 1) % (engine.state.epoch_length or 1)
+        return n / (batch_size if within < full else rest)
+
+    return share
+
+
 def initialize_from(config: Config, model: torch.nn.Module) -> Path | None:
     """Load the weights ``config.init_from`` names into ``model``; returns their file (``None`` without it).
 
@@ -184,16 +206,25 @@ def resume_experiment(run_dir: str | Path, data: ImageData | None = None, overri
     """
     rundir = RunDir(run_dir)
     config, changes = resume_config(rundir, overrides)
+    refuse_if_finished(rundir, config, changes)
+    experiment = _build(config, RunDir(config.run_dir), data, initialize=False)
+    experiment.resuming = True
+    experiment.changes = changes
+    return experiment
+
+
+def refuse_if_finished(rundir: RunDir, config: Config, changes: Mapping[str, Any]) -> None:
+    """A finished run resumes only to train longer.
+
+    Raises:
+        RunDirError: the run has finished and ``changes`` does not extend it.
+    """
     if rundir.finished and not changes:
         raise RunDirError(
             f"the run in {rundir} has finished (metrics.json exists); to train it longer, resume it with "
             f"trainer.max_epochs=N above {config.trainer.max_epochs}, or start a new run from its weights "
             f"with --init-from {rundir}"
         )
-    experiment = _build(config, RunDir(config.run_dir), data, initialize=False)
-    experiment.resuming = True
-    experiment.changes = changes
-    return experiment
 
 
 def resume_config(run_dir: str | Path | RunDir, overrides: Iterable[str] = ()) -> tuple[Config, dict[str, Any]]:

@@ -25,7 +25,7 @@ from types import FrameType
 from typing import Any, Literal, NoReturn
 
 from . import __version__
-from .errors import FmnistIgniteError, first_line, program_name
+from .errors import ConfigError, FmnistIgniteError, first_line, program_name
 
 RANK_VARIABLE = "FMNIST_IGNITE_RANK"  # set in each process of a data-parallel run (see fmnist_ignite.distributed)
 
@@ -74,8 +74,9 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _train(args: argparse.Namespace) -> int:
     with _start_up():
-        from .build import build_experiment, resume_config, resume_experiment
+        from .build import build_experiment, refuse_if_finished, resume_config, resume_experiment
         from .config import load_config
+        from .rundir import RunDir
 
         if args.list_plugins:
             sys.stdout.write(plugin_listing())
@@ -95,17 +96,26 @@ def _train(args: argparse.Namespace) -> int:
             overrides.append(f"init_from={json.dumps(args.init_from)}")
         if not args.resume and not args.config and not args.print_config:
             args.parser.error("give a config file (e.g. configs/base.yaml) or --resume RUN_DIR")
-        config = resume_config(args.resume, overrides)[0] if args.resume else load_config(args.config, overrides)
+        config, changes = (
+            resume_config(args.resume, overrides) if args.resume else (load_config(args.config, overrides), {})
+        )
         if args.print_config:
             sys.stdout.write(config.to_yaml())
             return 0
+        from .distributed import check_batch, check_launch, launched_by_torchrun
+
         launch = config.distributed.backend is not None and not _in_parallel_context()
         if launch:
-            from .distributed import check_batch, check_launch, launched_by_torchrun
-
             check_launch(config.distributed)
             if not launched_by_torchrun():
                 check_batch(config.data.batch_size, config.distributed.nproc_per_node)
+            if args.resume:
+                refuse_if_finished(RunDir(args.resume), config, changes)  # before starting the processes
+        elif launched_by_torchrun() and config.distributed.backend is None and int(os.environ["WORLD_SIZE"]) > 1:
+            raise ConfigError(
+                f"torchrun started {os.environ['WORLD_SIZE']} processes, but distributed.backend is null, so each "
+                "would train a run of its own; set distributed.backend=gloo (or nccl)"
+            )
         else:
             experiment = (
                 resume_experiment(args.resume, overrides=overrides) if args.resume else build_experiment(config)

@@ -252,30 +252,52 @@ def wrap_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
 
 
 class EpochConsensus:
-    """At the end of every epoch, the processes agree whether to stop, and why.
+    """The processes of a data-parallel run agree when to stop, and why, so that none waits for ever.
 
-    Trainer handler at ``EPOCH_COMPLETED``, after the handlers and before the checkpoint: if any
-    rank's trainer was asked to terminate (early stopping, a user handler) or received a stop
-    signal, every rank terminates after this epoch, and every rank's :class:`StopRequest` knows the
-    signal, so each stops with the same exit code. One small all-reduce per epoch.
+    With more than one process, :meth:`attach` makes ``trainer.terminate()`` a request: whoever
+    calls it (early stopping, a handler of yours, on any rank, at any event), training ends on
+    every rank at the next point where they all agree: when training starts, and at the end of
+    each epoch, after the handlers and before the checkpoint. A stop signal received by any rank
+    is agreed on the same way; :class:`~fmnist_ignite.interrupt.StopRequest` then acts on the
+    agreed signal alone (after the checkpoint), and each rank stops with the same exit code. One
+    small all-reduce at each of these points; nothing at all in a single process.
     """
 
     def __init__(self, request: StopRequest) -> None:
         self.request = request
+        self.pending = False
+        self._terminate: Callable[[], None] | None = None
+
+    def attach(self, trainer: Engine) -> None:
+        """Last at ``STARTED``; at ``EPOCH_COMPLETED`` where :class:`Experiment` puts it (before the checkpoint)."""
+        from ignite.engine import Events
+
+        if world_size() == 1:
+            return
+        self._terminate = trainer.terminate
+        trainer.terminate = self._ask  # type: ignore[method-assign,assignment]
+        self.request.shared = True
+        self.request.terminate = self._terminate
+        trainer.add_event_handler(Events.STARTED, self)
+
+    def _ask(self) -> None:
+        self.pending = True
 
     def __call__(self, trainer: Engine) -> None:
         import ignite.distributed as idist
         import torch
 
-        if world_size() == 1:
+        if self._terminate is None:
             return
         signum = self.request.signum or 0
-        mine = torch.tensor([float(trainer.should_terminate), float(signum)], dtype=torch.float64)
-        agreed = cast(torch.Tensor, idist.all_reduce(mine, op="MAX"))
+        mine = torch.tensor([float(self.pending), float(signum)], dtype=torch.float64)
+        agreed = cast(torch.Tensor, idist.all_reduce(mine, op="MAX")).tolist()
         if agreed[0] > 0:
-            trainer.terminate()
-        if agreed[1] > 0 and self.request.signum is None:
-            self.request.signum = int(agreed[1])
+            self._terminate()
+        if agreed[1] > 0:
+            self.request.agreed = int(agreed[1])
+            if self.request.signum is None:
+                self.request.signum = int(agreed[1])
 
 
 def local_rank() -> int:

@@ -109,6 +109,7 @@ def create_trainer(
     optimizer: torch.optim.Optimizer,
     device: torch.device,
     prepare_batch: PrepareBatch,
+    batch_share: Callable[[Engine, int], float] | None = None,
 ) -> Engine:
     """The training engine: one optimizer step per batch on cross-entropy.
 
@@ -117,6 +118,12 @@ def create_trainer(
     output (``trainer.state.output``) is the batch loss, a tensor on the device. After each epoch
     ``trainer.state.metrics`` holds ``train_loss`` (the mean of the batch losses) and
     ``train_accuracy`` (see :class:`EpochLoss`).
+
+    In a data-parallel run, ``batch_share(engine, n)`` is the share of the whole batch that this
+    process's ``n`` images are: the loss is weighted so that the gradients that
+    ``DistributedDataParallel`` averages across the ``P`` processes add up to the whole batch's
+    mean, even when its last batch does not split evenly (``P * share`` is 1 when it does, and the
+    loss is left as it is).
     """
     stats = EpochLoss(device)
 
@@ -124,12 +131,18 @@ def create_trainer(
         x, y = prepare_batch(batch, device, True)
         logits = model(x)
         loss = F.cross_entropy(logits, y)
+        part, step_loss = loss, loss
+        if batch_share is not None:  # a data-parallel run
+            share = batch_share(engine, len(y))
+            part = loss * share  # this process's part of the whole batch's mean loss
+            scale = share * idist.get_world_size()
+            if abs(scale - 1.0) > 1e-12:  # an uneven last batch
+                step_loss = loss * scale
         optimizer.zero_grad()
-        loss.backward()
+        step_loss.backward()
         optimizer.step()
-        loss = loss.detach()
-        stats.record(loss, logits.detach().argmax(1).eq_(y).sum(), len(y))
-        return loss
+        stats.record(part.detach(), logits.detach().argmax(1).eq_(y).sum(), len(y))
+        return loss.detach()
 
     trainer = Engine(train_step)
     trainer.register_events(*RunEvents)
@@ -156,7 +169,8 @@ def create_evaluator(
 class EpochLoss:
     """The epoch's train loss and accuracy, and a stop when the loss becomes NaN or infinite.
 
-    The training step records each batch's loss and count of correct predictions, as tensors
+    The training step records each batch's loss (in a data-parallel run, its share of the whole
+    batch's mean loss, summed across the processes here) and count of correct predictions, as tensors
     left on the device: no host synchronisation and no per-step event handler. When the epoch
     completes, before validation or any handler, ``trainer.state.metrics`` gets ``train_loss``
     (the mean batch loss) and ``train_accuracy``, over every process of a data-parallel run; if a
@@ -190,14 +204,14 @@ class EpochLoss:
         totals = torch.stack(
             [
                 losses.double().sum(),
-                torch.tensor(float(len(losses)), dtype=torch.float64, device=losses.device),
                 correct.double().sum(),
                 torch.tensor(float(self.samples), dtype=torch.float64, device=losses.device),
             ]
         )
         if idist.get_world_size() > 1:
             totals = cast(torch.Tensor, idist.all_reduce(totals))  # every process then decides the same
-        loss_sum, batches, right, samples = totals.tolist()
+        loss_sum, right, samples = totals.tolist()
+        batches = float(len(losses))  # as many in every process
         if not math.isfinite(loss_sum):
             finite = torch.isfinite(losses)
             if bool(finite.all()):  # another process saw it first

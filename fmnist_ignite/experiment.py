@@ -270,7 +270,9 @@ class Experiment:
         # Last at EPOCH_COMPLETED, so the checkpoint holds every handler's update for the epoch,
         # including handlers attached in Python after build_experiment.
         if not self._last_steps_attached:
-            self.trainer.add_event_handler(Events.EPOCH_COMPLETED, distributed.EpochConsensus(self.stop_request))
+            consensus = distributed.EpochConsensus(self.stop_request)
+            consensus.attach(self.trainer)
+            self.trainer.add_event_handler(Events.EPOCH_COMPLETED, consensus)
             self.trainer.add_event_handler(Events.EPOCH_COMPLETED, self.status)
             self.trainer.add_event_handler(Events.EPOCH_COMPLETED, self.checkpointer)
             self.trainer.add_event_handler(Events.EPOCH_COMPLETED, self.stop_request.stop_if_asked)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
 
@@ -33,10 +33,18 @@ class Interrupted(FmnistIgniteError):
 
 
 class StopRequest:
-    """Remembers the first stop signal; a second one raises :class:`Interrupted` at once."""
+    """Remembers the first stop signal; a second one raises :class:`Interrupted` at once.
+
+    In a data-parallel run (``shared``), training stops on the signal the processes agreed on
+    (``agreed``, see :class:`~fmnist_ignite.distributed.EpochConsensus`), not on one that reached
+    this process alone after they agreed: that one waits for the next epoch's agreement.
+    """
 
     def __init__(self) -> None:
         self.signum: int | None = None
+        self.shared = False
+        self.agreed: int | None = None
+        self.terminate: Callable[[], None] | None = None  # the trainer's own, where EpochConsensus defers it
 
     def __call__(self, signum: int, frame: FrameType | None) -> None:
         name = signal.Signals(signum).name
@@ -47,8 +55,8 @@ class StopRequest:
 
     def stop_if_asked(self, trainer: Engine) -> None:
         """Trainer handler, last at EPOCH_COMPLETED: end training once the epoch is saved."""
-        if self.signum is not None:
-            trainer.terminate()
+        if (self.agreed if self.shared else self.signum) is not None:
+            (self.terminate or trainer.terminate)()
 
 
 @contextmanager

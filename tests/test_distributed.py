@@ -15,6 +15,8 @@ from .conftest import BASE, REPO, run_cli, small_overrides, values
 from .test_faults import handler_entry, wait_for
 
 GLOO = ["distributed.backend=gloo", "distributed.nproc_per_node=2"]
+# 501 training images in batches of 32: the last batch, 21 images, splits unevenly (11 + 10).
+UNEVEN = ["early_stopping.enabled=false", "data.val_size=99"]
 
 
 def read_history(run: Path) -> list[dict]:
@@ -25,7 +27,7 @@ def read_history(run: Path) -> list[dict]:
 def runs(tmp_path_factory: pytest.TempPathFactory, system_dir: Path) -> dict[str, subprocess.CompletedProcess[str]]:
     """The small config (4 epochs, early stopping off) trained in one process and in two."""
     tmp = tmp_path_factory.mktemp("parallel")
-    small = [*small_overrides(tmp, system_dir), "early_stopping.enabled=false"]
+    small = [*small_overrides(tmp, system_dir), *UNEVEN]
     return {
         "one": run_cli(BASE, *small, "name=one"),
         "two": run_cli(BASE, *small, *GLOO, "name=two"),
@@ -46,8 +48,9 @@ def test_two_processes_train_as_one_would_and_rank_0_alone_writes_and_prints(
     assert sum(line.startswith("Test (") for line in lines) == 1
     assert two.stderr == "", "the other process prints nothing, and the launcher says nothing"
 
-    # Each process takes half of every batch of the one seeded order, and the gradients are
-    # averaged: the run is the single-process run, up to the order of floating-point sums.
+    # Each process takes its part of every batch of the one seeded order, and the gradients add
+    # up to the batch's mean, the uneven last batch included: the run is the single-process run,
+    # up to the order of floating-point sums.
     single = read_history(run.parent / "one")
     double = read_history(run)
     for a, b in zip(single, double, strict=True):
@@ -67,7 +70,7 @@ def test_two_processes_train_as_one_would_and_rank_0_alone_writes_and_prints(
 def test_kill_9_of_every_process_then_resume_gives_the_uninterrupted_history(
     tmp_path: Path, system_dir: Path, runs: dict[str, subprocess.CompletedProcess[str]]
 ) -> None:
-    small = [*small_overrides(tmp_path, system_dir), "early_stopping.enabled=false", "name=two"]
+    small = [*small_overrides(tmp_path, system_dir), *UNEVEN, "name=two"]
     marker = tmp_path / "frozen"
     stall = handler_entry("Stall", "EPOCH_COMPLETED", f"where: train, epoch: 2, marker: '{marker}'")
     process = subprocess.Popen(
@@ -92,10 +95,14 @@ def test_kill_9_of_every_process_then_resume_gives_the_uninterrupted_history(
     assert values(read_history(run)) == values(read_history(reference))
 
 
-def test_a_stop_on_one_process_stops_them_all_after_the_same_epoch(tmp_path: Path, system_dir: Path) -> None:
-    # A handler that ends training on rank 1 only (as early stopping would on a metric of its own):
-    # rank 0 must not train a third epoch alone and wait for rank 1 for ever.
-    stop = handler_entry("TerminateOnRank", "EPOCH_COMPLETED", "rank: 1, epoch: 2")
+@pytest.mark.parametrize("event", ["EPOCH_COMPLETED", "ITERATION_COMPLETED"])
+def test_a_stop_on_one_process_stops_them_all_after_the_same_epoch(
+    tmp_path: Path, system_dir: Path, event: str
+) -> None:
+    # A handler that ends training on rank 1 only (as early stopping would on a metric of its own),
+    # at the end of an epoch or in the middle of one: rank 0 must not go on alone and wait for
+    # rank 1 for ever, and rank 1 must not skip the epoch's end that rank 0 reaches.
+    stop = handler_entry("TerminateOnRank", event, "rank: 1, epoch: 2")
     result = run_cli(BASE, *small_overrides(tmp_path, system_dir), *GLOO, stop, timeout=120)
     assert result.returncode == 0, result.stderr
     run = tmp_path / "runs" / "small"
@@ -125,6 +132,11 @@ def test_a_signal_to_one_process_stops_them_all_with_its_exit_code(tmp_path: Pat
             "shared by all of them); use data.batch_size=32 or 34",
         ),
         (
+            ["data.val_size=1"],
+            "error: data.val_size has 1 image(s), fewer than the 2 processes that share its evaluation; "
+            "use at least 2, or fewer processes",
+        ),
+        (
             ["distributed.backend=nccl"],
             "error: distributed.backend=nccl needs CUDA GPUs, which this machine lacks; use distributed.backend=gloo",
         ),
@@ -144,10 +156,19 @@ def test_settings_the_processes_cannot_run_exit_2_and_write_nothing(
     assert not (tmp_path / "runs").exists()
 
 
+def test_resuming_a_finished_run_is_refused_before_any_process_starts(
+    runs: dict[str, subprocess.CompletedProcess[str]],
+) -> None:
+    run = Path(str(runs["root"])) / "runs" / "two"
+    result = run_cli("--resume", str(run))
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"error: the run in {run} has finished (metrics.json exists); ")
+
+
 def test_under_torchrun_the_processes_are_torchruns(
     tmp_path: Path, system_dir: Path, runs: dict[str, subprocess.CompletedProcess[str]]
 ) -> None:
-    small = [*small_overrides(tmp_path, system_dir), "early_stopping.enabled=false", "name=two"]
+    small = [*small_overrides(tmp_path, system_dir), *UNEVEN, "name=two"]
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2"]
     result = subprocess.run(
         [*torchrun, "-m", "fmnist_ignite", BASE, *small, "distributed.backend=gloo"],

@@ -71,7 +71,7 @@ class EarlyStopping(IgniteEarlyStopping):
 
     def __call__(self, engine: Engine) -> None:
         super().__call__(engine)
-        if self.trainer.should_terminate:
+        if self.counter >= self.patience:  # it asked the trainer to stop (at once, or with the other processes)
             record.info(
                 "Early stopping after epoch %d: %s has not improved for %d epochs (best %.4f at epoch %d)",
                 self.trainer.state.epoch,
