@@ -76,7 +76,7 @@ def timed(command: list[str], cwd: Path, threads: int | None) -> tuple[Run, str]
         stdout, stderr = out.read(), err.read()
     if process.returncode:
         raise SystemExit(f"{' '.join(command)} failed (exit code {process.returncode}):\n{stderr[-3000:]}")
-    phases = {name: float(seconds) for name, seconds in TIMING.findall(stderr)}
+    phases = {name: float(seconds) for name, seconds in TIMING.findall(stdout + stderr)}  # -v's lines
     missing = [p for p in PHASES[1:] if p not in phases]
     if missing:
         raise SystemExit(f"{' '.join(command)} logged no timing for {', '.join(missing)}:\n{stderr[-3000:]}")
