@@ -70,6 +70,7 @@ def _build(config: Config, rundir: RunDir, data: ImageData | None, initialize: b
     processes = distributed.world_size()
     if processes > 1:
         distributed.check_batch(config.data.batch_size, processes)
+        config = record_processes(config, initialize)
         if device.type == "cuda":
             device = torch.device("cuda", distributed.local_rank())
     if data is None:
@@ -151,6 +152,24 @@ def _build(config: Config, rundir: RunDir, data: ImageData | None, initialize: b
     experiment = Experiment(config, context, data, loaders, handlers, checkpointer)
     experiment.initial_weights = initial_weights
     return experiment
+
+
+def record_processes(config: Config, new_run: bool) -> Config:
+    """A new data-parallel run records how many processes it has on this machine (``torchrun``'s or its own);
+    a resumed one must have as many as it had.
+
+    Raises:
+        ConfigError: a resume with another number of processes (it would not continue exactly).
+    """
+    here, saved = distributed.processes_here(), config.distributed.nproc_per_node
+    if saved == here:
+        return config
+    if not new_run:
+        raise ConfigError(
+            f"this run trained in {saved} processes per machine and is resumed in {here}: it would not continue "
+            f"exactly; resume it with {saved} (torchrun --nproc_per_node {saved})"
+        )
+    return config.model_copy(update={"distributed": config.distributed.model_copy(update={"nproc_per_node": here})})
 
 
 def batch_share(n_train: int, batch_size: int) -> Callable[[Engine, int], float]:

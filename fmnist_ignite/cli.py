@@ -102,13 +102,13 @@ def _train(args: argparse.Namespace) -> int:
         if args.print_config:
             sys.stdout.write(config.to_yaml())
             return 0
-        from .distributed import check_batch, check_launch, launched_by_torchrun
+        from .distributed import check_batch, check_launch, launched_by_torchrun, processes_to_start
 
         launch = config.distributed.backend is not None and not _in_parallel_context()
         if launch:
             check_launch(config.distributed)
             if not launched_by_torchrun():
-                check_batch(config.data.batch_size, config.distributed.nproc_per_node)
+                check_batch(config.data.batch_size, processes_to_start(config.distributed))
             if args.resume:
                 refuse_if_finished(RunDir(args.resume), config, changes)  # before starting the processes
         elif launched_by_torchrun() and config.distributed.backend is None and int(os.environ["WORLD_SIZE"]) > 1:
@@ -454,6 +454,7 @@ def setup_logging(verbosity: int, lines: Literal["stdout", "stderr"] = "stdout")
     outcome = min(level, logging.INFO)
     if _rank() > 0:
         level = outcome = logging.WARNING
+        logging.getLogger("fmnist_ignite.interrupt").setLevel(logging.ERROR)  # rank 0 says it
     logging.getLogger("fmnist_ignite").setLevel(level)
     logging.getLogger("fmnist_ignite.run.outcome").setLevel(outcome)
     logging.getLogger("ignite").setLevel(logging.INFO if verbosity > 0 and level < logging.WARNING else logging.WARNING)
@@ -547,8 +548,12 @@ def _run_command(args: argparse.Namespace, verbosity: int) -> int:
 
 
 def _rank() -> int:
-    """This process's rank in a data-parallel run started by this package (0 otherwise)."""
-    return int(os.environ.get(RANK_VARIABLE, "0"))
+    """This process's rank in a data-parallel run, started by this package or by torchrun (0 otherwise)."""
+    if RANK_VARIABLE in os.environ:
+        return int(os.environ[RANK_VARIABLE])
+    from .distributed import launched_by_torchrun
+
+    return int(os.environ["RANK"]) if launched_by_torchrun() else 0
 
 
 def _rank_prefix() -> str:

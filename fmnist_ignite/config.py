@@ -129,7 +129,12 @@ class DataConfig(_Section):
     val_size: int = Field(
         10000, ge=1, description="Training images held out, by a seeded random split, for validation."
     )
-    batch_size: int = Field(128, ge=1, description="Training batch size.")
+    batch_size: int = Field(
+        128,
+        ge=1,
+        description="Training batch size; in a data-parallel run the effective batch, split evenly between the "
+        "processes.",
+    )
     eval_batch_size: int = Field(1000, ge=1, description="Batch size for validation and test evaluation.")
     loader: Literal["tensor", "dataloader"] = Field(
         "tensor",
@@ -254,23 +259,35 @@ class MonitorConfig(_Section):
 
 
 class DistributedConfig(_Section):
-    """Data-parallel training on `ignite.distributed` (off by default).
+    """Data-parallel training on `ignite.distributed` (off by default); see the docs' "Data-parallel training".
 
-    The same experiment runs in `nproc_per_node` processes: each trains on its share of every
-    batch, the gradients are averaged across processes (`DistributedDataParallel`), and the
-    metrics are reduced across them. `data.batch_size` stays the *effective* batch (it is split
-    between the processes), so the learning rate that suits one process suits any number of them.
-    The first process (rank 0) alone writes the run directory and prints. Under `torchrun` the
-    processes come from `torchrun` and `nproc_per_node` is not used.
+    The same experiment runs in several processes: each trains on its share of every batch, the
+    gradients are averaged across processes (`DistributedDataParallel`), and the metrics are
+    reduced across them. `data.batch_size` stays the *effective* batch (it is split between the
+    processes, so it must split evenly), and the learning rate that suits one process suits any
+    number of them. The first process (rank 0) alone writes the run directory and prints.
     """
 
     backend: Literal["gloo", "nccl"] | None = Field(
         None,
         description="`gloo` (CPUs, any machine) or `nccl` (CUDA GPUs); `null` (the default) trains in this process.",
     )
-    nproc_per_node: int = Field(
-        2, ge=1, le=64, description="Processes to start on this machine (one per GPU with `nccl`)."
+    nproc_per_node: int | None = Field(
+        None,
+        ge=1,
+        le=64,
+        description="Processes to start on this machine; `null`: one per GPU with `nccl`, 2 with `gloo`. "
+        "Needs `backend`. Under `torchrun`, `torchrun`'s `--nproc_per_node` decides, and the run records it here.",
     )
+
+    @model_validator(mode="after")
+    def _needs_a_backend(self) -> DistributedConfig:
+        if self.nproc_per_node is not None and self.backend is None:
+            raise ValueError(
+                f"nproc_per_node={self.nproc_per_node} needs a backend: "
+                "set distributed.backend=gloo (CPUs) or nccl (GPUs)"
+            )
+        return self
 
 
 class CheckpointConfig(_Section):
@@ -460,9 +477,11 @@ def load_config(source: str | Path | Mapping[str, Any] | None = None, overrides:
     else:
         where = str(source)
         data = read_yaml(Path(source))
+    overridden = []
     for item in overrides:
         _apply_override(data, item)
-    return validate_config(data, where)
+        overridden.append(item.partition("=")[0].strip())
+    return validate_config(data, where, overridden if where != "config" else ())
 
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -505,12 +524,29 @@ def resume_changes(saved: Config, overrides: Iterable[str]) -> tuple[Config, dic
     return config, changes
 
 
-def validate_config(data: Mapping[str, Any], where: str = "config") -> Config:
-    """Validate plain data against the schema, turning every problem into one :class:`ConfigError`."""
+def validate_config(data: Mapping[str, Any], where: str = "config", overridden: Iterable[str] = ()) -> Config:
+    """Validate plain data against the schema, turning every problem into one :class:`ConfigError`.
+
+    ``where`` names the source (a file); when every problem is in a key that ``overridden`` names
+    (``key=value`` overrides), the message blames the overrides instead of the file.
+    """
     try:
         return Config.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(f"{where}: " + "; ".join(_describe(e) for e in err.errors())) from None
+        errors = err.errors()
+        keys = tuple(overridden)
+        if keys and all(_from_overrides(_error_path(e), keys) for e in errors):
+            where = "the overrides (key=value)"
+        raise ConfigError(f"{where}: " + "; ".join(_describe(e) for e in errors)) from None
+
+
+def _from_overrides(path: str, keys: tuple[str, ...]) -> bool:
+    """Whether a problem at ``path`` is in (or around) a key the overrides set."""
+    return bool(path) and any(path.startswith(key) or key.startswith(path + ".") for key in keys)
+
+
+def _error_path(error: Any) -> str:
+    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error["loc"]).lstrip(".")
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
@@ -593,7 +629,7 @@ def _index(node: list[Any], part: str, path: str, item: str) -> int:
 
 def _describe(error: Any) -> str:
     loc = error["loc"]
-    path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".") or "config"
+    path = _error_path(error) or "config"
     if error["type"] == "extra_forbidden":
         known = _fields_at(loc[:-1])
         hint = difflib.get_close_matches(str(loc[-1]), known, n=1)

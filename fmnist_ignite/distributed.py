@@ -68,6 +68,22 @@ def launched_by_torchrun() -> bool:
     return all(name in os.environ for name in TORCHRUN_VARIABLES)
 
 
+def processes_to_start(config: DistributedConfig) -> int:
+    """``nproc_per_node``, or its default: one process per GPU with ``nccl``, 2 with ``gloo``."""
+    if config.nproc_per_node is not None:
+        return config.nproc_per_node
+    if config.backend == "nccl":
+        import torch
+
+        return max(1, torch.cuda.device_count())
+    return 2
+
+
+def processes_here() -> int:
+    """How many processes of the run this machine has (``torchrun``'s ``LOCAL_WORLD_SIZE``, else all of them)."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", world_size()))
+
+
 def check_launch(config: DistributedConfig) -> None:
     """Refuse a backend this machine cannot run.
 
@@ -82,7 +98,7 @@ def check_launch(config: DistributedConfig) -> None:
                 "distributed.backend=nccl needs CUDA GPUs, which this machine lacks; use distributed.backend=gloo"
             )
         gpus = torch.cuda.device_count()
-        if not launched_by_torchrun() and config.nproc_per_node > gpus:
+        if not launched_by_torchrun() and processes_to_start(config) > gpus:
             raise ConfigError(
                 f"distributed.nproc_per_node={config.nproc_per_node} with nccl needs one GPU per process; "
                 f"this machine has {gpus}"
@@ -126,11 +142,12 @@ def run_in_processes(config: DistributedConfig, command: Callable[[Sequence[str]
 
     # Each process's exit code. They all return normally, even on errors: a process that exits with
     # an error makes torch.multiprocessing terminate the others at once, rank 0 perhaps mid-write.
-    codes = multiprocessing.get_context("spawn").Array("i", [-1] * config.nproc_per_node)
+    processes = processes_to_start(config)
+    codes = multiprocessing.get_context("spawn").Array("i", [-1] * processes)
     with _signals_passed_on():
         try:
             with _quiet_launcher(
-                backend=config.backend, nproc_per_node=config.nproc_per_node, master_port=_free_port()
+                backend=config.backend, nproc_per_node=processes, master_port=_free_port()
             ) as parallel:
                 parallel.run(_run_spawned, command, list(argv), codes)
         except (ProcessExitedException, ProcessRaisedException) as err:  # killed, or crashed outside main()

@@ -281,7 +281,13 @@ class Experiment:
     def _log_start(self) -> None:
         taken = f" ({shown(self.rundir.requested)} exists already)" if self.rundir.path != self.rundir.requested else ""
         start = f"; initial weights from {shown(self.initial_weights)}" if self.initial_weights else ""
-        record.info("Run directory %s%s%s", shown(self.run_dir), taken, start)
+        record.info("Run directory %s%s%s%s", shown(self.run_dir), taken, start, self._parallel())
+
+    def _parallel(self) -> str:
+        processes = distributed.world_size()
+        if processes == 1:
+            return ""
+        return f"; data-parallel in {processes} processes ({self.config.distributed.backend})"
 
     def _restore(self) -> None:
         path = self.checkpointer.load_newest(self.context.device)
@@ -298,7 +304,9 @@ class Experiment:
             )
             seed_everything(self.config.seed)
         else:
-            record.info("Resuming %s from %s (epoch %d)%s", shown(self.run_dir), path.name, epoch, changed)
+            record.info(
+                "Resuming %s from %s (epoch %d)%s%s", shown(self.run_dir), path.name, epoch, changed, self._parallel()
+            )
         if self.writer:
             self.rundir.remove_temporary_files()  # after the line that names the run: they are never read
         if self.changes and self.writer:

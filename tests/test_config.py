@@ -72,6 +72,8 @@ def test_config_is_immutable() -> None:
         (["handlers=[{target: x:Y, every: 2, once: 3}]"], "event filters do not combine"),
         (["handlers=[{event: STARTED}]"], "'handlers[0].target' is required"),
         (["seed=1.5"], "'seed': Input should be a valid integer"),
+        (["distributed.nproc_per_node=3"], "nproc_per_node=3 needs a backend: set distributed.backend=gloo"),
+        (["distributed.backend=mpi"], "'distributed.backend': Input should be 'gloo' or 'nccl'"),
     ],
 )
 def test_bad_values_name_the_key_and_what_is_allowed(overrides: list[str], expected: str) -> None:
@@ -169,3 +171,16 @@ def test_any_yaml_value_gives_a_config_or_a_config_error(data: object) -> None:
         validate_config(data)
     except ConfigError as err:
         assert "\n" not in str(err)
+
+
+def test_a_bad_value_is_blamed_on_where_it_came_from(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(REPO / "configs" / "base.yaml", ["trainer.max_epochs=3", "distributed.backend=mpi"])
+    assert str(info.value) == (
+        "the overrides (key=value): 'distributed.backend': Input should be 'gloo' or 'nccl' (got 'mpi')"
+    )
+    path = tmp_path / "bad.yaml"
+    path.write_text("optimizer:\n  lr: -1\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, ["trainer.max_epochs=3"])
+    assert str(info.value).startswith(f"{path}: 'optimizer.lr'")

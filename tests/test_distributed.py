@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from .conftest import BASE, REPO, run_cli, small_overrides, values
 from .test_faults import handler_entry, wait_for
@@ -43,7 +44,7 @@ def test_two_processes_train_as_one_would_and_rank_0_alone_writes_and_prints(
     assert two.returncode == 0, two.stderr
     run = Path(str(runs["root"])) / "runs" / "two"
     lines = two.stdout.splitlines()
-    assert lines[0] == f"Run directory {run}"
+    assert lines[0] == f"Run directory {run}; data-parallel in 2 processes (gloo)"
     assert [line.split()[1] for line in lines if line.startswith("Epoch [")] == ["[1]", "[2]", "[3]", "[4]"]
     assert sum(line.startswith("Test (") for line in lines) == 1
     assert two.stderr == "", "the other process prints nothing, and the launcher says nothing"
@@ -90,7 +91,9 @@ def test_kill_9_of_every_process_then_resume_gives_the_uninterrupted_history(
 
     resumed = run_cli("--resume", str(run))
     assert resumed.returncode == 0, resumed.stderr
-    assert resumed.stdout.startswith(f"Resuming {run} from checkpoint_1.pt (epoch 1)\n")
+    assert resumed.stdout.startswith(
+        f"Resuming {run} from checkpoint_1.pt (epoch 1); data-parallel in 2 processes (gloo)\n"
+    )
     reference = Path(str(runs["root"])) / "runs" / "two"
     assert values(read_history(run)) == values(read_history(reference))
 
@@ -180,9 +183,11 @@ def test_under_torchrun_the_processes_are_torchruns(
     )
     assert result.returncode == 0, result.stderr
     run = tmp_path / "runs" / "two"
-    assert result.stdout.splitlines()[0] == f"Run directory {run}"
+    assert result.stdout.splitlines()[0] == f"Run directory {run}; data-parallel in 2 processes (gloo)"
     reference = Path(str(runs["root"])) / "runs" / "two"
     assert values(read_history(run)) == values(read_history(reference))
+    saved = yaml.safe_load((run / "config.yaml").read_text())["distributed"]
+    assert saved == {"backend": "gloo", "nproc_per_node": 2}, "torchrun's number of processes is recorded"
 
 
 def test_a_nan_loss_stops_every_process_with_one_message(tmp_path: Path, system_dir: Path) -> None:
