@@ -299,6 +299,11 @@ def test_tensorboard_runs_share_tags_hold_hparams_and_no_step_twice_after_a_resu
     }, "the metrics of the HPARAMS tab, written in the same run"
     assert results.Scalars("test_accuracy")[-1].value == pytest.approx(metrics["test_accuracy"])
     assert {"history", "confusion_matrix", "predictions"} <= set(results.Tags()["images"])
+    for name in ("history", "confusion_matrix", "predictions"):
+        picture = results.Images(name)[-1]
+        assert picture.encoded_image_string == (cfg.run_dir / f"{name}.png").read_bytes(), "the run's own PNG"
+        with Image.open(cfg.run_dir / f"{name}.png") as image:
+            assert (picture.width, picture.height) == image.size
 
 
 @pytest.fixture(scope="module")

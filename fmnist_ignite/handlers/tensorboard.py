@@ -96,9 +96,12 @@ class TensorBoard:
             writer.flush()
 
     def _log_results(self, engine: Engine) -> None:
-        """At the end of a run: the pictures, and the hyperparameters with the test metrics, in ``tb`` itself."""
-        import numpy as np
+        """At the end of a run: the pictures, and the hyperparameters with the test metrics, in ``tb`` itself.
+
+        The pictures go in as the PNG files the run wrote, byte for byte (not decoded and encoded again).
+        """
         from PIL import Image
+        from tensorboard.compat.proto.summary_pb2 import Summary
         from torch.utils.tensorboard import SummaryWriter
         from torch.utils.tensorboard.summary import hparams
 
@@ -111,11 +114,14 @@ class TensorBoard:
         step = engine.state.iteration
         # purge_step: a run that was stopped while writing these, then resumed, writes them once.
         with SummaryWriter(log_dir=str(self.context.rundir.tensorboard), purge_step=step) as writer:
-            for name, path in results["figures"].items():
-                with Image.open(path) as image:
-                    pixels = np.asarray(image.convert("RGB"))
-                writer.add_image(name, pixels, step, dataformats="HWC")
             assert writer.file_writer is not None
+            for name, path in results["figures"].items():
+                with Image.open(path) as image:  # reads the header only
+                    (width, height), channels = image.size, len(image.getbands())
+                picture = Summary.Image(
+                    height=height, width=width, colorspace=channels, encoded_image_string=path.read_bytes()
+                )
+                writer.file_writer.add_summary(Summary(value=[Summary.Value(tag=name, image=picture)]), step)
             for summary in hparams(values, metrics):
                 writer.file_writer.add_summary(summary, step)
             for key, value in metrics.items():
