@@ -202,7 +202,8 @@ def _run_rank(command: Callable[[Sequence[str]], int], argv: list[str]) -> int:
         import torch
 
         # The processes share this machine's cores (torchrun does the same with OMP_NUM_THREADS=1).
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size()))
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        torch.set_num_threads(max(1, cores // processes_here()))
     if rank() > 0:
         # Rank 0 prints and writes; the others only train (their warnings and errors still show).
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the life of the process
