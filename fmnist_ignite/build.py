@@ -74,7 +74,7 @@ def _build(config: Config, rundir: RunDir, data: ImageData | None, initialize: b
         if device.type == "cuda":
             device = torch.device("cuda", distributed.local_rank())
     if data is None:
-        # Rank 0 first: it may decode the data set into its cache, which the others then read.
+        # Rank 0 first: it may download or extract the data set into data.root, which the others then read.
         if not distributed.is_writer():
             distributed.barrier()
         data = load_data(config.data)

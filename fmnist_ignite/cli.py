@@ -475,7 +475,10 @@ def _logging_restored() -> Iterator[None]:
     """
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
-    named = [logging.getLogger(name) for name in ("fmnist_ignite", "fmnist_ignite.run.outcome", "ignite")]
+    named = [
+        logging.getLogger(name)
+        for name in ("fmnist_ignite", "fmnist_ignite.run.outcome", "fmnist_ignite.interrupt", "ignite")
+    ]
     levels = [logger.level for logger in named]
     engine = logging.getLogger("ignite.engine.engine.Engine")
     filters = engine.filters[:]

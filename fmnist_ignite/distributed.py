@@ -294,7 +294,6 @@ class EpochConsensus:
             return
         self._terminate = trainer.terminate
         trainer.terminate = self._ask  # type: ignore[method-assign,assignment]
-        self.request.shared = True
         self.request.terminate = self._terminate
         trainer.add_event_handler(Events.STARTED, self)
 

@@ -35,14 +35,14 @@ class Interrupted(FmnistIgniteError):
 class StopRequest:
     """Remembers the first stop signal; a second one raises :class:`Interrupted` at once.
 
-    In a data-parallel run (``shared``), training stops on the signal the processes agreed on
-    (``agreed``, see :class:`~fmnist_ignite.distributed.EpochConsensus`), not on one that reached
-    this process alone after they agreed: that one waits for the next epoch's agreement.
+    In a data-parallel run, :class:`~fmnist_ignite.distributed.EpochConsensus` takes over the
+    trainer's ``terminate`` (kept here) and training stops on the signal the processes agreed on
+    (``agreed``), not on one that reached this process alone after they agreed: that one waits
+    for the next epoch's agreement.
     """
 
     def __init__(self) -> None:
         self.signum: int | None = None
-        self.shared = False
         self.agreed: int | None = None
         self.terminate: Callable[[], None] | None = None  # the trainer's own, where EpochConsensus defers it
 
@@ -55,8 +55,11 @@ class StopRequest:
 
     def stop_if_asked(self, trainer: Engine) -> None:
         """Trainer handler, last at EPOCH_COMPLETED: end training once the epoch is saved."""
-        if (self.agreed if self.shared else self.signum) is not None:
-            (self.terminate or trainer.terminate)()
+        if self.terminate is None:  # one process
+            if self.signum is not None:
+                trainer.terminate()
+        elif self.agreed is not None:  # a data-parallel run: the agreed signal only
+            self.terminate()
 
 
 @contextmanager
