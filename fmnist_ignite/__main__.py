@@ -1,9 +1,9 @@
-"""``python -m fmnist_ignite``: see :mod:`fmnist_ignite.cli`."""
+"""``python -m fmnist_ignite``: see :mod:`fmnist_ignite.app.cli`."""
 
 import sys
 
 try:
-    from .cli import main_entry
+    from .app.cli import main_entry
 except KeyboardInterrupt:  # Ctrl-C while the libraries load
     print("error: interrupted (Ctrl-C)", file=sys.stderr)
     sys.exit(130)

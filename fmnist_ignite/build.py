@@ -15,7 +15,7 @@ import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import CosineAnnealingScheduler, LRScheduler
 
-from . import distributed
+from . import parallel
 from .checkpoint import Checkpointer
 from .config import Config, HandlerConfig, resume_changes
 from .context import Context
@@ -58,8 +58,8 @@ def build_experiment(config: Config, data: ImageData | None = None) -> Experimen
     """
     config = config.with_absolute_paths()
     requested = config.run_dir
-    name = RunDir.next_free(requested).path.name if distributed.is_writer() else ""
-    name = distributed.agree_on_name(name)  # in a data-parallel run, rank 0's choice
+    name = RunDir.next_free(requested).path.name if parallel.is_writer() else ""
+    name = parallel.agree_on_name(name)  # in a data-parallel run, rank 0's choice
     config = config.model_copy(update={"name": name})
     return _build(config, RunDir(config.run_dir, requested), data, initialize=True)
 
@@ -67,19 +67,19 @@ def build_experiment(config: Config, data: ImageData | None = None) -> Experimen
 def _build(config: Config, rundir: RunDir, data: ImageData | None, initialize: bool) -> Experiment:
     """Build the experiment of ``config`` writing to ``rundir``; ``initialize``: load ``init_from``'s weights."""
     device = resolve_device(config.device)
-    processes = distributed.world_size()
+    processes = parallel.world_size()
     if processes > 1:
-        distributed.check_batch(config.data.batch_size, processes)
+        parallel.check_batch(config.data.batch_size, processes)
         config = record_processes(config, initialize)
         if device.type == "cuda":
-            device = torch.device("cuda", distributed.local_rank())
+            device = torch.device("cuda", parallel.local_rank())
     if data is None:
         # Rank 0 first: it may download or extract the data set into data.root, which the others then read.
-        if not distributed.is_writer():
-            distributed.barrier()
+        if not parallel.is_writer():
+            parallel.barrier()
         data = load_data(config.data)
-        if distributed.is_writer():
-            distributed.barrier()
+        if parallel.is_writer():
+            parallel.barrier()
     if config.data.val_size >= len(data.train_labels):
         raise ConfigError(
             f"data.val_size={config.data.val_size} must be smaller than the {len(data.train_labels)} training images"
@@ -98,7 +98,7 @@ def _build(config: Config, rundir: RunDir, data: ImageData | None, initialize: b
     initial_weights = initialize_from(config, model) if initialize else None
     optimizer = make_optimizer(config, model)
     prepare_batch = make_prepare_batch(data.mean, data.std, config.data.normalize)
-    step_model = distributed.wrap_model(model, device)
+    step_model = parallel.wrap_model(model, device)
     if config.trainer.compile:
         example, _ = prepare_batch((data.train_images[: config.data.batch_size], data.train_labels[:1]), device, False)
         step_model = compile_for_training(step_model, example)
@@ -117,7 +117,7 @@ def _build(config: Config, rundir: RunDir, data: ImageData | None, initialize: b
     }
     scheduler = attach_scheduler(config, optimizer, trainer, len(loaders["train"]))
 
-    writer = distributed.is_writer()  # in a data-parallel run, rank 0 alone writes
+    writer = parallel.is_writer()  # in a data-parallel run, rank 0 alone writes
     history = History(rundir, trainer, evaluator, optimizer, write=writer)
     monitor = Monitor(model, config.monitor.metric, config.monitor.direction)
     # The run's own steps at each epoch, before any handler: data order, validation, record, best.
@@ -350,7 +350,7 @@ def make_loader(
     """
     data = config.data
     batch_size = data.batch_size if train else data.eval_batch_size
-    shard = Shard(distributed.rank(), distributed.world_size())
+    shard = Shard(parallel.rank(), parallel.world_size())
     if data.loader == "dataloader":
         return EpochDataLoader(
             images,

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from ignite.engine import Engine, Events
 
-from . import distributed
+from . import parallel
 from .checkpoint import Checkpointer
 from .config import Config, HandlerConfig
 from .context import Context
@@ -246,7 +246,7 @@ class Experiment:
         if self.writer:
             self.config = self.context.config = self.rundir.create(self.config)
             atomic_write_json(self.rundir.data, self.input_description())
-        name = distributed.agree_on_name(self.config.name)  # waits for rank 0 in a data-parallel run
+        name = parallel.agree_on_name(self.config.name)  # waits for rank 0 in a data-parallel run
         if name != self.config.name:
             self.rundir.path = self.rundir.path.with_name(name)
             self.config = self.context.config = self.config.model_copy(update={"name": name})
@@ -270,7 +270,7 @@ class Experiment:
         # Last at EPOCH_COMPLETED, so the checkpoint holds every handler's update for the epoch,
         # including handlers attached in Python after build_experiment.
         if not self._last_steps_attached:
-            consensus = distributed.EpochConsensus(self.stop_request)
+            consensus = parallel.EpochConsensus(self.stop_request)
             consensus.attach(self.trainer)
             self.trainer.add_event_handler(Events.EPOCH_COMPLETED, consensus)
             self.trainer.add_event_handler(Events.EPOCH_COMPLETED, self.status)
@@ -284,7 +284,7 @@ class Experiment:
         record.info("Run directory %s%s%s%s", shown(self.run_dir), taken, start, self._parallel())
 
     def _parallel(self) -> str:
-        processes = distributed.world_size()
+        processes = parallel.world_size()
         if processes == 1:
             return ""
         return f"; data-parallel in {processes} processes ({self.config.distributed.backend})"

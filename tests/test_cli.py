@@ -241,7 +241,7 @@ def test_main_in_a_program_leaves_its_logging_as_it_was(tmp_path: Path, small: l
     # main() called from a notebook or a test must not go on printing that program's log lines.
     import logging
 
-    from fmnist_ignite.cli import main
+    from fmnist_ignite.app.cli import main
 
     root, ours = logging.getLogger(), logging.getLogger("fmnist_ignite")
     before = (root.handlers[:], root.level, ours.level, logging.getLogger("ignite.engine.engine.Engine").filters[:])

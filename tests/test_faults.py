@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fmnist_ignite import CheckpointError, Config, TrainingError, build_experiment, resume_experiment
-from fmnist_ignite.cli import main
+from fmnist_ignite.app.cli import main
 from fmnist_ignite.fileio import safe_torch_load
 
 from . import plugins

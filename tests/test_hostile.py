@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from fmnist_ignite import Config, ConfigError, DataError, build_experiment, load_config
-from fmnist_ignite.cli import main
+from fmnist_ignite.app.cli import main
 from fmnist_ignite.data import load_data
 from fmnist_ignite.images import open_image
 from fmnist_ignite.inspect_runs import predict_images

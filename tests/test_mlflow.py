@@ -16,7 +16,7 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
 from fmnist_ignite import Config, Context, build_experiment, resume_experiment
-from fmnist_ignite.cli import main
+from fmnist_ignite.app.cli import main
 
 from . import plugins
 from .conftest import BASE, small_overrides

@@ -25,7 +25,7 @@ from fmnist_ignite import (
     predict_images,
     resume_experiment,
 )
-from fmnist_ignite.cli import main
+from fmnist_ignite.app.cli import main
 from fmnist_ignite.data import load_data
 
 from .conftest import BASE, REPO, idx_images, idx_labels, run_cli, small_overrides, synthetic_images
@@ -417,7 +417,7 @@ def test_compare_shows_readable_differences_and_tells_same_named_runs_apart(
 
 def test_small_things_for_people(tmp_path: Path, cli: Callable[..., CLI], monkeypatch: pytest.MonkeyPatch) -> None:
     from fmnist_ignite import HANDLERS
-    from fmnist_ignite.cli import build_parser
+    from fmnist_ignite.app.cli import build_parser
 
     code, out, _ = cli("--print-config")
     assert code == 0 and yaml.safe_load(out) == Config().to_dict()

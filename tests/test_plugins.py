@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from fmnist_ignite import HANDLERS, ConfigError, Registry
-from fmnist_ignite.cli import plugin_listing
+from fmnist_ignite.app.cli import plugin_listing
 from fmnist_ignite.fileio import safe_torch_load
 
 from .conftest import REPO, run_cli

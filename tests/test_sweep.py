@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from fmnist_ignite import compare_runs, reports
-from fmnist_ignite.cli import main
+from fmnist_ignite.app.cli import main
 from fmnist_ignite.sweep import parse_arguments, trial_name
 
 from .conftest import BASE, REPO, small_overrides

@@ -161,7 +161,7 @@ class CliHelp(SphinxDirective):
     """``.. cli-help::`` renders ``python -m fmnist_ignite --help``."""
 
     def run(self) -> list[nodes.Node]:
-        from fmnist_ignite.cli import build_parser
+        from fmnist_ignite.app.cli import build_parser
 
         text = build_parser().format_help()
         return [nodes.literal_block(text, text, language="text")]
