@@ -33,6 +33,7 @@ ENGINE_EVENTS = sorted(e.name for e in Events if not e.name.startswith(("GET_BAT
 MAX_CONFIG_BYTES = 2**20
 MAX_YAML_DEPTH = 100
 MAX_YAML_VALUES = 100_000
+OVERRIDE_KEY = re.compile(r"[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*")
 
 
 class _Refused(yaml.MarkedYAMLError):
@@ -499,6 +500,17 @@ def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix.rstrip("."): tree}
 
 
+def differences(before: Mapping[str, Any], after: Mapping[str, Any]) -> dict[str, Any]:
+    """The settings (flattened keys, see :func:`flatten`) whose values differ, with ``after``'s value.
+
+    Example:
+        >>> differences({"optimizer": {"lr": 0.1, "momentum": 0.9}}, {"optimizer": {"lr": 0.2, "momentum": 0.9}})
+        {'optimizer.lr': 0.2}
+    """
+    a, b = flatten(before), flatten(after)
+    return {k: b.get(k) for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)}
+
+
 def resume_changes(saved: Config, overrides: Iterable[str]) -> tuple[Config, dict[str, Any]]:
     """Apply ``key=value`` overrides to a run's saved config, allowing only what a resume may change.
 
@@ -510,8 +522,7 @@ def resume_changes(saved: Config, overrides: Iterable[str]) -> tuple[Config, dic
             exact continuation; the message lists what may change.
     """
     config = load_config(saved.to_dict(), overrides)
-    before, after = flatten(saved.to_dict()), flatten(config.to_dict())
-    changes = {k: after.get(k) for k in sorted(before.keys() | after.keys()) if before.get(k) != after.get(k)}
+    changes = differences(saved.to_dict(), config.to_dict())
     refused = [k for k in changes if not k.startswith(CHANGEABLE_ON_RESUME)]
     if refused:
         *first, last = (k + "*" if k.endswith(".") else k for k in CHANGEABLE_ON_RESUME)
@@ -585,19 +596,42 @@ def _copy_tree(value: Any) -> Any:
     return value
 
 
-def _apply_override(data: dict[str, Any], item: str) -> None:
+def split_override(item: str) -> tuple[str, str]:
+    """The key and the value's text of a ``key.sub=value`` override (the grammar of the command line and sweeps).
+
+    Raises:
+        ConfigError: the item is not ``key.sub=value``, or its key is nested too deep.
+
+    Example:
+        >>> split_override("optimizer.lr=0.1,0.2")
+        ('optimizer.lr', '0.1,0.2')
+    """
     key, sep, text = item.partition("=")
-    if not sep or not key or not re.fullmatch(r"[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*", key):
+    if not sep or not key or not OVERRIDE_KEY.fullmatch(key):
         raise ConfigError(f"override {item!r} must look like key.sub=value (e.g. optimizer.lr=0.1)")
-    parts = key.split(".")
-    if len(parts) > MAX_YAML_DEPTH:
+    if key.count(".") >= MAX_YAML_DEPTH:
         raise ConfigError(f"override of {key[:40]!r}...: keys nested more than {MAX_YAML_DEPTH} levels deep")
+    return key, text
+
+
+def parse_value(text: str, item: str) -> Any:
+    """An override's value: its text read as YAML (empty text is null), within the loader's limits.
+
+    Raises:
+        ConfigError: naming the override ``item``, when the text is not valid YAML or too large.
+    """
     try:
-        value = _parse_yaml(text) if text else None
+        return _parse_yaml(text) if text else None
     except _Refused as err:
-        raise ConfigError(f"override of {key!r}: {err.problem}") from None
+        raise ConfigError(f"override of {item.partition('=')[0]!r}: {err.problem}") from None
     except yaml.YAMLError:
         raise ConfigError(f"override {item!r}: the value {text!r} is not valid YAML; quote it") from None
+
+
+def _apply_override(data: dict[str, Any], item: str) -> None:
+    key, text = split_override(item)
+    parts = key.split(".")
+    value = parse_value(text, item)
     node: Any = data
     for depth, part in enumerate(parts[:-1]):
         node = _child(node, part, ".".join(parts[: depth + 1]), item)
