@@ -1,6 +1,13 @@
 """fmnist_ignite: train and evaluate a logistic-regression classifier on Fashion-MNIST with PyTorch Ignite.
 
-The whole workflow in three calls::
+Train as the command line does (``python -m fmnist_ignite configs/base.yaml optimizer.lr=0.05``)::
+
+    import fmnist_ignite
+
+    run = fmnist_ignite.train("configs/base.yaml", "optimizer.lr=0.05")
+    run.dir, run.history[-1], run.metrics["test_accuracy"]
+
+or build the experiment, attach handlers of your own, and run it::
 
     from fmnist_ignite import build_experiment, load_config
 
@@ -29,6 +36,7 @@ _WHERE = {
     "ExportError": "errors",
     "FmnistIgniteError": "errors",
     "RunDirError": "errors",
+    "RunError": "errors",
     "TrainingError": "errors",
     "Config": "config",
     "load_config": "config",
@@ -50,6 +58,8 @@ _WHERE = {
     "SweepDir": "rundir",
     "SweepError": "errors",
     "run_sweep": "sweep",
+    "RunResult": "app.launch",
+    "train": "app.launch",
 }
 
 __all__ = [
@@ -70,7 +80,9 @@ __all__ = [
     "Registry",
     "RunDir",
     "RunDirError",
+    "RunError",
     "RunEvents",
+    "RunResult",
     "SweepDir",
     "SweepError",
     "TrainedModel",
@@ -85,6 +97,7 @@ __all__ = [
     "predict_images",
     "resume_experiment",
     "run_sweep",
+    "train",
 ]
 
 
@@ -102,6 +115,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
+    from .app.launch import RunResult, train
     from .build import build_experiment, resume_experiment
     from .config import Config, load_config
     from .context import Context
@@ -113,6 +127,7 @@ if TYPE_CHECKING:
         ExportError,
         FmnistIgniteError,
         RunDirError,
+        RunError,
         SweepError,
         TrainingError,
     )

@@ -161,7 +161,7 @@ def record_processes(config: Config, new_run: bool) -> Config:
     Raises:
         ConfigError: a resume with another number of processes (it would not continue exactly).
     """
-    here, saved = distributed.processes_here(), config.distributed.nproc_per_node
+    here, saved = parallel.processes_here(), config.distributed.nproc_per_node
     if saved == here:
         return config
     if not new_run:

@@ -57,3 +57,10 @@ class ExportError(FmnistIgniteError):
 
 class SweepError(FmnistIgniteError):
     """A sweep cannot run: Optuna is missing, or its study's storage cannot be opened."""
+
+
+class RunError(FmnistIgniteError):
+    """An unexpected error inside a run (a bug, or a user handler's error), described in one line.
+
+    The original exception is its ``__cause__`` (the command line shows its traceback with ``-v``).
+    """

@@ -24,7 +24,7 @@ from .checkpoint import Checkpointer
 from .config import Config, HandlerConfig
 from .context import Context
 from .data import ImageData, Loader
-from .errors import ConfigError, TrainingError
+from .errors import ConfigError, RunDirError, TrainingError
 from .evaluation import evaluate
 from .events import RunEvents
 from .fileio import atomic_torch_save, atomic_write_json
@@ -124,6 +124,7 @@ class Experiment:
         self.status = TrainingStatus(context.trainer)
         context.state["status"] = self.status
         self._last_steps_attached = False
+        self._ran = False
         self._user_handlers = len(config.handlers)
 
     @property
@@ -209,6 +210,7 @@ class Experiment:
                 a second signal); the message says how to resume.
             TrainingError: the loss became NaN, or a handler called ``sys.exit``.
         """
+        self._refuse_a_second_run()
         self.checkpointer.check_resumable()
         self.trainer.fire_event(RunEvents.RUN_STARTED)
         if not self.resuming:
@@ -235,6 +237,21 @@ class Experiment:
                 self.trainer.state.stop_error = err  # type: ignore[attr-defined]
                 self.trainer.fire_event(RunEvents.RUN_STOPPED)
                 raise
+
+    def _refuse_a_second_run(self) -> None:
+        """An experiment runs once; a data-parallel config runs in the processes made for it."""
+        if self._ran:
+            raise RunDirError(
+                f"this experiment has run already (in {shown(self.run_dir)}); build a new one for a new run "
+                "(build_experiment(config), or fmnist_ignite.train(config)), or resume_experiment(RUN_DIR) to go on"
+            )
+        backend = self.config.distributed.backend
+        if backend is not None and not parallel.in_parallel_context():
+            raise ConfigError(
+                f"distributed.backend={backend} trains in several processes, which Experiment.run() does not start: "
+                "use fmnist_ignite.train(config) (or the command line), or set distributed.backend=null"
+            )
+        self._ran = True
 
     @property
     def writer(self) -> bool:

@@ -12,22 +12,15 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import logging
-import os
-import signal
 import sys
-import threading
-import traceback
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from types import FrameType
-from typing import Any, Literal, NoReturn
+from typing import Any, NoReturn
 
-from . import __version__
-from .errors import ConfigError, FmnistIgniteError, first_line, program_name
-
-RANK_VARIABLE = "FMNIST_IGNITE_RANK"  # set in each process of a data-parallel run (see fmnist_ignite.distributed)
+from .. import __version__
+from ..errors import program_name
+from ..tables import format_table
+from . import console
 
 
 class _Parser(argparse.ArgumentParser):
@@ -73,91 +66,31 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    with _start_up():
-        from .build import build_experiment, refuse_if_finished, resume_config, resume_experiment
-        from .config import load_config
-        from .rundir import RunDir
+    from .launch import resolve, start_up, train
 
-        if args.list_plugins:
-            sys.stdout.write(plugin_listing())
-            return 0
-        overrides = list(args.overrides)
-        if args.resume:
-            # The first override lands in the CONFIG slot: --resume takes the run directory and changes only.
-            overrides = [*([args.config] if args.config else []), *overrides]
-            if args.init_from:
-                args.parser.error("--init-from starts a new run from a run's weights; it does not go with --resume")
-            if overrides and "=" not in overrides[0]:
-                args.parser.error(
-                    "--resume takes the run directory and key=value changes (e.g. trainer.max_epochs=20), not a config "
-                    "file: its config.yaml is used"
-                )
-        elif args.init_from:
-            overrides.append(f"init_from={json.dumps(args.init_from)}")
-        if not args.resume and not args.config and not args.print_config:
-            args.parser.error("give a config file (e.g. configs/base.yaml) or --resume RUN_DIR")
-        config, changes = (
-            resume_config(args.resume, overrides) if args.resume else (load_config(args.config, overrides), {})
-        )
-        if args.print_config:
-            sys.stdout.write(config.to_yaml())
-            return 0
-        from .distributed import check_batch, check_launch, launched_by_torchrun, processes_to_start
-
-        launch = config.distributed.backend is not None and not _in_parallel_context()
-        if launch:
-            check_launch(config.distributed)
-            if not launched_by_torchrun():
-                check_batch(config.data.batch_size, processes_to_start(config.distributed))
-            if args.resume:
-                refuse_if_finished(RunDir(args.resume), config, changes)  # before starting the processes
-        elif launched_by_torchrun() and config.distributed.backend is None and int(os.environ["WORLD_SIZE"]) > 1:
-            raise ConfigError(
-                f"torchrun started {os.environ['WORLD_SIZE']} processes, but distributed.backend is null, so each "
-                "would train a run of its own; set distributed.backend=gloo (or nccl)"
+    if args.list_plugins:
+        sys.stdout.write(plugin_listing())
+        return 0
+    overrides = list(args.overrides)
+    if args.resume:
+        # The first override lands in the CONFIG slot: --resume takes the run directory and changes only.
+        overrides = [*([args.config] if args.config else []), *overrides]
+        if args.init_from:
+            args.parser.error("--init-from starts a new run from a run's weights; it does not go with --resume")
+        if overrides and "=" not in overrides[0]:
+            args.parser.error(
+                "--resume takes the run directory and key=value changes (e.g. trainer.max_epochs=20), not a config "
+                "file: its config.yaml is used"
             )
-        else:
-            experiment = (
-                resume_experiment(args.resume, overrides=overrides) if args.resume else build_experiment(config)
-            )
-    if launch:
-        from .distributed import run_in_processes
-
-        return run_in_processes(config.distributed, main, args.argv)
-    try:
-        experiment.run()
-    except (FmnistIgniteError, KeyboardInterrupt):
-        raise
-    except OSError as err:
-        where = f" {err.filename}" if err.filename else ""
-        raise RunError(
-            f"cannot write{where}: {err.strerror or err}; the files already written are whole: "
-            f"free space or fix the folder, then {experiment.resume_hint()}"
-        ) from err
-    except Exception as err:
-        # A bug or a user handler's error: one line saying where, then how to go on.
-        kept = experiment.rundir.exists() and not experiment.rundir.finished
-        then = f"; its last checkpoint is kept: {experiment.resume_hint()}" if kept else ""
-        raise RunError(f"the run stopped on {type(err).__name__}: {first_line(err)} ({_origin(err)}){then}") from err
+    if not args.resume and not args.config and not args.print_config:
+        args.parser.error("give a config file (e.g. configs/base.yaml) or --resume RUN_DIR")
+    if args.print_config:
+        with start_up():
+            config, _ = resolve(args.config, overrides, args.resume, args.init_from)
+        sys.stdout.write(config.to_yaml())
+        return 0
+    train(args.config, *overrides, resume=args.resume, init_from=args.init_from, verbose=args.verbosity)
     return 0
-
-
-def _in_parallel_context() -> bool:
-    from .distributed import in_parallel_context
-
-    return in_parallel_context()
-
-
-class RunError(FmnistIgniteError):
-    """An unexpected error inside a run, described in one line (the traceback with ``-v``)."""
-
-
-def _origin(error: BaseException) -> str:
-    frames = traceback.extract_tb(error.__traceback__)
-    if not frames:
-        return "no traceback"
-    frame = frames[-1]
-    return f"{os.path.relpath(frame.filename) if not frame.filename.startswith('<') else frame.filename}:{frame.lineno}"
 
 
 def _run_arguments(parser: argparse.ArgumentParser) -> None:
@@ -176,8 +109,8 @@ def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from .inspect_runs import evaluate_run
-    from .reports import format_report
+    from ..inspect_runs import evaluate_run
+    from ..reports import format_report
 
     result = evaluate_run(args.run, args.split, args.checkpoint)
     if args.json:
@@ -206,7 +139,7 @@ def _predict_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from .inspect_runs import predict_images
+    from ..inspect_runs import predict_images
 
     answers = predict_images(args.run, args.images, args.checkpoint, top_k=args.top_k, invert=args.invert)
     if args.json:
@@ -232,7 +165,7 @@ def _compare_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from .inspect_runs import compare_runs, save_compare_figure
+    from ..inspect_runs import compare_runs, save_compare_figure
 
     result = compare_runs(args.runs)
     for error in result["errors"]:
@@ -252,7 +185,7 @@ def _export_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from .export import export_run
+    from ..export import export_run
 
     print(export_run(args.run, args.checkpoint, args.format, args.output))
     return 0
@@ -290,11 +223,11 @@ def _sweep_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from .sweep import quiet_optuna, run_sweep
-    from .sweep_results import format_sweep
+    from ..sweep import quiet_optuna, run_sweep
+    from ..sweep_results import format_sweep
 
     quiet_optuna()
-    setup_logging(args.verbosity, lines="stderr")  # stdout is for the sweep's table
+    console.setup_logging(args.verbosity, lines="stderr")  # stdout is for the sweep's table
     result = run_sweep(
         args.config,
         args.overrides,
@@ -392,7 +325,7 @@ def _add_verbosity(parser: argparse.ArgumentParser, default: Any) -> None:
 
 def plugin_listing() -> str:
     """What ``--list-plugins`` prints: every registered name and where it comes from."""
-    from .registry import DATASETS, HANDLERS, MODELS
+    from ..registry import DATASETS, HANDLERS, MODELS
 
     lines = []
     for title, registry, key in (
@@ -408,110 +341,15 @@ def plugin_listing() -> str:
     return "\n".join(lines) + "\n"
 
 
-class Console(logging.Handler):
-    """Where the command line's lines go: what a run says to stdout, warnings and errors to stderr.
-
-    What a run says is its record (logger ``fmnist_ignite.run``: its directory, one line per epoch,
-    the report, and from ``fmnist_ignite.run.outcome`` the test line and where the results are)
-    and the notes around it (where a data set was downloaded or extracted). Warnings are
-    prefixed ``warning:``. Each line is written with ``tqdm.write``, which clears a progress bar
-    (drawn on stderr) first and draws it again after, so no line is ever glued into the bar.
-
-    Args:
-        lines: where what a run says goes: ``stdout``, or ``stderr`` where stdout holds another
-            command's results (a sweep's table).
-    """
-
-    def __init__(self, lines: Literal["stdout", "stderr"] = "stdout") -> None:
-        super().__init__()
-        self.lines = lines
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            text = self.format(record)
-            results = record.levelno < logging.WARNING and self.lines == "stdout"
-            stream = sys.stdout if results else sys.stderr
-            if logging.WARNING <= record.levelno < logging.ERROR:
-                text = f"warning: {text}"
-            from tqdm import tqdm
-
-            tqdm.write(text, file=stream)
-            stream.flush()
-        except Exception:
-            self.handleError(record)
-
-
-def setup_logging(verbosity: int, lines: Literal["stdout", "stderr"] = "stdout") -> None:
-    """Print the library's lines (see :class:`Console`); ``-q`` keeps the outcome only, ``-v`` adds detail.
-
-    In a data-parallel run the processes other than rank 0 print their warnings and errors only,
-    each line starting with ``rank N:``.
-    """
-    console = Console(lines)
-    console.setFormatter(logging.Formatter(_rank_prefix().replace("%", "%%") + "%(message)s"))
-    logging.basicConfig(handlers=[console], level=logging.WARNING, force=True)
-    level = {-1: logging.WARNING, 0: logging.INFO, 1: logging.DEBUG}[verbosity]
-    outcome = min(level, logging.INFO)
-    if _rank() > 0:
-        level = outcome = logging.WARNING
-        logging.getLogger("fmnist_ignite.interrupt").setLevel(logging.ERROR)  # rank 0 says it
-    logging.getLogger("fmnist_ignite").setLevel(level)
-    logging.getLogger("fmnist_ignite.run.outcome").setLevel(outcome)
-    logging.getLogger("ignite").setLevel(logging.INFO if verbosity > 0 and level < logging.WARNING else logging.WARNING)
-    # MLflow configures its own loggers when imported (with logging.mlflow), from this variable.
-    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "INFO" if verbosity > 0 else "WARNING")
-    # The CLI reports every exception itself; Ignite's log line about it would say it twice.
-    logging.getLogger("ignite.engine.engine.Engine").addFilter(
-        lambda record: not record.getMessage().startswith("Engine run is terminating due to exception")
-    )
-
-
-@contextmanager
-def _logging_restored() -> Iterator[None]:
-    """Undo :func:`setup_logging` when :func:`main` returns.
-
-    ``main`` may be called in a notebook, a test or another program: its console handler and
-    levels must not go on printing that program's log lines after the command has ended.
-    """
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    named = [
-        logging.getLogger(name)
-        for name in ("fmnist_ignite", "fmnist_ignite.run.outcome", "fmnist_ignite.interrupt", "ignite")
-    ]
-    levels = [logger.level for logger in named]
-    engine = logging.getLogger("ignite.engine.engine.Engine")
-    filters = engine.filters[:]
-    mlflow_level = os.environ.get("MLFLOW_LOGGING_LEVEL")
-    try:
-        yield
-    finally:
-        for handler in root.handlers:
-            if handler not in handlers:
-                handler.close()
-        root.handlers[:] = handlers
-        root.setLevel(level)
-        for logger, saved in zip(named, levels, strict=True):
-            logger.setLevel(saved)
-        engine.filters[:] = filters
-        if mlflow_level is None:
-            os.environ.pop("MLFLOW_LOGGING_LEVEL", None)
-
-
 def format_comparison(result: dict[str, Any]) -> str:
     """The table ``compare`` prints: final metrics, then each setting that differs."""
 
-    def show(value: Any) -> str:
-        return "-" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
-
     columns = ["run", "test_accuracy", "monitor", "best_value", "best_epoch", "epochs", *result["differing"]]
     rows = [
-        [row["run"], *(show(row[k]) for k in columns[1:6]), *(row["settings"][k] for k in result["differing"])]
+        [row["run"], *(row[k] for k in columns[1:6]), *(row["settings"][k] for k in result["differing"])]
         for row in result["runs"]
     ]
-    widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(columns)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip()]
-    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    lines = format_table(columns, rows)
     if not result["differing"]:
         lines.append("(the runs' settings are the same)")
     return "\n".join(lines)
@@ -524,47 +362,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv = ["train", *argv]  # the default command
     parser = build_parser()
     args = parser.parse_args(argv)
-    args.argv = argv
     verbosity = getattr(args, "verbosity", 0)
-    with _logging_restored():
-        setup_logging(verbosity)
-        return _run_command(args, verbosity)
-
-
-def _run_command(args: argparse.Namespace, verbosity: int) -> int:
-    # In a data-parallel run, rank 0 says what went wrong; the other processes only with -v.
-    quiet = _rank() > 0 and verbosity <= 0
-    try:
-        return int(args.command_function(args))
-    except FmnistIgniteError as err:
-        if verbosity > 0 and err.__cause__ is not None:
-            traceback.print_exception(err.__cause__)
-        elif isinstance(err, RunError):
-            err.args = (f"{err} (run with -v for the traceback)",)
-        if not quiet:
-            print(f"{_rank_prefix()}error: {_one_line(err)}", file=sys.stderr)
-        return err.exit_code
-    except KeyboardInterrupt:
-        if not quiet:
-            print(f"{_rank_prefix()}error: interrupted (Ctrl-C)", file=sys.stderr)
-        return 130
-
-
-def _rank() -> int:
-    """This process's rank in a data-parallel run, started by this package or by torchrun (0 otherwise)."""
-    if RANK_VARIABLE in os.environ:
-        return int(os.environ[RANK_VARIABLE])
-    from .distributed import launched_by_torchrun
-
-    return int(os.environ["RANK"]) if launched_by_torchrun() else 0
-
-
-def _rank_prefix() -> str:
-    return f"rank {_rank()}: " if _rank() > 0 else ""
-
-
-def _one_line(error: BaseException) -> str:
-    return " ".join(str(error).split("\n"))
+    with console.logging_restored():
+        console.setup_logging(verbosity)
+        return console.reported(lambda: args.command_function(args), verbosity, console.process_rank())
 
 
 def main_entry() -> None:
@@ -573,44 +374,14 @@ def main_entry() -> None:
     Start-up (torch, Ignite, building the experiment) creates over a million long-lived objects
     and next to no garbage, yet the garbage collector sweeps them all again and again: about half
     a second of a run, and twice that when the interpreter exits. So the collector is off until
-    the experiment is built (see :func:`_start_up`), and what is alive at exit is frozen,
-    not swept: the process ends and the memory is returned anyway.
+    the experiment is built (see :func:`fmnist_ignite.app.launch.start_up`), and what is alive at
+    exit is frozen, not swept: the process ends and the memory is returned anyway.
     """
     gc.disable()
     try:
         code = main()
     except KeyboardInterrupt:
-        print("error: interrupted (Ctrl-C)", file=sys.stderr)
+        print(f"error: {console.INTERRUPTED}", file=sys.stderr)
         code = 130
     gc.freeze()
     sys.exit(code)
-
-
-@contextmanager
-def _start_up() -> Iterator[None]:
-    """Loading the libraries and building the experiment: a Ctrl-C is held till it ends, then the collector is back.
-
-    A KeyboardInterrupt raised while torch loads its compiled parts can abort the process or
-    leave a module half-imported that fails later, so the first Ctrl-C here is held and acted on
-    when start-up ends (one line, exit code 130); a second one stops at once. The garbage
-    collector, off since :func:`main_entry`, is turned back on for training, with everything
-    start-up made frozen (left out of its sweeps).
-    """
-    held: list[int] = []
-
-    def hold(signum: int, frame: FrameType | None) -> None:
-        held.append(signum)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-
-    in_main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGINT, hold) if in_main_thread else None
-    try:
-        yield
-    finally:
-        if in_main_thread:
-            signal.signal(signal.SIGINT, previous)
-    if held:
-        raise KeyboardInterrupt
-    if not gc.isenabled():
-        gc.freeze()
-        gc.enable()
