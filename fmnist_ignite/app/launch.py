@@ -88,7 +88,8 @@ def train(
 
     Args:
         config: a YAML file, a mapping or a :class:`~fmnist_ignite.config.Config`.
-        overrides: ``key.sub=value`` strings, read as YAML (with ``resume``: the changes a resume allows).
+        overrides: ``key.sub=value`` strings, read as YAML (with ``resume``: the changes a resume allows,
+            the first of them perhaps in ``config``'s place).
         resume: continue the run in this directory from its newest checkpoint instead.
         init_from: ``RUN_DIR[:best|last]``: start from another run's weights.
         verbose: ``0`` prints what the command line prints (a progress bar on a terminal or in
@@ -138,6 +139,13 @@ def resolve(
     if resume is not None:
         if init_from:
             raise ConfigError("init_from starts a new run from a run's weights; it does not go with resume")
+        if isinstance(config, str) and "=" in config:  # train("trainer.max_epochs=20", resume=RUN)
+            overrides = [config, *overrides]
+        elif config is not None:
+            raise ConfigError(
+                "resume continues a run with its own config.yaml: give only key=value changes "
+                "(e.g. trainer.max_epochs=20), not a config"
+            )
         return resume_config(resume, overrides)
     if isinstance(config, Config):
         config = config.to_dict()
@@ -154,7 +162,8 @@ def _prepare(
     from ..rundir import RunDir
 
     resolved, changes = resolve(config, overrides, resume, init_from)
-    request = Request(resolved, None if resume is None else str(resume), tuple(overrides), verbosity)
+    changed = [f"{key}={json.dumps(value)}" for key, value in changes.items()]
+    request = Request(resolved, None if resume is None else str(resume), tuple(changed), verbosity)
     launch = resolved.distributed.backend is not None and not in_parallel_context()
     if launch:
         check_launch(resolved.distributed)

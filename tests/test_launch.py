@@ -1,0 +1,115 @@
+"""``fmnist_ignite.train``: the Python door does what the command line does, in one process or several."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+import fmnist_ignite
+from fmnist_ignite import Config, ConfigError, RunDirError, build_experiment
+from fmnist_ignite.app.launch import RunResult, resolve
+from tests.conftest import BASE, small_overrides, values
+
+
+@pytest.fixture
+def small(tmp_path: Path, system_dir: Path) -> list[str]:
+    return [*small_overrides(tmp_path, system_dir), "trainer.max_epochs=2"]
+
+
+def test_train_returns_the_run_and_a_second_call_makes_a_new_directory(
+    small: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    first = fmnist_ignite.train(BASE, *small)
+    second = fmnist_ignite.train(BASE, *small)
+    assert first.dir == tmp_path / "runs" / "small" and second.dir == tmp_path / "runs" / "small-1"
+    assert [r["epoch"] for r in first.history] == [1, 2]
+    assert values(first.history) == values(second.history)
+    assert first.metrics == RunResult.read(first.dir).metrics
+    assert first.history == RunResult.read(first.dir).history
+    assert first.config.name == "small" and second.config.name == "small-1"
+    out = capsys.readouterr().out
+    assert out.count("Epoch [2]") == 2 and "Run directory" in out and "Results in" in out
+
+
+def test_train_takes_a_mapping_or_a_config_and_overrides_apply_last(small: list[str], tmp_path: Path) -> None:
+    config = fmnist_ignite.load_config(BASE, small)
+    from_dict = fmnist_ignite.train(config.to_dict(), "name=as_dict", verbose=-1)
+    from_config = fmnist_ignite.train(config, "name=as_config", "trainer.max_epochs=1", verbose=-1)
+    assert from_dict.dir.name == "as_dict" and len(from_dict.history) == 2
+    assert from_config.dir.name == "as_config" and len(from_config.history) == 1
+
+
+def test_verbose_chooses_what_is_printed_and_logging_is_left_as_it_was(
+    small: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], logging.getLogger("fmnist_ignite").level
+    fmnist_ignite.train(BASE, *small, verbose=-1)
+    out = capsys.readouterr().out
+    assert "Epoch [" not in out and "Test (best weights" in out
+    assert root.handlers == handlers and logging.getLogger("fmnist_ignite").level == level
+    fmnist_ignite.train(BASE, *small, verbose=None)  # the caller's logging: nothing set up here
+    assert capsys.readouterr().out == ""
+
+
+def test_resume_and_init_from_as_the_command_line(small: list[str]) -> None:
+    run = fmnist_ignite.train(BASE, *small, verbose=-1)
+    longer = fmnist_ignite.train("trainer.max_epochs=3", resume=run.dir, verbose=-1)
+    assert longer.dir == run.dir and [r["epoch"] for r in longer.history] == [1, 2, 3]
+    forked = fmnist_ignite.train(BASE, *small, "name=fork", init_from=f"{run.dir}:best", verbose=-1)
+    assert forked.config.init_from == f"{run.dir}:best"
+    with pytest.raises(ConfigError, match="does not go with resume"):
+        resolve(None, (), resume=run.dir, init_from=str(run.dir))
+    with pytest.raises(RunDirError, match="has finished"):
+        fmnist_ignite.train(resume=longer.dir, verbose=-1)
+    with pytest.raises(ConfigError, match="resume continues a run with its own config.yaml"):
+        fmnist_ignite.train(BASE, resume=run.dir, verbose=-1)
+
+
+def test_an_error_inside_the_run_is_one_line_with_its_cause(small: list[str]) -> None:
+    handler = "handlers=[{target: 'tests.plugins:Exploding', kwargs: {epoch: 2}}]"
+    with pytest.raises(
+        fmnist_ignite.RunError,
+        match=r"stopped on RuntimeError: boom from a user handler \(.*plugins.py:\d+\); its last checkpoint is kept",
+    ) as err:
+        fmnist_ignite.train(BASE, *small, handler, verbose=-1)
+    assert isinstance(err.value.__cause__, RuntimeError)
+
+
+def test_an_experiment_runs_once(make_config: Callable[..., Config]) -> None:
+    experiment = build_experiment(make_config("trainer.max_epochs=1"))
+    experiment.run()
+    files = sorted(p.name for p in experiment.run_dir.parent.iterdir())
+    with pytest.raises(RunDirError, match=r"this experiment has run already \(in .*small\); build a new one"):
+        experiment.run()
+    assert sorted(p.name for p in experiment.run_dir.parent.iterdir()) == files  # no phantom run
+
+
+def test_a_data_parallel_config_is_not_trained_in_one_process_by_experiment_run(
+    make_config: Callable[..., Config],
+) -> None:
+    experiment = build_experiment(make_config("distributed.backend=gloo"))
+    with pytest.raises(ConfigError, match=r"distributed.backend=gloo trains in several processes.*fmnist_ignite.train"):
+        experiment.run()
+    assert not experiment.run_dir.parent.exists() or not any(experiment.run_dir.parent.iterdir())
+
+
+def test_train_runs_a_data_parallel_config_in_two_processes(small: list[str], tmp_path: Path) -> None:
+    alone = fmnist_ignite.train(BASE, *small, "name=alone", verbose=-1)
+    together = fmnist_ignite.train(
+        BASE, *small, "name=together", "distributed.backend=gloo", "distributed.nproc_per_node=2", verbose=-1
+    )
+    assert together.dir == tmp_path / "runs" / "together"
+    assert together.config.distributed.nproc_per_node == 2
+    assert [r["epoch"] for r in together.history] == [1, 2]
+    for a, b in zip(alone.history, together.history, strict=True):
+        assert b["val_accuracy"] == a["val_accuracy"]
+        assert b["val_loss"] == pytest.approx(a["val_loss"], rel=1e-4)
+    assert together.metrics["test_accuracy"] == pytest.approx(alone.metrics["test_accuracy"], abs=1e-9)
+    again = fmnist_ignite.train(
+        BASE, *small, "name=together", "distributed.backend=gloo", "distributed.nproc_per_node=2", verbose=-1
+    )
+    assert again.dir == tmp_path / "runs" / "together-1"
