@@ -6,7 +6,6 @@ handlers or an optimizer, so a run can be evaluated where its training plugins a
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +15,7 @@ import torch
 
 from .config import Config
 from .engine import PrepareBatch, create_evaluator, make_prepare_batch
-from .errors import CheckpointError, ConfigError, RunDirError, first_line
+from .errors import CheckpointError, ConfigError, first_line
 from .fileio import safe_torch_load
 from .registry import MODELS
 from .rundir import RunDir
@@ -107,56 +106,16 @@ def load_trained_model(run_dir: str | Path, which: str | Path | None = None) -> 
     """
     rundir = RunDir(run_dir)
     config = rundir.load_config()
-    info = read_input_description(rundir)
-    model = build_model(config, info["image_shape"], len(info["classes"]))
+    info = rundir.read_input()
+    model = build_model(config, info.image_shape, len(info.classes))
     path = rundir.weights(which)
     load_weights(model, path)
-    c, h, w = info["image_shape"]
     return TrainedModel(
         model=model,
         config=config,
         weights=path,
-        classes=tuple(info["classes"]),
-        image_shape=(c, h, w),
-        prepare_batch=make_prepare_batch(info["mean"], info["std"], info["normalize"]),
-        background=info.get("background"),
+        classes=tuple(info.classes),
+        image_shape=info.image_shape,
+        prepare_batch=make_prepare_batch(info.mean, info.std, info.normalize),
+        background=info.background,
     )
-
-
-def read_input_description(rundir: RunDir) -> dict[str, Any]:
-    """``data.json``: image shape, class names and the pixel scaling the run used.
-
-    Raises:
-        RunDirError: the file is missing, not JSON, or lacks a field (each said in one line).
-    """
-    path = rundir.data
-    try:
-        info = json.loads(path.read_text(encoding="utf-8"))
-    except OSError:
-        raise RunDirError(f"{path} is missing or unreadable; it is written when a run starts") from None
-    except ValueError as err:
-        raise RunDirError(f"{path} is not valid JSON ({first_line(err)})") from None
-    problem = _input_description_problem(info)
-    if problem:
-        raise RunDirError(f"{path}: {problem}")
-    return dict(info)
-
-
-def _input_description_problem(info: Any) -> str | None:
-    if not isinstance(info, dict):
-        return f"expected a JSON object, got {type(info).__name__}"
-    shape, classes = info.get("image_shape"), info.get("classes")
-    if not (isinstance(shape, list) and len(shape) == 3 and all(type(v) is int and 0 < v <= 4096 for v in shape)):
-        return "'image_shape' must be [channels, height, width] of positive integers"
-    if not (isinstance(classes, list) and classes and all(isinstance(c, str) for c in classes)):
-        return "'classes' must be a non-empty list of names"
-    for key in ("mean", "std"):
-        if type(info.get(key)) not in (int, float) or not float("-inf") < info[key] < float("inf"):
-            return f"'{key}' must be a finite number"
-    if info["std"] <= 0:
-        return "'std' must be greater than 0"
-    if not isinstance(info.get("normalize"), bool):
-        return "'normalize' must be true or false"
-    if info.get("background") not in (None, "dark", "light"):
-        return "'background' must be dark, light or null"
-    return None

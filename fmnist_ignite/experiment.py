@@ -27,11 +27,12 @@ from .data import ImageData, Loader
 from .errors import ConfigError, RunDirError, TrainingError
 from .evaluation import evaluate
 from .events import RunEvents
-from .fileio import atomic_torch_save, atomic_write_json
+from .fileio import atomic_torch_save
 from .handlers import attach_handler
 from .interrupt import Interrupted, StopRequest, stop_on_signals
 from .reports import format_report, write_results
 from .rundir import RunDir, shown
+from .runfiles import InputDescription
 
 logger = logging.getLogger(__name__)
 # The run's record, as a person reads it: the run directory first, the epochs, the test, where the
@@ -262,7 +263,7 @@ class Experiment:
         """Create the run directory (rank 0; the other processes of a data-parallel run learn its name)."""
         if self.writer:
             self.config = self.context.config = self.rundir.create(self.config)
-            atomic_write_json(self.rundir.data, self.input_description())
+            self.rundir.write_input(self.input_description())
         name = parallel.agree_on_name(self.config.name)  # waits for rank 0 in a data-parallel run
         if name != self.config.name:
             self.rundir.path = self.rundir.path.with_name(name)
@@ -337,16 +338,16 @@ class Experiment:
         """How to continue this run from its newest checkpoint."""
         return self.rundir.resume_hint()
 
-    def input_description(self) -> dict[str, Any]:
+    def input_description(self) -> InputDescription:
         """What the model expects as input and what its outputs mean (``data.json``; used by ``predict``)."""
-        return {
-            "classes": list(self.data.classes),
-            "image_shape": list(self.data.image_shape),
-            "mean": self.data.mean,
-            "std": self.data.std,
-            "normalize": self.config.data.normalize,
-            "background": self.data.background,
-        }
+        return InputDescription(
+            classes=list(self.data.classes),
+            image_shape=self.data.image_shape,
+            mean=self.data.mean,
+            std=self.data.std,
+            normalize=self.config.data.normalize,
+            background=self.data.background,
+        )
 
     def training_done(self) -> bool:
         """Whether the trainer reached ``max_epochs`` or a handler (early stopping) ended training."""
@@ -389,7 +390,7 @@ class Experiment:
         )
         self.trainer.state.results = {"metrics": metrics, "report": report, "figures": figures}  # type: ignore[attr-defined]
         self.trainer.fire_event(RunEvents.RUN_FINISHED)
-        atomic_write_json(self.rundir.metrics, metrics)
+        self.rundir.write_metrics(metrics)
         record.info("%s", format_report(report))
         outcome.info(
             "Test (%s weights, epoch %d): accuracy %.4f loss %.4f",

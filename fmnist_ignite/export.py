@@ -20,7 +20,7 @@ from torch import nn
 
 from .engine import pixel_scaling
 from .errors import ConfigError, ExportError, first_line
-from .evaluation import load_trained_model, read_input_description
+from .evaluation import load_trained_model
 from .fileio import atomic_write
 from .rundir import RunDir
 
@@ -82,20 +82,20 @@ def export_run(
         raise ConfigError(f"export format '{fmt}': use onnx or torchscript")
     run_dir = Path(run_dir)
     trained = load_trained_model(run_dir, checkpoint)
-    info = read_input_description(RunDir(run_dir))
+    info = RunDir(run_dir).read_input()
     weights = trained.weights
-    classifier = ExportableClassifier(trained.model, info["mean"], info["std"], info["normalize"]).eval()
+    classifier = ExportableClassifier(trained.model, info.mean, info.std, info.normalize).eval()
     metadata = {
-        "classes": info["classes"],
-        "image_shape": info["image_shape"],
-        "mean": info["mean"],
-        "std": info["std"],
-        "normalize": info["normalize"],
+        "classes": info.classes,
+        "image_shape": list(info.image_shape),
+        "mean": info.mean,
+        "std": info.std,
+        "normalize": info.normalize,
         "weights": _relative_to(weights, run_dir),
         "input": f"pixels: {'float32' if fmt == 'onnx' else 'uint8 or float'} [N, C, H, W], values 0-255",
         "output": "probabilities: float32 [N, len(classes)]",
     }
-    example = torch.zeros((2, *info["image_shape"]))
+    example = torch.zeros((2, *info.image_shape))
     payload = _onnx_bytes(classifier, example, metadata) if fmt == "onnx" else _torchscript_bytes(classifier, metadata)
     path = Path(output) if output is not None else RunDir(run_dir).exported(fmt)
     atomic_write(path, lambda f: f.write(payload))

@@ -182,8 +182,8 @@ def compare_runs(run_dirs: Sequence[str | Path]) -> dict[str, Any]:
         rundir = RunDir(run_dir)
         try:
             config = rundir.load_config()
-            metrics = _read_metrics(rundir.metrics) if rundir.metrics.is_file() else {}
-            history = _read_history(rundir.history_json) if rundir.history_json.is_file() else []
+            metrics = rundir.read_metrics() if rundir.metrics.is_file() else {}
+            history = rundir.read_history() if rundir.history_json.is_file() else []
         except FmnistIgniteError as err:
             errors.append(str(err))
             continue
@@ -215,44 +215,6 @@ def compare_runs(run_dirs: Sequence[str | Path]) -> dict[str, Any]:
         "histories": {r["run"]: r["history"] for r in runs},
         "errors": errors,
     }
-
-
-HISTORY_NUMBERS = ("val_accuracy", "val_loss")
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        if path.stat().st_size > 64 * 2**20:
-            raise RunDirError(f"{path}: larger than 64 MiB, which no run writes")
-        return json.loads(path.read_text(encoding="utf-8"))
-    except OSError as err:
-        raise RunDirError(f"{path}: cannot be read ({err.strerror or err})") from None
-    except (ValueError, RecursionError) as err:
-        reason = "empty" if not path.stat().st_size else f"not valid JSON ({first_line(err)})"
-        raise RunDirError(f"{path}: {reason}; the run wrote it whole, so it was changed since") from None
-
-
-def _read_metrics(path: Path) -> dict[str, Any]:
-    metrics = _read_json(path)
-    if not isinstance(metrics, dict):
-        raise RunDirError(f"{path}: expected a JSON object, got {type(metrics).__name__}")
-    for key in ("test_accuracy", "best_value"):
-        if key in metrics and metrics[key] is not None and type(metrics[key]) not in (int, float):
-            raise RunDirError(f"{path}: '{key}' must be a number")
-    return metrics
-
-
-def _read_history(path: Path) -> list[dict[str, Any]]:
-    history = _read_json(path)
-    if not isinstance(history, list):
-        raise RunDirError(f"{path}: expected a JSON list of epoch records, got {type(history).__name__}")
-    for i, record in enumerate(history):
-        if not isinstance(record, dict) or type(record.get("epoch")) is not int:
-            raise RunDirError(f"{path}: record {i} is not an epoch record (an object with an integer 'epoch')")
-        for key in HISTORY_NUMBERS:
-            if type(record.get(key)) not in (int, float):
-                raise RunDirError(f"{path}: record {i} (epoch {record['epoch']}) lacks the number '{key}'")
-    return history
 
 
 def run_labels(runs: Sequence[str]) -> dict[str, str]:

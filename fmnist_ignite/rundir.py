@@ -32,10 +32,12 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from . import runfiles
 from .errors import CheckpointError, RunDirError, program_name
-from .fileio import atomic_write_text, current_umask
+from .fileio import atomic_write_json, atomic_write_text, current_umask
+from .runfiles import InputDescription, Metrics, MlflowRun
 
 if TYPE_CHECKING:
     from .config import Config
@@ -257,6 +259,55 @@ class RunDir:
         if path is None or not path.is_file():
             raise CheckpointError(f"{self.path} has no saved weights yet ({which or 'model.pt or the best model'})")
         return path
+
+    def read_input(self) -> InputDescription:
+        """``data.json``, checked (see :class:`~fmnist_ignite.runfiles.InputDescription`).
+
+        Raises:
+            RunDirError: missing (it is written when a run starts), not JSON, or a field wrong: one line.
+        """
+        return runfiles.parse(InputDescription, runfiles.read_json(self.data), str(self.data))
+
+    def write_input(self, description: InputDescription) -> None:
+        """Write ``data.json`` (atomically)."""
+        atomic_write_json(self.data, description.model_dump(mode="json"))
+
+    def read_metrics(self) -> dict[str, Any]:
+        """``metrics.json``, checked (see :class:`~fmnist_ignite.runfiles.Metrics`); the fields as written.
+
+        Raises:
+            RunDirError: missing, not JSON, or a field wrong: one line naming the file and the field.
+        """
+        data = runfiles.read_json(self.metrics)
+        runfiles.parse(Metrics, data, str(self.metrics))
+        return dict(data)
+
+    def write_metrics(self, metrics: dict[str, Any]) -> None:
+        """Write ``metrics.json`` (atomically, last: it marks the run as finished)."""
+        runfiles.parse(Metrics, metrics, str(self.metrics))
+        atomic_write_json(self.metrics, metrics)
+
+    def read_history(self) -> list[dict[str, Any]]:
+        """``history.json``'s records, each checked (see :class:`~fmnist_ignite.runfiles.EpochRecord`).
+
+        Raises:
+            RunDirError: missing, not JSON, or a record that is not an epoch record: one line.
+        """
+        return runfiles.parse_history(runfiles.read_json(self.history_json), str(self.history_json))
+
+    def read_mlflow_run(self) -> MlflowRun | None:
+        """``mlflow.json``: the MLflow run this run logs to; ``None`` before it has one.
+
+        Raises:
+            RunDirError: the file is damaged (one line naming it).
+        """
+        if not self.mlflow_run.is_file():
+            return None
+        return runfiles.parse(MlflowRun, runfiles.read_json(self.mlflow_run), str(self.mlflow_run))
+
+    def write_mlflow_run(self, run: MlflowRun) -> None:
+        """Write ``mlflow.json`` (atomically)."""
+        atomic_write_json(self.mlflow_run, run.model_dump(mode="json"))
 
     def resume_hint(self) -> str:
         """How to continue this run, as a command a shell takes whatever the path holds."""

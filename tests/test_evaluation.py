@@ -41,7 +41,7 @@ def test_load_trained_model_gives_the_run_model_and_how_to_feed_it(finished: Pat
     [
         ("{}", "'image_shape' must be [channels, height, width] of positive integers"),
         ("1", "expected a JSON object, got int"),
-        ("not json", "is not valid JSON"),
+        ("not json", "data.json: not valid JSON"),
         (
             '{"image_shape": [1, 28, 28], "classes": ["a"], "mean": 0.3, "std": 0, "normalize": true}',
             "'std' must be greater than 0",

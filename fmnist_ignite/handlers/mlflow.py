@@ -20,9 +20,9 @@ from ignite.engine import Engine, Events
 from ..context import Context
 from ..errors import ConfigError, first_line
 from ..events import RunEvents
-from ..fileio import atomic_write_json
 from ..interrupt import Interrupted
 from ..registry import HANDLERS
+from ..runfiles import MlflowRun
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
@@ -146,8 +146,8 @@ class MLflow:
             run = client.create_run(
                 self.experiment_id, run_name=self.context.config.name, tags={"run_dir": str(self.context.run_dir)}
             )
-            saved = {"run_id": run.info.run_id, "experiment_id": self.experiment_id, "tracking_uri": self.uri}
-            atomic_write_json(self.context.rundir.mlflow_run, saved)
+            saved = MlflowRun(run_id=run.info.run_id, experiment_id=self.experiment_id, tracking_uri=self.uri)
+            self.context.rundir.write_mlflow_run(saved)
             logger.info("MLflow: run %s", run.info.run_id)
         elif run.info.status != "RUNNING":
             client.update_run(run.info.run_id, status="RUNNING")
@@ -215,9 +215,10 @@ class MLflow:
         from mlflow.exceptions import MlflowException
 
         path = self.context.rundir.mlflow_run
-        if not path.is_file():
+        saved = self.context.rundir.read_mlflow_run()
+        if saved is None:
             return None
-        run_id = json.loads(path.read_text())["run_id"]
+        run_id = saved.run_id
         try:
             run = client.get_run(run_id)
         except MlflowException as err:
