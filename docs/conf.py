@@ -10,6 +10,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).parent / "_ext"))
 
 import fmnist_ignite  # noqa: E402
+from fmnist_ignite.resume import what_may_change  # noqa: E402
 
 project = "fmnist_ignite"
 author = "fmnist_ignite developers"
@@ -29,6 +30,9 @@ html_title = f"fmnist_ignite {release}"
 html_static_path = ["_static"]
 html_css_files = ["custom.css"]
 exclude_patterns = ["_build"]
+
+# What a resume may change, in the words of the code that checks it (fmnist_ignite.resume).
+rst_prolog = f".. |resume-changes| replace:: {what_may_change('``')}\n"
 
 # A literal block without a language is plain text; Python, shell and YAML blocks say what they are.
 highlight_language = "none"

@@ -29,6 +29,8 @@ _WHERE = {
     "DATASETS": "registry",
     "HANDLERS": "registry",
     "MODELS": "registry",
+    "OPTIMIZERS": "registry",
+    "SCHEDULERS": "registry",
     "Registry": "registry",
     "CheckpointError": "errors",
     "ConfigError": "errors",
@@ -44,7 +46,7 @@ _WHERE = {
     "ImageData": "data",
     "Experiment": "experiment",
     "build_experiment": "build",
-    "resume_experiment": "build",
+    "resume_experiment": "resume",
     "TrainedModel": "evaluation",
     "load_trained_model": "evaluation",
     "RunEvents": "events",
@@ -66,6 +68,8 @@ __all__ = [
     "DATASETS",
     "HANDLERS",
     "MODELS",
+    "OPTIMIZERS",
+    "SCHEDULERS",
     "CheckpointError",
     "Config",
     "ConfigError",
@@ -116,7 +120,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:
     from .app.launch import RunResult, train
-    from .build import build_experiment, resume_experiment
+    from .build import build_experiment
     from .config import Config, load_config
     from .context import Context
     from .data import ImageData
@@ -138,6 +142,7 @@ if TYPE_CHECKING:
     from .inspect_runs import compare_runs, evaluate_run, predict_images
     from .models import LogisticRegression
     from .monitor import Monitor
-    from .registry import DATASETS, HANDLERS, MODELS, Registry
+    from .registry import DATASETS, HANDLERS, MODELS, OPTIMIZERS, SCHEDULERS, Registry
+    from .resume import resume_experiment
     from .rundir import RunDir, SweepDir
     from .sweep import run_sweep

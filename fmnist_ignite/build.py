@@ -1,26 +1,25 @@
 """Assembling an experiment from a config: data, model, optimizer, schedule, engines, handlers.
 
-:func:`build_experiment` writes no file; :func:`resume_experiment` builds a run again from its
-own ``config.yaml``, with the changes a resume allows.
+:func:`build_experiment` writes no file; :func:`~fmnist_ignite.resume.resume_experiment` builds a
+run again from its own ``config.yaml``, with the changes a resume allows.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from ignite.engine import Engine, Events
-from ignite.handlers import CosineAnnealingScheduler, LRScheduler
 
 from . import parallel
 from .checkpoint import Checkpointer
-from .config import Config, HandlerConfig, resume_changes
+from .config import Config, HandlerConfig
 from .context import Context
 from .data import ImageData, Loader, load_data, split_indices
-from .data.loaders import EpochDataLoader, Shard, TensorLoader
+from .data.loaders import Shard, TensorLoader
 from .engine import compile_for_training, create_evaluator, create_trainer, make_prepare_batch, resolve_device
 from .errors import CheckpointError, ConfigError, RunDirError
 from .evaluation import build_model, load_weights
@@ -28,6 +27,7 @@ from .experiment import Experiment, RNGState
 from .handlers import attach_handler
 from .history import History
 from .monitor import Monitor
+from .optim import attach_scheduler, make_optimizer
 from .rundir import RunDir
 
 
@@ -96,7 +96,7 @@ def _build(config: Config, rundir: RunDir, data: ImageData | None, initialize: b
         torch.manual_seed(config.seed)
         model = build_model(config, data.image_shape, len(data.classes)).to(device)
     initial_weights = initialize_from(config, model) if initialize else None
-    optimizer = make_optimizer(config, model)
+    optimizer = make_optimizer(config.optimizer, model.parameters())
     prepare_batch = make_prepare_batch(data.mean, data.std, config.data.normalize)
     step_model = parallel.wrap_model(model, device)
     if config.trainer.compile:
@@ -106,9 +106,8 @@ def _build(config: Config, rundir: RunDir, data: ImageData | None, initialize: b
     trainer = create_trainer(step_model, optimizer, device, prepare_batch, share)
     evaluator = create_evaluator(model, device, prepare_batch)
 
-    if config.data.loader == "tensor":
-        data = to_device(data, device)
-        train_idx, val_idx = train_idx.to(device), val_idx.to(device)
+    data = to_device(data, device)
+    train_idx, val_idx = train_idx.to(device), val_idx.to(device)
     images, labels = data.train_images, data.train_labels
     loaders: dict[str, Loader] = {
         "train": make_loader(config, images, labels, train=True, indices=train_idx),
@@ -206,57 +205,6 @@ def initialize_from(config: Config, model: torch.nn.Module) -> Path | None:
     return path
 
 
-def resume_experiment(run_dir: str | Path, data: ImageData | None = None, overrides: Iterable[str] = ()) -> Experiment:
-    """Rebuild a run from ``RUN_DIR/config.yaml``; its :meth:`~Experiment.run` continues from the newest checkpoint.
-
-    ``overrides`` (``key=value``) may change what leaves the continuation exact:
-    ``trainer.max_epochs``, ``early_stopping.patience`` and ``logging.*``. The run's
-    ``config.yaml`` is rewritten with them when it resumes. A finished run can be extended this
-    way: it trains on to the new ``max_epochs`` (unless early stopping, with its restored counter
-    and the new patience, stops it), and its ``metrics.json``, report and pictures are rewritten
-    at the new end. A cosine schedule is rebuilt over the new total: from the resumed iteration on,
-    the rate follows the cosine from ``optimizer.lr`` to ``scheduler.min_lr`` over all
-    ``max_epochs`` (so it first rises from near ``min_lr`` to where that curve stands).
-
-    Raises:
-        RunDirError: ``run_dir`` is not a run directory, or the run has finished and no override
-            extends it.
-        ConfigError: an override is invalid or changes a setting a resume may not change.
-    """
-    rundir = RunDir(run_dir)
-    config, changes = resume_config(rundir, overrides)
-    refuse_if_finished(rundir, config, changes)
-    experiment = _build(config, RunDir(config.run_dir), data, initialize=False)
-    experiment.resuming = True
-    experiment.changes = changes
-    return experiment
-
-
-def refuse_if_finished(rundir: RunDir, config: Config, changes: Mapping[str, Any]) -> None:
-    """A finished run resumes only to train longer.
-
-    Raises:
-        RunDirError: the run has finished and ``changes`` does not extend it.
-    """
-    if rundir.finished and not changes:
-        raise RunDirError(
-            f"the run in {rundir} has finished (metrics.json exists); to train it longer, resume it with "
-            f"trainer.max_epochs=N above {config.trainer.max_epochs}, or start a new run from its weights "
-            f"with --init-from {rundir}"
-        )
-
-
-def resume_config(run_dir: str | Path | RunDir, overrides: Iterable[str] = ()) -> tuple[Config, dict[str, Any]]:
-    """A run's config with the changes a resume allows, and those changes (see :func:`resume_experiment`).
-
-    Raises:
-        RunDirError: ``run_dir`` is not a run directory.
-        ConfigError: an override is invalid or changes a setting a resume may not change.
-    """
-    rundir = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
-    return resume_changes(rundir.load_config(), overrides)
-
-
 def builtin_handlers(config: Config, writer: bool = True) -> list[tuple[str, HandlerConfig]]:
     """The built-in handlers a config asks for, as the same entries a user writes under ``handlers:``.
 
@@ -266,14 +214,9 @@ def builtin_handlers(config: Config, writer: bool = True) -> list[tuple[str, Han
     """
     bar = config.logging.progress_bar if writer else False
     specs = [("progress", HandlerConfig(target="progress", kwargs={"bar": bar}))]
-    es = config.early_stopping
-    if es.enabled:
-        specs.append(
-            (
-                "early_stopping",
-                HandlerConfig(target="early_stopping", kwargs={"patience": es.patience, "min_delta": es.min_delta}),
-            )
-        )
+    if config.early_stopping.enabled:  # the section's other keys are the handler's keyword arguments
+        kwargs = config.early_stopping.model_dump(exclude={"enabled"})
+        specs.append(("early_stopping", HandlerConfig(target="early_stopping", kwargs=kwargs)))
     if config.logging.tensorboard and writer:
         specs.append(
             ("tensorboard", HandlerConfig(target="tensorboard", kwargs={"log_every": config.logging.log_every}))
@@ -295,71 +238,13 @@ def to_device(data: ImageData, device: torch.device) -> ImageData:
     )
 
 
-def make_optimizer(config: Config, model: torch.nn.Module) -> torch.optim.Optimizer:
-    """The optimizer named in ``config.optimizer``."""
-    opt = config.optimizer
-    if opt.name == "sgd":
-        return torch.optim.SGD(
-            model.parameters(),
-            lr=opt.lr,
-            momentum=opt.momentum,
-            nesterov=opt.nesterov and opt.momentum > 0,
-            weight_decay=opt.weight_decay,
-        )
-    optimizer_class = torch.optim.Adam if opt.name == "adam" else torch.optim.AdamW
-    return optimizer_class(model.parameters(), lr=opt.lr, weight_decay=opt.weight_decay)
-
-
-def attach_scheduler(config: Config, optimizer: torch.optim.Optimizer, trainer: Engine, epoch_length: int) -> Any:
-    """Attach the learning-rate schedule (updated every iteration); ``None`` for ``scheduler.name: none``."""
-    sched = config.scheduler
-    if sched.name == "none":
-        return None
-    if sched.name == "cosine":
-        total = max(2, epoch_length * config.trainer.max_epochs)
-        scheduler: Any = CosineOverRun(
-            optimizer, "lr", start_value=config.optimizer.lr, end_value=sched.min_lr, cycle_size=total
-        )
-    else:
-        step = torch.optim.lr_scheduler.StepLR(optimizer, step_size=sched.step_size * epoch_length, gamma=sched.gamma)
-        scheduler = LRScheduler(step)
-    trainer.add_event_handler(Events.ITERATION_STARTED, scheduler)
-    return scheduler
-
-
-class CosineOverRun(CosineAnnealingScheduler):
-    """Ignite's cosine annealing over the whole run, whose checkpoint restores its position, not its length.
-
-    The length comes from the config (``trainer.max_epochs`` iterations of an epoch): a resume
-    that raises ``max_epochs`` rebuilds the curve over the new total instead of starting a second
-    cycle at ``optimizer.lr``.
-    """
-
-    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
-        length = self.cycle_size, self.total_cycle_size
-        super().load_state_dict(state_dict)
-        self.cycle_size, self.total_cycle_size = length
-
-
 def make_loader(
     config: Config, images: torch.Tensor, labels: torch.Tensor, train: bool, indices: torch.Tensor | None = None
 ) -> Loader:
-    """A loader of the configured kind over ``images[indices]`` (all images when ``indices`` is None).
+    """A loader over ``images[indices]`` (all images when ``indices`` is None), shuffled each epoch for training.
 
     In a data-parallel run each process's loader gives its share (see :class:`~fmnist_ignite.data.loaders.Shard`).
     """
-    data = config.data
-    batch_size = data.batch_size if train else data.eval_batch_size
+    batch_size = config.data.batch_size if train else config.data.eval_batch_size
     shard = Shard(parallel.rank(), parallel.world_size())
-    if data.loader == "dataloader":
-        return EpochDataLoader(
-            images,
-            labels,
-            batch_size,
-            train,
-            seed=config.seed,
-            num_workers=data.num_workers,
-            indices=indices,
-            shard=shard,
-        )
     return TensorLoader(images, labels, batch_size, shuffle=train, seed=config.seed, indices=indices, shard=shard)

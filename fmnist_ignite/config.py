@@ -18,15 +18,11 @@ from ignite.engine import Events
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
-from .registry import DATASETS, MODELS
+from .registry import DATASETS, MODELS, OPTIMIZERS, SCHEDULERS
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 FLOAT32_MAX = 3.4e38  # a learning rate at float32's limit (about 3.4028e38) overflows at once
-MOVED_TO_MONITOR = {"metric": "monitor.metric", "mode": "monitor.mode", "restore_best": "monitor.restore_best"}
 DEVICE_PATTERN = r"^(auto|cpu|mps|cuda(:[0-9]+)?)$"
-# What a resume may change: settings that leave the continuation exact (max_epochs also rebuilds a
-# cosine schedule over the new total), and display. A key ending in "." stands for its section.
-CHANGEABLE_ON_RESUME = ("trainer.max_epochs", "early_stopping.patience", "logging.")
 ENGINE_EVENTS = sorted(e.name for e in Events if not e.name.startswith(("GET_BATCH", "DATALOADER")))
 
 
@@ -107,14 +103,15 @@ def _parse_yaml(text: str) -> Any:
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
+    @classmethod
+    def default(cls, key: str) -> Any:
+        """The schema's default for ``key``: what a handler's keyword argument of that setting defaults to.
 
-def _check_registered(kind: str, names: Iterable[str], value: str) -> str:
-    if ":" in value or value in names:
-        return value
-    names = sorted(names)
-    hint = difflib.get_close_matches(value, names, n=1)
-    suggestion = f" (did you mean '{hint[0]}'?)" if hint else ""
-    raise ValueError(f"unknown {kind} {value!r}{suggestion}; choose one of {', '.join(names)} or 'package.module:Name'")
+        Example:
+            >>> EarlyStoppingConfig.default("patience")
+            3
+        """
+        return cls.model_fields[key].get_default(call_default_factory=True)
 
 
 class DataConfig(_Section):
@@ -137,12 +134,6 @@ class DataConfig(_Section):
         "processes.",
     )
     eval_batch_size: int = Field(1000, ge=1, description="Batch size for validation and test evaluation.")
-    loader: Literal["tensor", "dataloader"] = Field(
-        "tensor",
-        description="`tensor`: the split held in memory as one uint8 tensor, batched by index (fast). "
-        "`dataloader`: torchvision dataset + `DataLoader`, one image at a time (for custom transforms).",
-    )
-    num_workers: int = Field(0, ge=0, description="Worker processes for the `dataloader` loader.")
     normalize: bool = Field(
         True, description="Standardise pixels with the data set's mean and std (else scale to [0, 1])."
     )
@@ -150,7 +141,7 @@ class DataConfig(_Section):
     @field_validator("dataset")
     @classmethod
     def _known_dataset(cls, value: str) -> str:
-        return _check_registered("dataset", DATASETS.names(), value)
+        return DATASETS.check(value)
 
 
 class ModelConfig(_Section):
@@ -162,22 +153,38 @@ class ModelConfig(_Section):
     @field_validator("name")
     @classmethod
     def _known_model(cls, value: str) -> str:
-        return _check_registered("model", MODELS.names(), value)
+        return MODELS.check(value)
 
 
 class OptimizerConfig(_Section):
     """The optimizer and its hyperparameters."""
 
-    name: Literal["sgd", "adam", "adamw"] = Field("sgd", description="`sgd`, `adam` or `adamw`.")
+    name: str = Field(
+        "sgd",
+        description="`sgd`, `adam`, `adamw`, a registered plugin, or `package.module:Name`: a `torch.optim.Optimizer` "
+        "subclass, called as `Name(params, lr=lr, weight_decay=weight_decay, **kwargs)`, or a function "
+        "`make(params, section)`.",
+    )
     lr: float = Field(
         0.02,
         gt=0,
         allow_inf_nan=False,
         description="Learning rate (the peak rate when a schedule is set).",
     )
-    momentum: float = Field(0.9, ge=0, lt=1, description="Momentum (sgd only).")
-    nesterov: bool = Field(True, description="Nesterov momentum (sgd only; needs momentum > 0).")
+    momentum: float = Field(0.9, ge=0, lt=1, description="Momentum of `sgd` (other optimizers ignore it).")
+    nesterov: bool = Field(
+        True, description="Nesterov momentum, for `sgd` with momentum > 0 (other optimizers ignore it)."
+    )
     weight_decay: float = Field(0.0, ge=0, description="L2 penalty (decoupled for adamw).")
+    kwargs: dict[str, Any] = Field(
+        default_factory=dict,
+        description="More keyword arguments for the optimizer, e.g. `{betas: [0.9, 0.99]}` for `adam`.",
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _known_optimizer(cls, value: str) -> str:
+        return OPTIMIZERS.check(value)
 
     @field_validator("lr")
     @classmethod
@@ -188,14 +195,26 @@ class OptimizerConfig(_Section):
 
 
 class SchedulerConfig(_Section):
-    """How the learning rate changes during training (applied every iteration)."""
+    """How the learning rate changes during training (every iteration; checkpointed, so a resume continues it)."""
 
-    name: Literal["none", "cosine", "step"] = Field(
-        "cosine", description="`none`, `cosine` (anneal to `min_lr` over the run) or `step`."
+    name: str = Field(
+        "cosine",
+        description="`none`, `cosine` (anneal from `optimizer.lr` to `min_lr` over the run), `step` (multiply by "
+        "`gamma` every `step_size` epochs), a registered plugin, or `package.module:Name`: a function "
+        "`make(optimizer, config, epoch_length, **kwargs)` returning an Ignite parameter scheduler, a torch "
+        "`LRScheduler` (stepped every iteration) or `null`.",
     )
     min_lr: float = Field(0.0, ge=0, description="Final learning rate of the cosine schedule.")
     step_size: int = Field(5, ge=1, description="Epochs between decays of the step schedule.")
     gamma: float = Field(0.1, gt=0, le=1, description="Factor applied at each decay of the step schedule.")
+    kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="Keyword arguments for a plugin's schedule (the built-ins take none)."
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _known_scheduler(cls, value: str) -> str:
+        return SCHEDULERS.check(value)
 
 
 class TrainerConfig(_Section):
@@ -215,18 +234,6 @@ class EarlyStoppingConfig(_Section):
     enabled: bool = Field(True, description="Turn early stopping on.")
     patience: int = Field(3, ge=1, description="Epochs without improvement before stopping.")
     min_delta: float = Field(0.0, ge=0, description="Smallest change that counts as an improvement.")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _moved_keys(cls, data: Any) -> Any:
-        if isinstance(data, Mapping):
-            for key, new in MOVED_TO_MONITOR.items():
-                if key in data:
-                    raise ValueError(
-                        f"'early_stopping.{key}' has moved to '{new}': the one definition of the best epoch, "
-                        "shared by early stopping, the best-model file, model.pt and metrics.json"
-                    )
-        return data
 
 
 class MonitorConfig(_Section):
@@ -509,30 +516,6 @@ def differences(before: Mapping[str, Any], after: Mapping[str, Any]) -> dict[str
     """
     a, b = flatten(before), flatten(after)
     return {k: b.get(k) for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)}
-
-
-def resume_changes(saved: Config, overrides: Iterable[str]) -> tuple[Config, dict[str, Any]]:
-    """Apply ``key=value`` overrides to a run's saved config, allowing only what a resume may change.
-
-    Returns:
-        the new config, and each setting that changed with its new value.
-
-    Raises:
-        ConfigError: an override is malformed or invalid, or changes a setting that would break the
-            exact continuation; the message lists what may change.
-    """
-    config = load_config(saved.to_dict(), overrides)
-    changes = differences(saved.to_dict(), config.to_dict())
-    refused = [k for k in changes if not k.startswith(CHANGEABLE_ON_RESUME)]
-    if refused:
-        *first, last = (k + "*" if k.endswith(".") else k for k in CHANGEABLE_ON_RESUME)
-        allowed = f"{', '.join(first)} and {last}"
-        raise ConfigError(
-            f"--resume cannot change {', '.join(refused)}: the run would no longer continue exactly; "
-            f"a resume may change only {allowed}; to start a new run from this one's weights, use "
-            "--init-from RUN_DIR with a config"
-        )
-    return config, changes
 
 
 def validate_config(data: Mapping[str, Any], where: str = "config", overridden: Iterable[str] = ()) -> Config:

@@ -1,10 +1,12 @@
-"""One registry for handlers, models and data sets: short names, installed plugins, dotted paths.
+"""One registry per kind of plugin (handlers, models, data sets, optimizers, learning-rate schedules):
+short names, installed plugins, dotted paths.
 
 A config names a plugin in one of three ways, resolved in this order:
 
-1. a built-in short name (``history``, ``logistic``, ``fashion_mnist``, ...);
+1. a built-in short name (``progress``, ``logistic``, ``fashion_mnist``, ``sgd``, ``cosine``, ...);
 2. a name that an installed distribution registers in the entry-point group
-   ``fmnist_ignite.handlers``, ``fmnist_ignite.models`` or ``fmnist_ignite.datasets``;
+   ``fmnist_ignite.handlers``, ``fmnist_ignite.models``, ``fmnist_ignite.datasets``,
+   ``fmnist_ignite.optimizers`` or ``fmnist_ignite.schedulers``;
 3. a dotted path ``package.module:Name``.
 
 Built-ins go through exactly the same lookup as plugins, so whatever a built-in can do from a
@@ -71,6 +73,25 @@ class Registry:
         """Every name a config may use (dotted paths aside)."""
         return sorted({*self.builtins(), *self.plugins()})
 
+    def unknown(self, ref: str) -> str:
+        """The one-line message for a name that is neither registered nor a dotted path (the schema's and
+        :meth:`get`'s)."""
+        names = self.names()
+        hint = difflib.get_close_matches(ref, names, n=1)
+        suggestion = f" (did you mean '{hint[0]}'?)" if hint else ""
+        return f"unknown {self.kind} {ref!r}{suggestion}; choose one of {', '.join(names)} or 'package.module:Name'"
+
+    def check(self, ref: str) -> str:
+        """``ref`` itself when a config may name it (a registered name or ``package.module:Name``), for the
+        schema's validators; the dotted path is imported only when the experiment is built.
+
+        Raises:
+            ValueError: with :meth:`unknown`'s message.
+        """
+        if ":" in ref or ref in self.names():
+            return ref
+        raise ValueError(self.unknown(ref))
+
     def get(self, ref: str) -> Any:
         """Resolve a name or ``package.module:Name``.
 
@@ -89,12 +110,7 @@ class Registry:
                         f"{self.kind} '{ref}' (entry point {ep.value}) cannot be loaded: {type(err).__name__}: {err}"
                     ) from None
         if ":" not in ref:
-            names = self.names()
-            hint = difflib.get_close_matches(ref, names, n=1)
-            suggestion = f" (did you mean '{hint[0]}'?)" if hint else ""
-            raise ConfigError(
-                f"unknown {self.kind} '{ref}'{suggestion}; choose one of {', '.join(names)} or 'package.module:Name'"
-            )
+            raise ConfigError(self.unknown(ref))
         return import_target(ref)
 
 
@@ -122,3 +138,5 @@ def import_target(ref: str) -> Any:
 HANDLERS = Registry("handler", "fmnist_ignite.handlers", "fmnist_ignite.handlers")
 MODELS = Registry("model", "fmnist_ignite.models", "fmnist_ignite.models")
 DATASETS = Registry("dataset", "fmnist_ignite.datasets", "fmnist_ignite.data.datasets")
+OPTIMIZERS = Registry("optimizer", "fmnist_ignite.optimizers", "fmnist_ignite.optim")
+SCHEDULERS = Registry("scheduler", "fmnist_ignite.schedulers", "fmnist_ignite.optim")

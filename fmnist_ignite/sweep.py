@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import yaml
 from ignite.engine import Engine, Events
 
-from .build import build_experiment, resume_experiment
+from .build import build_experiment
 from .config import NAME_PATTERN, Config, _parse_yaml, load_config
 from .context import Context
 from .data import ImageData, load_data
@@ -47,6 +47,7 @@ from .events import RunEvents
 from .experiment import Experiment
 from .fileio import atomic_write_json
 from .interrupt import Interrupted
+from .resume import resume_experiment
 from .rundir import RunDir, SweepDir
 
 if TYPE_CHECKING:

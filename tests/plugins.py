@@ -1,4 +1,4 @@
-"""Handlers that the tests name from YAML by dotted path (``tests.plugins:Name``)."""
+"""Handlers, an optimizer and schedules that the tests name from YAML by dotted path (``tests.plugins:Name``)."""
 
 from __future__ import annotations
 
@@ -9,13 +9,15 @@ import logging
 import os
 import signal as signal_module
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
 from ignite.engine import Engine, Events
+from ignite.handlers import PiecewiseLinear
 
-from fmnist_ignite import Context
+from fmnist_ignite import Config, Context
 
 
 class RecordMetrics:
@@ -320,3 +322,50 @@ class TerminateOnRank:
 
         if idist.get_rank() == self.rank and engine.state.epoch == self.epoch:
             engine.terminate()
+
+
+class Lion(torch.optim.Optimizer):
+    """A user's optimizer with state of its own (Lion, Chen et al. 2023: the sign of an interpolated momentum)."""
+
+    def __init__(
+        self, params: Iterable[Any], lr: float = 1e-4, betas: Iterable[float] = (0.9, 0.99), weight_decay: float = 0.0
+    ) -> None:
+        super().__init__(params, {"lr": lr, "betas": tuple(betas), "weight_decay": weight_decay})
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if not state:
+                    state["exp_avg"] = torch.zeros_like(p)
+                exp_avg = state["exp_avg"]
+                p.mul_(1 - group["lr"] * group["weight_decay"])
+                p.add_((exp_avg * beta1 + p.grad * (1 - beta1)).sign(), alpha=-group["lr"])
+                exp_avg.mul_(beta2).add_(p.grad, alpha=1 - beta2)
+        return loss
+
+
+def warmup(optimizer: torch.optim.Optimizer, config: Config, epoch_length: int, epochs: int = 1) -> PiecewiseLinear:
+    """A user's schedule (an Ignite parameter scheduler): from a tenth of ``optimizer.lr`` up to it over ``epochs``."""
+    peak = config.optimizer.lr
+    return PiecewiseLinear(optimizer, "lr", [(0, peak / 10), (epochs * epoch_length, peak)])
+
+
+def halve_every(
+    optimizer: torch.optim.Optimizer, config: Config, epoch_length: int, epochs: int = 1
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """A user's schedule (a torch one, stepped every iteration): the rate halved every ``epochs`` epochs."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda iteration: 0.5 ** (iteration // (epochs * epoch_length)))
+
+
+def stateless_schedule(optimizer: torch.optim.Optimizer, config: Config, epoch_length: int) -> Callable[..., None]:
+    """A schedule a resume could not continue: it keeps no state."""
+    return lambda engine: None

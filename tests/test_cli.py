@@ -69,7 +69,10 @@ def test_resume_from_the_command_line_continues_the_same_run(tmp_path: Path, sma
     [
         (["optimizer.lrr=0.1"], "unknown key 'optimizer.lrr'; did you mean 'lr'?"),
         (["optimizer.lr=-1"], "'optimizer.lr': Input should be greater than 0"),
-        (["optimizer.name=rmsprop"], "'optimizer.name': Input should be 'sgd', 'adam' or 'adamw'"),
+        (
+            ["optimizer.name=rmsprop"],
+            "'optimizer.name': unknown optimizer 'rmsprop'; choose one of adam, adamw, sgd or 'package.module:Name'",
+        ),
         (["data.val_size=600"], "data.val_size=600 must be smaller than the 600 training images"),
         (["data.batch_size=0"], "'data.batch_size': Input should be greater than or equal to 1"),
         (["data.dataset=mnist"], "unknown dataset 'mnist'"),

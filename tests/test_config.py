@@ -58,7 +58,10 @@ def test_config_is_immutable() -> None:
         (["optimizer.lr=-1"], "'optimizer.lr': Input should be greater than 0"),
         (["data.batch_size=0"], "'data.batch_size': Input should be greater than or equal to 1"),
         (["early_stopping.patience=-1"], "'early_stopping.patience'"),
-        (["optimizer.name=rmsprop"], "'optimizer.name': Input should be 'sgd', 'adam' or 'adamw'"),
+        (
+            ["optimizer.name=rmsprop"],
+            "'optimizer.name': unknown optimizer 'rmsprop'; choose one of adam, adamw, sgd or 'package.module:Name'",
+        ),
         (["data.dataset=mnist"], "unknown dataset 'mnist'"),
         (["data.dataset=fashion-mnist"], "did you mean 'fashion_mnist'?"),
         (["model.name=mlp"], "unknown model 'mlp'"),
@@ -184,3 +187,79 @@ def test_a_bad_value_is_blamed_on_where_it_came_from(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(path, ["trainer.max_epochs=3"])
     assert str(info.value).startswith(f"{path}: 'optimizer.lr'")
+
+
+DATA_KEYS = "dataset, root, system_dir, download, val_size, batch_size, eval_batch_size, normalize"
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("data.loader=dataloader", f"config: unknown key 'data.loader' (allowed here: {DATA_KEYS})"),
+        ("data.num_workers=2", f"config: unknown key 'data.num_workers' (allowed here: {DATA_KEYS})"),
+        (
+            "early_stopping.metric=val_loss",
+            "config: unknown key 'early_stopping.metric' (allowed here: enabled, patience, min_delta)",
+        ),
+    ],
+)
+def test_removed_keys_get_the_usual_unknown_key_error(override: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config({}, [override])
+    assert str(info.value) == expected
+
+
+def test_a_file_still_naming_data_loader_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "old.yaml"
+    path.write_text("data:\n  loader: tensor\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value) == f"{path}: unknown key 'data.loader' (allowed here: {DATA_KEYS})"
+
+
+def test_optimizer_and_scheduler_take_a_name_and_keyword_arguments(tmp_path: Path) -> None:
+    cfg = load_config(
+        {
+            "optimizer": {"name": "mypkg.opt:Lion", "lr": 0.001, "kwargs": {"betas": [0.9, 0.99]}},
+            "scheduler": {"name": "mypkg.sched:warmup", "kwargs": {"epochs": 2}},
+        },
+        ["optimizer.weight_decay=0.01"],
+    )
+    assert (cfg.optimizer.name, cfg.optimizer.lr, cfg.optimizer.weight_decay) == ("mypkg.opt:Lion", 0.001, 0.01)
+    assert cfg.optimizer.kwargs == {"betas": [0.9, 0.99]}
+    assert (cfg.scheduler.name, cfg.scheduler.kwargs) == ("mypkg.sched:warmup", {"epochs": 2})
+    path = tmp_path / "config.yaml"
+    path.write_text(cfg.to_yaml())
+    assert load_config(path) == cfg
+    base = load_config(REPO / "configs" / "base.yaml")
+    assert (base.optimizer.name, base.optimizer.momentum, base.optimizer.nesterov, base.optimizer.kwargs) == (
+        "sgd",
+        0.9,
+        True,
+        {},
+    )
+    assert (base.scheduler.name, base.scheduler.min_lr, base.scheduler.step_size, base.scheduler.gamma) == (
+        "cosine",
+        0.0,
+        5,
+        0.1,
+    )
+
+
+def test_handler_defaults_are_the_schemas() -> None:
+    import inspect
+
+    from fmnist_ignite.config import EarlyStoppingConfig, LoggingConfig
+    from fmnist_ignite.handlers import EarlyStopping, MLflow, TensorBoard
+
+    def defaults(cls: type) -> dict[str, object]:
+        return {k: p.default for k, p in inspect.signature(cls).parameters.items() if k != "context"}
+
+    assert defaults(EarlyStopping) == {"patience": 3, "min_delta": 0.0}
+    assert defaults(EarlyStopping) == {k: EarlyStoppingConfig.default(k) for k in ("patience", "min_delta")}
+    assert defaults(TensorBoard) == {"log_every": 50} == {"log_every": LoggingConfig.default("log_every")}
+    assert defaults(MLflow) == {"uri": None, "experiment": "fmnist_ignite"}
+    assert defaults(MLflow) == {
+        "uri": LoggingConfig.default("mlflow_uri"),
+        "experiment": LoggingConfig.default("mlflow_experiment"),
+    }

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fmnist_ignite import DataError, load_config
-from fmnist_ignite.data import EpochDataLoader, Shard, TensorLoader, epoch_permutation, load_data
+from fmnist_ignite.data import Shard, TensorLoader, epoch_permutation, load_data
 from fmnist_ignite.data.sources import FASHION_FILES, verify_idx
 
 from .conftest import N_TEST, N_TRAIN, idx_images, synthetic_images, write_cifar_archive, write_fashion_gz
@@ -160,30 +160,16 @@ def test_tensor_loader_covers_each_sample_once_per_epoch_in_a_seeded_order() -> 
     assert torch.equal(torch.cat([y for _, y in loader]), first)
 
 
-def test_dataloader_path_gives_the_same_batches_as_the_tensor_loader() -> None:
-    images = torch.randint(0, 255, (50, 1, 28, 28), dtype=torch.uint8)
-    labels = torch.randint(0, 10, (50,))
-    fast = TensorLoader(images, labels, batch_size=16, shuffle=True, seed=5)
-    slow = EpochDataLoader(images, labels, batch_size=16, shuffle=True, seed=5)
-    for epoch in (1, 2):
-        fast.set_epoch(epoch)
-        slow.set_epoch(epoch)
-        for (xa, ya), (xb, yb) in zip(fast, slow, strict=True):
-            assert xb.dtype == torch.uint8
-            assert torch.equal(xa, xb) and torch.equal(ya, yb)
-
-
 @given(
     n=st.integers(1, 60),
     per_process=st.integers(1, 9),
     count=st.integers(1, 4),
     shuffle=st.booleans(),
     with_indices=st.booleans(),
-    loader=st.sampled_from([TensorLoader, EpochDataLoader]),
 )
 @settings(max_examples=60, deadline=None)
 def test_the_shards_of_a_data_parallel_run_make_up_the_single_process_batches(
-    n: int, per_process: int, count: int, shuffle: bool, with_indices: bool, loader: type
+    n: int, per_process: int, count: int, shuffle: bool, with_indices: bool
 ) -> None:
     # What one process reads, the processes read together: batch by batch in training (each
     # process a piece of every batch), the whole split once in evaluation.
@@ -195,7 +181,7 @@ def test_the_shards_of_a_data_parallel_run_make_up_the_single_process_batches(
         images, labels = images[:n], labels[:n]
 
     def batches(shard: Shard) -> list[list[int]]:
-        made = loader(images, labels, size, shuffle, seed=7, indices=indices, shard=shard)
+        made = TensorLoader(images, labels, size, shuffle, seed=7, indices=indices, shard=shard)
         made.set_epoch(3)
         got = [y.tolist() for _, y in made]
         assert len(got) == len(made)

@@ -82,13 +82,9 @@ def test_same_config_and_seed_give_identical_history(make_config: Callable[..., 
     assert values(c.history) != values(a.history)
 
 
-@pytest.mark.parametrize("loader", ["tensor", "dataloader"])
-def test_resume_ends_with_the_same_history_as_an_uninterrupted_run(
-    make_config: Callable[..., Config], loader: str
-) -> None:
+def test_resume_ends_with_the_same_history_as_an_uninterrupted_run(make_config: Callable[..., Config]) -> None:
     overrides = (
         "trainer.max_epochs=5",
-        f"data.loader={loader}",
         "early_stopping.patience=5",
         "handlers=[{target: 'tests.plugins:CountingState'}]",
     )

@@ -22,7 +22,7 @@ LAYERS = [
     ["experiment"],
     ["handlers", "evaluation", "reports"],
     ["checkpoint", "history", "monitor", "parallel", "interrupt", "rundir", "runfiles", "context"],
-    ["data", "engine", "models", "plots", "images"],
+    ["data", "engine", "models", "optim", "plots", "images"],
     ["config", "registry", "fileio", "errors", "events", "tables"],
 ]
 # What the program does and the library must not: print, exit, set up logging output, start processes.

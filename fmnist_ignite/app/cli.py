@@ -38,13 +38,14 @@ class Command:
 
 
 def _train_arguments(parser: argparse.ArgumentParser) -> None:
+    from ..resume import what_may_change  # imports no torch: --help stays quick
+
     parser.add_argument("config", nargs="?", help="YAML config file")
     parser.add_argument(
         "overrides",
         nargs="*",
         metavar="key.sub=value",
-        help="override a config value (read as YAML); with --resume, only trainer.max_epochs, "
-        "early_stopping.patience and logging.*",
+        help=f"override a config value (read as YAML); with --resume, only {what_may_change()}",
     )
     parser.add_argument(
         "--resume",
@@ -61,7 +62,9 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
         "--print-config", action="store_true", help="print the resolved config (the defaults without CONFIG) and exit"
     )
     parser.add_argument(
-        "--list-plugins", action="store_true", help="list the handlers, models and data sets a config can name"
+        "--list-plugins",
+        action="store_true",
+        help="list the handlers, models, data sets, optimizers and schedules a config can name",
     )
 
 
@@ -325,13 +328,15 @@ def _add_verbosity(parser: argparse.ArgumentParser, default: Any) -> None:
 
 def plugin_listing() -> str:
     """What ``--list-plugins`` prints: every registered name and where it comes from."""
-    from ..registry import DATASETS, HANDLERS, MODELS
+    from ..registry import DATASETS, HANDLERS, MODELS, OPTIMIZERS, SCHEDULERS
 
     lines = []
     for title, registry, key in (
         ("handlers", HANDLERS, "handlers[].target"),
         ("models", MODELS, "model.name"),
         ("datasets", DATASETS, "data.dataset"),
+        ("optimizers", OPTIMIZERS, "optimizer.name"),
+        ("schedulers", SCHEDULERS, "scheduler.name"),
     ):
         lines.append(f"{title} ({key}; entry-point group {registry.group}):")
         rows = registry.describe()

@@ -133,8 +133,8 @@ def resolve(
     init_from: str | None = None,
 ) -> tuple[Config, dict[str, Any]]:
     """The config a :func:`train` call would train, and what a resume changes in it."""
-    from ..build import resume_config
     from ..config import Config, load_config
+    from ..resume import resume_config
 
     if resume is not None:
         if init_from:
@@ -157,8 +157,8 @@ def _prepare(
     config: Any, overrides: tuple[str, ...], resume: str | Path | None, init_from: str | None, verbosity: int
 ) -> tuple[Request, bool]:
     """The request every process trains, and whether processes must be started for it."""
-    from ..build import refuse_if_finished
     from ..parallel import check_batch, in_parallel_context, launched_by_torchrun
+    from ..resume import refuse_if_finished
     from ..rundir import RunDir
 
     resolved, changes = resolve(config, overrides, resume, init_from)
@@ -180,7 +180,8 @@ def _prepare(
 
 
 def _build(request: Request) -> Experiment:
-    from ..build import build_experiment, resume_experiment
+    from ..build import build_experiment
+    from ..resume import resume_experiment
 
     if request.resume is not None:
         return resume_experiment(request.resume, overrides=request.overrides)

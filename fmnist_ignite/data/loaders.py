@@ -1,18 +1,17 @@
-"""Batches for the engines: an in-memory tensor loader (default) and a DataLoader path.
+"""Batches for the engines: the split held in memory as uint8 tensors, batched by index.
 
-Both take their batches from :func:`batch_positions` (the seeded permutation of each epoch, see
-:func:`epoch_permutation`), so they give the same batches, a resumed run sees exactly the batches
-an uninterrupted one would, and the processes of a data-parallel run together see exactly the
-batches one process would (each its :class:`Shard` of them).
+The batches come from :func:`batch_positions` (the seeded permutation of each epoch, see
+:func:`epoch_permutation`), so a resumed run sees exactly the batches an uninterrupted one would,
+and the processes of a data-parallel run together see exactly the batches one process would
+(each its :class:`Shard` of them).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -148,77 +147,5 @@ class TensorLoader:
             yield self.images.index_select(0, index), self.labels.index_select(0, index)
 
 
-class ImageDataset(Dataset[Batch]):
-    """Per-image access for the DataLoader path: each image goes through PIL and ``transform``."""
-
-    def __init__(
-        self,
-        images: torch.Tensor,
-        labels: torch.Tensor,
-        transform: Callable | None = None,
-        indices: torch.Tensor | None = None,
-    ):
-        from torchvision.transforms import PILToTensor
-        from torchvision.transforms.functional import to_pil_image
-
-        self.images = images
-        self.labels = labels
-        self.indices = indices.tolist() if indices is not None else None
-        self.transform = transform or PILToTensor()
-        self._to_pil = to_pil_image
-
-    def __len__(self) -> int:
-        return len(self.labels) if self.indices is None else len(self.indices)
-
-    def __getitem__(self, i: int) -> Batch:
-        j = i if self.indices is None else self.indices[i]
-        return self.transform(self._to_pil(self.images[j])), self.labels[j]
-
-
-class EpochBatchSampler(Sampler[list[int]]):
-    """Yields each batch's positions as :func:`batch_positions` gives them, for a ``DataLoader``."""
-
-    def __init__(self, n: int, batch_size: int, shuffle: bool, seed: int, shard: Shard = Shard()):
-        self.n, self.batch_size, self.shuffle, self.seed, self.shard = n, batch_size, shuffle, seed, shard
-        self.epoch = 1
-
-    def __len__(self) -> int:
-        return count_batches(self.n, self.batch_size, self.shuffle, self.shard)
-
-    def __iter__(self) -> Iterator[list[int]]:
-        for positions in batch_positions(self.n, self.batch_size, self.shuffle, self.seed, self.epoch, self.shard):
-            yield list(range(self.n)[positions]) if isinstance(positions, slice) else positions.tolist()
-
-
-class EpochDataLoader:
-    """A ``DataLoader`` over :class:`ImageDataset`: the same batches, in the same order, as :class:`TensorLoader`."""
-
-    def __init__(
-        self,
-        images: torch.Tensor,
-        labels: torch.Tensor,
-        batch_size: int,
-        shuffle: bool,
-        seed: int = 0,
-        num_workers: int = 0,
-        transform: Callable | None = None,
-        indices: torch.Tensor | None = None,
-        shard: Shard = Shard(),
-    ):
-        dataset = ImageDataset(images, labels, transform, indices)
-        self.sampler = EpochBatchSampler(len(dataset), batch_size, shuffle, seed, shard)
-        self.loader = DataLoader(dataset, batch_sampler=self.sampler, num_workers=num_workers)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Choose the permutation for the next pass."""
-        self.sampler.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.loader)
-
-    def __iter__(self) -> Iterator[Batch]:
-        return iter(self.loader)
-
-
-Loader = TensorLoader | EpochDataLoader
-"""What the engines iterate over: either loader gives ``(uint8 images, labels)`` batches."""
+Loader = TensorLoader
+"""What the engines iterate over: ``(uint8 images, labels)`` batches, with ``set_epoch`` and ``len``."""

@@ -8,6 +8,7 @@ from typing import Any
 from ignite.engine import Engine, Events
 from ignite.handlers import EarlyStopping as IgniteEarlyStopping
 
+from ..config import EarlyStoppingConfig
 from ..context import Context
 from ..registry import HANDLERS
 
@@ -34,13 +35,21 @@ class EarlyStopping(IgniteEarlyStopping):
     ``patience`` or ``max_epochs``) it stops at once if the counter has already reached
     ``patience``: exactly what a run with these settings from the start would have done.
 
+    The keyword arguments are the ``early_stopping`` section's keys, with its defaults
+    (:class:`~fmnist_ignite.config.EarlyStoppingConfig`).
+
     Args:
         context: the experiment context.
         patience: epochs without improvement before stopping.
         min_delta: smallest change that counts as an improvement.
     """
 
-    def __init__(self, context: Context, patience: int = 3, min_delta: float = 0.0) -> None:
+    def __init__(
+        self,
+        context: Context,
+        patience: int = EarlyStoppingConfig.default("patience"),
+        min_delta: float = EarlyStoppingConfig.default("min_delta"),
+    ) -> None:
         monitor, history = context.monitor, context.history
         super().__init__(
             patience,

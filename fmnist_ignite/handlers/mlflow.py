@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from ignite.engine import Engine, Events
 
+from ..config import LoggingConfig
 from ..context import Context
 from ..errors import ConfigError, first_line
 from ..events import RunEvents
@@ -82,11 +83,16 @@ class MLflow:
 
     Args:
         context: the experiment context.
-        uri: the tracking URI; ``None`` for ``sqlite:///<output_dir>/mlflow.db``.
-        experiment: the name of the MLflow experiment.
+        uri: the tracking URI (``logging.mlflow_uri``); ``None`` for ``sqlite:///<output_dir>/mlflow.db``.
+        experiment: the name of the MLflow experiment (``logging.mlflow_experiment``).
     """
 
-    def __init__(self, context: Context, uri: str | None = None, experiment: str = "fmnist_ignite") -> None:
+    def __init__(
+        self,
+        context: Context,
+        uri: str | None = LoggingConfig.default("mlflow_uri"),
+        experiment: str = LoggingConfig.default("mlflow_experiment"),
+    ) -> None:
         if importlib.util.find_spec("mlflow") is None:
             raise ConfigError(
                 "logging.mlflow: the mlflow package is not installed; pip install 'fmnist_ignite[mlflow]' installs it"

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from ignite.engine import Engine, Events
 
+from ..config import LoggingConfig, flatten
 from ..context import Context
 from ..events import RunEvents
 from ..registry import HANDLERS
@@ -50,10 +51,11 @@ class TensorBoard:
 
     Args:
         context: the experiment context.
-        log_every: iterations between ``batch_loss`` points (each point reads the loss from the device).
+        log_every: iterations between ``batch_loss`` points (each point reads the loss from the device);
+            ``logging.log_every``.
     """
 
-    def __init__(self, context: Context, log_every: int = 50) -> None:
+    def __init__(self, context: Context, log_every: int = LoggingConfig.default("log_every")) -> None:
         self.context = context
         self.log_every = log_every
         self.writers: dict[str, SummaryWriter] = {}
@@ -104,8 +106,6 @@ class TensorBoard:
         from tensorboard.compat.proto.summary_pb2 import Summary
         from torch.utils.tensorboard import SummaryWriter
         from torch.utils.tensorboard.summary import hparams
-
-        from ..config import flatten
 
         results = engine.state.results  # type: ignore[attr-defined]
         settings = flatten(self.context.config.to_dict())
