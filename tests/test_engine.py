@@ -127,7 +127,7 @@ def test_uint8_pixels_become_scaled_floats(normalize: bool) -> None:
 
 @pytest.mark.xfail(
     strict=True,
-    reason="engine.py:101-103: a float batch goes through x.float() (no copy), then x.sub_(shift) "
+    reason="engine.py:99-101: a float batch goes through x.float() (no copy), then x.sub_(shift) "
     "subtracts in place, changing the caller's tensor",
 )
 def test_a_float_batch_is_not_changed_in_place() -> None:
@@ -138,7 +138,7 @@ def test_a_float_batch_is_not_changed_in_place() -> None:
 
 @pytest.mark.xfail(
     strict=True,
-    reason="engine.py:101: float pixels 0-255 are not multiplied by scale (only shifted), unlike uint8 ones and "
+    reason="engine.py:99: float pixels 0-255 are not multiplied by scale (only shifted), unlike uint8 ones and "
     "unlike pixel_scaling's 'pixels * scale - shift' formula that exported models use",
 )
 def test_float_pixels_get_the_same_inputs_as_uint8_pixels() -> None:
