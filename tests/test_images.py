@@ -112,3 +112,17 @@ def test_a_missing_file(tmp_path: Path) -> None:
     with pytest.raises(DataError) as info:
         open_image(path, "L")
     assert str(info.value).startswith(f"{path}: cannot be read as an image (FileNotFoundError: ")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=DataError,
+    reason="images.py:34-42: PIL's own bomb check (twice Image.MAX_IMAGE_PIXELS) runs first, so a max_pixels above "
+    "it cannot be used: an image within max_pixels is refused with 'more than N pixels, which is more than the "
+    "M allowed' where N < M",
+)
+def test_a_max_pixels_above_pil_s_own_limit_is_honoured(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # PIL refuses above 2,000 pixels
+    path = tmp_path / "x.png"
+    Image.new("L", (100, 100)).save(path)
+    assert open_image(path, "L", max_pixels=100_000).size == (100, 100)
