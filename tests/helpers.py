@@ -1,0 +1,101 @@
+"""Shared pieces of the unit tests: tiny uint8 data and a hand-wired :class:`~fmnist_ignite.Context`.
+
+:func:`make_rig` wires the engines, history and monitor the way an experiment does (data order,
+validation, record, best epoch at each epoch's end) but from tensors held in memory, with no data
+files, no run directory created and no handler attached, so that a handler can be tested alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from ignite.engine import Events
+
+from fmnist_ignite import Config, Context, load_config
+from fmnist_ignite.data.loaders import TensorLoader
+from fmnist_ignite.engine import create_evaluator, create_trainer, make_prepare_batch
+from fmnist_ignite.history import History
+from fmnist_ignite.models import LogisticRegression
+from fmnist_ignite.monitor import Monitor
+from fmnist_ignite.rundir import RunDir
+
+from .conftest import synthetic_images
+
+MEAN, STD = 0.2860, 0.3530
+
+
+def tiny_images(n: int, seed: int = 1, shape: tuple[int, ...] = (28, 28)) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` learnable uint8 images ``(n, 1, H, W)`` (or ``(n, C, H, W)`` for a 3-d ``shape``) and int64 labels."""
+    images, labels = synthetic_images(n, shape, seed)
+    x = torch.from_numpy(images)
+    if x.dim() == 3:
+        x = x.unsqueeze(1)
+    return x, torch.from_numpy(labels).long()
+
+
+@dataclass
+class Rig:
+    """A context and the loaders its engines run on."""
+
+    context: Context
+    train: TensorLoader
+    val: TensorLoader
+
+    def run(self, epochs: int) -> None:
+        self.context.trainer.run(self.train, max_epochs=epochs)
+
+
+def small_config(tmp_path: Path, *overrides: str) -> Config:
+    """A config whose run directory is ``tmp_path/run`` (never created here)."""
+    base = {"output_dir": str(tmp_path), "name": "run", "device": "cpu", "optimizer": {"lr": 0.05}}
+    return load_config(base, list(overrides))
+
+
+def make_rig(
+    tmp_path: Path,
+    config: Config | None = None,
+    n_train: int = 48,
+    n_val: int = 16,
+    batch_size: int = 16,
+    metric: str = "val_accuracy",
+    mode: Any = "max",
+    write: bool = True,
+) -> Rig:
+    """Engines, history and monitor over ``n_train`` + ``n_val`` tiny images on the CPU (3 batches per epoch)."""
+    config = config or small_config(tmp_path)
+    device = torch.device("cpu")
+    images, labels = tiny_images(n_train + n_val)
+    train_idx, val_idx = torch.arange(n_train), torch.arange(n_train, n_train + n_val)
+    torch.manual_seed(0)
+    model = LogisticRegression(784, 10)
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.optimizer.lr)
+    prepare_batch = make_prepare_batch(MEAN, STD, True)
+    trainer = create_trainer(model, optimizer, device, prepare_batch)
+    evaluator = create_evaluator(model, device, prepare_batch)
+    train = TensorLoader(images, labels, batch_size, shuffle=True, seed=0, indices=train_idx)
+    val = TensorLoader(images, labels, batch_size, shuffle=False, indices=val_idx)
+    rundir = RunDir(config.run_dir)
+    history = History(rundir, trainer, evaluator, optimizer, write=write)
+    monitor = Monitor(model, metric, mode)
+    trainer.add_event_handler(Events.EPOCH_STARTED, lambda e: train.set_epoch(e.state.epoch))
+    trainer.add_event_handler(Events.EPOCH_STARTED, history.start_epoch)
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda: evaluator.run(val))
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, history.complete_epoch)
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda: monitor.update(history.records))
+    context = Context(
+        config=config,
+        rundir=rundir,
+        device=device,
+        model=model,
+        optimizer=optimizer,
+        trainer=trainer,
+        evaluator=evaluator,
+        classes=tuple(str(k) for k in range(10)),
+        prepare_batch=prepare_batch,
+        history=history,
+        monitor=monitor,
+    )
+    return Rig(context, train, val)

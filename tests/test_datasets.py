@@ -1,0 +1,257 @@
+"""data/datasets.py: ImageData's checks and properties, the built-in data sets, and the registry lookup."""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+import fmnist_ignite
+from fmnist_ignite import ConfigError, DataError, load_config
+from fmnist_ignite.data.datasets import (
+    FASHION_CLASSES,
+    ImageData,
+    border_brightness,
+    load_cifar10,
+    load_data,
+    load_fashion_mnist,
+)
+from fmnist_ignite.registry import DATASETS
+
+from .conftest import synthetic_images, write_cifar_archive, write_fashion_gz
+
+
+def image_data(**changes: Any) -> ImageData:
+    fields: dict[str, Any] = {
+        "train_images": torch.zeros(4, 1, 5, 5, dtype=torch.uint8),
+        "train_labels": torch.tensor([0, 1, 2, 1]),
+        "test_images": torch.zeros(2, 1, 5, 5, dtype=torch.uint8),
+        "test_labels": torch.tensor([2, 0]),
+        "classes": ("a", "b", "c"),
+        "mean": 0.5,
+        "std": 0.25,
+    }
+    return ImageData(**{**fields, **changes})
+
+
+def tiny_dataset(config: Any) -> ImageData:
+    """A data set plugin, named by its dotted path."""
+    return image_data()
+
+
+def not_a_dataset(config: Any) -> dict[str, int]:
+    return {"images": 0}
+
+
+# -- ImageData ----------------------------------------------------------------------------------------------------
+
+
+def test_image_shape_and_immutability() -> None:
+    data = image_data()
+    assert data.image_shape == (1, 5, 5)
+    assert image_data(
+        train_images=torch.zeros(4, 3, 2, 7, dtype=torch.uint8), test_images=torch.zeros(2, 3, 2, 7, dtype=torch.uint8)
+    ).image_shape == (3, 2, 7)
+    with pytest.raises(AttributeError):
+        data.mean = 0.1  # type: ignore[misc]
+    assert fmnist_ignite.ImageData is ImageData
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        (
+            {"train_images": torch.zeros(4, 1, 5, 5)},
+            "train images must be a uint8 tensor (N, C, H, W), got torch.float32 (4, 1, 5, 5)",
+        ),
+        (
+            {"test_images": torch.zeros(2, 5, 5, dtype=torch.uint8)},
+            "test images must be a uint8 tensor (N, C, H, W), got torch.uint8 (2, 5, 5)",
+        ),
+        ({"train_labels": torch.tensor([0, 1, 2])}, "train has 4 images but 3 labels"),
+        ({"test_labels": torch.tensor([0, 3])}, "test labels must lie in 0..2"),
+        ({"train_labels": torch.tensor([0, -1, 2, 1])}, "train labels must lie in 0..2"),
+        (
+            {"test_images": torch.zeros(2, 1, 6, 5, dtype=torch.uint8)},
+            "train images have shape (C, H, W) (1, 5, 5) but test images (1, 6, 5); the model takes one shape: "
+            "replace the files that differ",
+        ),
+    ],
+)
+def test_inconsistent_data_is_refused(changes: dict[str, Any], message: str) -> None:
+    with pytest.raises(DataError) as info:
+        image_data(**changes)
+    assert str(info.value) == message
+
+
+def test_an_empty_test_split_is_allowed() -> None:
+    data = image_data(test_images=torch.zeros(0, 1, 5, 5, dtype=torch.uint8), test_labels=torch.zeros(0).long())
+    assert len(data.test_labels) == 0
+
+
+def test_border_brightness_by_hand() -> None:
+    image = torch.zeros(1, 1, 4, 4, dtype=torch.uint8)
+    image[..., 0, :] = 255  # the top row: 4 of the 12 border pixels
+    image[..., 1:3, 1:3] = 255  # the inside does not count
+    assert border_brightness(image) == pytest.approx(4 / 12)
+    assert border_brightness(torch.full((3, 1, 5, 5), 51, dtype=torch.uint8)) == pytest.approx(0.2)
+    assert border_brightness(torch.full((2, 3, 4, 4), 255, dtype=torch.uint8)) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"), [(0, "dark"), (63, "dark"), (128, None), (190, None), (192, "light"), (255, "light")]
+)
+def test_background(value: int, expected: str | None) -> None:
+    images = torch.full((4, 1, 5, 5), value, dtype=torch.uint8)
+    images[:, :, 2, 2] = 255 - value  # the middle does not count
+    assert image_data(train_images=images).background == expected
+
+
+# -- the built-in data sets ---------------------------------------------------------------------------------------
+
+
+def test_fashion_mnist(tmp_path: Path) -> None:
+    system = write_fashion_gz(tmp_path / "system", n_train=30, n_test=10)
+    config = load_config({"data": {"root": str(tmp_path / "root"), "system_dir": str(system), "val_size": 5}}).data
+    data = load_fashion_mnist(config)
+    assert data.train_images.shape == (30, 1, 28, 28) and data.test_images.shape == (10, 1, 28, 28)
+    assert data.train_labels.dtype == torch.int64 and data.test_labels.dtype == torch.int64
+    assert data.classes == FASHION_CLASSES and len(FASHION_CLASSES) == 10 and FASHION_CLASSES[9] == "Ankle boot"
+    assert (data.mean, data.std) == (0.2860, 0.3530)
+    images, labels = synthetic_images(10, (28, 28), 2)
+    assert torch.equal(data.test_images[:, 0], torch.from_numpy(images))
+    assert data.test_labels.tolist() == labels.tolist()
+    assert data.image_shape == (1, 28, 28)
+
+
+@pytest.fixture
+def cifar_root(tmp_path: Path) -> Path:
+    root = tmp_path / "cifar"
+    write_cifar_archive(root, per_batch=4, n_test=6)
+    return root
+
+
+def cifar_config(root: Path) -> Any:
+    return load_config({"data": {"dataset": "cifar10", "root": str(root), "val_size": 2}}).data
+
+
+def test_cifar10(cifar_root: Path) -> None:
+    data = load_cifar10(cifar_config(cifar_root))
+    assert data.train_images.shape == (20, 3, 32, 32) and data.test_images.shape == (6, 3, 32, 32)
+    assert data.classes[:3] == ("airplane", "automobile", "bird") and len(data.classes) == 10
+    assert (data.mean, data.std) == (0.4734, 0.2516)
+    images, labels = synthetic_images(4, (3, 32, 32), 12)  # data_batch_3
+    assert torch.equal(data.train_images[8:12], torch.from_numpy(images))
+    assert data.train_labels[8:12].tolist() == labels.tolist()
+
+
+class RunsCode:
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        return (os.getcwd, ())
+
+
+def rewrite_batch(root: Path, name: str, entry: Any) -> Path:
+    load_cifar10(cifar_config(root))  # extracts the batches
+    path = root / "cifar-10-batches-py" / name
+    path.write_bytes(pickle.dumps(entry, protocol=2))
+    return path
+
+
+def test_a_batch_naming_other_globals_is_refused(cifar_root: Path) -> None:
+    path = rewrite_batch(cifar_root, "data_batch_2", {"data": RunsCode(), "labels": []})
+    with pytest.raises(DataError) as info:
+        load_cifar10(cifar_config(cifar_root))
+    assert str(info.value) == (
+        f"{path} holds a Python object other than arrays, lists, strings and numbers (posix.getcwd); "
+        "refused for safety: replace it with the original CIFAR-10 file"
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "entry", "message"),
+    [
+        ("test_batch", [1, 2], "holds a list, not a CIFAR-10 dictionary; replace the file"),
+        (
+            "test_batch",
+            {"data": np.zeros((2, 100), dtype=np.uint8), "labels": [0, 1]},
+            "'data' must be a uint8 array of shape (N, 3072), got uint8 (2, 100); replace the file",
+        ),
+        (
+            "data_batch_1",
+            {"data": np.zeros((2, 3072), dtype=np.uint8), "labels": [0, 10]},
+            "'labels' must be 2 integers from 0 to 9, one per image; replace the file",
+        ),
+        (
+            "data_batch_1",
+            {"data": np.zeros((2, 3072), dtype=np.uint8), "labels": [0]},
+            "'labels' must be 2 integers from 0 to 9, one per image; replace the file",
+        ),
+        (
+            "batches.meta",
+            {"label_names": ["a", "b"]},
+            "'label_names' must be a list of 10 class names; replace the file",
+        ),
+    ],
+)
+def test_malformed_batches_are_refused(cifar_root: Path, name: str, entry: Any, message: str) -> None:
+    path = rewrite_batch(cifar_root, name, entry)
+    with pytest.raises(DataError) as info:
+        load_cifar10(cifar_config(cifar_root))
+    assert str(info.value).startswith(str(path)) and str(info.value).endswith(message)
+
+
+def test_a_corrupt_batch_says_which_folder_to_delete(cifar_root: Path) -> None:
+    load_cifar10(cifar_config(cifar_root))
+    folder = cifar_root / "cifar-10-batches-py"
+    (folder / "data_batch_4").write_bytes(b"\x80\x02}q\x00(")  # a pickle cut short
+    with pytest.raises(DataError) as info:
+        load_cifar10(cifar_config(cifar_root))
+    message = str(info.value)
+    assert message.startswith(f"CIFAR-10 batches under {folder} are corrupt (data_batch_4: ")
+    assert message.endswith("delete that folder to prepare it again")
+
+
+# -- the registry ---------------------------------------------------------------------------------------------------
+
+
+def test_built_ins_are_registered() -> None:
+    assert DATASETS.get("fashion_mnist") is load_fashion_mnist
+    assert DATASETS.get("cifar10") is load_cifar10
+
+
+def test_load_data_uses_the_named_plugin(tmp_path: Path) -> None:
+    config = load_config({"data": {"dataset": f"{__name__}:tiny_dataset", "val_size": 1}}).data
+    data = load_data(config)
+    assert isinstance(data, ImageData) and data.classes == ("a", "b", "c") and len(data.train_labels) == 4
+
+
+def test_a_plugin_must_return_image_data() -> None:
+    config = load_config({"data": {"dataset": f"{__name__}:not_a_dataset", "val_size": 1}}).data
+    with pytest.raises(ConfigError) as info:
+        load_data(config)
+    assert str(info.value) == f"data.dataset '{__name__}:not_a_dataset' returned dict, not ImageData"
+
+
+def test_an_unknown_data_set() -> None:
+    with pytest.raises(ConfigError, match="unknown dataset 'fashion_mnits'"):  # the config refuses it first
+        load_config({"data": {"dataset": "fashion_mnits"}})
+    config = load_config({}).data.model_copy(update={"dataset": "fashion_mnits"})
+    with pytest.raises(ConfigError, match="unknown dataset 'fashion_mnits' \\(did you mean 'fashion_mnist'\\?\\)"):
+        load_data(config)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="data/datasets.py:88-89: labels of the wrong shape (N, 1) are reported as a count mismatch, "
+    "'train has 4 images but 4 labels'",
+)
+def test_labels_of_the_wrong_shape_are_reported_as_such() -> None:
+    with pytest.raises(DataError) as info:
+        image_data(train_labels=torch.zeros(4, 1).long())
+    assert "4 images but 4 labels" not in str(info.value)

@@ -1,0 +1,104 @@
+"""errors.py: one-line messages and the exit code of each error class."""
+
+from __future__ import annotations
+
+import pytest
+
+import fmnist_ignite
+from fmnist_ignite import errors
+from fmnist_ignite.errors import (
+    CheckpointError,
+    ConfigError,
+    DataError,
+    ExportError,
+    FmnistIgniteError,
+    RunDirError,
+    SweepError,
+    TrainingError,
+    first_line,
+    program_name,
+)
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        (ValueError("one\ntwo\nthree"), "one"),
+        (ValueError("  indented first line\nnext"), "indented first line"),
+        (ValueError("\n\nafter blank lines\nmore"), "after blank lines"),
+        (KeyError("key"), "'key'"),
+        (RuntimeError(""), "RuntimeError"),
+        (RuntimeError("   \n  "), "RuntimeError"),
+        (ConfigError(), "ConfigError"),
+    ],
+)
+def test_first_line(error: BaseException, expected: str) -> None:
+    assert first_line(error) == expected
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["/usr/local/bin/fmnist-ignite", "train"], "fmnist-ignite"),
+        (["fmnist-ignite"], "fmnist-ignite"),
+        (["/repo/fmnist_ignite/__main__.py", "train"], "python -m fmnist_ignite"),
+        (["/usr/bin/fmnist-ignite-old"], "python -m fmnist_ignite"),
+        ([], "python -m fmnist_ignite"),
+    ],
+)
+def test_program_name_follows_how_it_was_invoked(
+    monkeypatch: pytest.MonkeyPatch, argv: list[str], expected: str
+) -> None:
+    monkeypatch.setattr(errors.sys, "argv", argv)
+    assert program_name() == expected
+
+
+@pytest.mark.parametrize(
+    ("cls", "code"),
+    [
+        (FmnistIgniteError, 1),
+        (ConfigError, 2),
+        (RunDirError, 2),
+        (DataError, 1),
+        (CheckpointError, 1),
+        (TrainingError, 1),
+        (ExportError, 1),
+        (SweepError, 1),
+    ],
+)
+def test_exit_codes_and_base_class(cls: type[FmnistIgniteError], code: int) -> None:
+    assert cls.exit_code == code
+    error = cls("what went wrong")
+    assert error.exit_code == code
+    assert isinstance(error, FmnistIgniteError) and isinstance(error, Exception)
+    assert str(error) == "what went wrong"
+
+
+def test_usage_errors_are_the_only_ones_with_exit_code_2() -> None:
+    classes = [c for c in vars(errors).values() if isinstance(c, type) and issubclass(c, FmnistIgniteError)]
+    assert {c.__name__ for c in classes if c.exit_code == 2} == {"ConfigError", "RunDirError"}
+    assert len(classes) == 8
+
+
+def test_errors_are_the_same_objects_from_the_package() -> None:
+    for name in ("CheckpointError", "ConfigError", "DataError", "ExportError", "FmnistIgniteError", "RunDirError"):
+        assert getattr(fmnist_ignite, name) is getattr(errors, name)
+    assert fmnist_ignite.TrainingError is TrainingError and fmnist_ignite.SweepError is SweepError
+
+
+def test_one_except_clause_catches_every_library_error() -> None:
+    caught = []
+    for cls in (ConfigError, RunDirError, DataError, CheckpointError, TrainingError, ExportError, SweepError):
+        try:
+            raise cls(f"{cls.__name__} message")
+        except FmnistIgniteError as err:
+            caught.append((err.exit_code, first_line(err)))
+    assert caught == [
+        (2, "ConfigError message"),
+        (2, "RunDirError message"),
+        (1, "DataError message"),
+        (1, "CheckpointError message"),
+        (1, "TrainingError message"),
+        (1, "ExportError message"),
+        (1, "SweepError message"),
+    ]

@@ -1,0 +1,128 @@
+"""images.py: untrusted image files decoded to one PIL mode, with the size checked before decoding."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fmnist_ignite import DataError
+from fmnist_ignite.images import MAX_PIXELS, open_image
+
+
+def gradient(mode: str, size: tuple[int, int] = (6, 4)) -> Image.Image:
+    """A small picture in ``mode`` whose pixels all differ."""
+    width, height = size
+    rgb = np.zeros((height, width, 3), dtype=np.uint8)
+    rgb[..., 0] = np.arange(width)[None, :] * 40
+    rgb[..., 1] = np.arange(height)[:, None] * 60
+    rgb[..., 2] = 200
+    picture = Image.fromarray(rgb, "RGB")
+    if mode == "P":
+        return picture.quantize(16)
+    return picture.convert(mode)
+
+
+@pytest.mark.parametrize(("source", "fmt"), [("L", "PNG"), ("RGB", "PNG"), ("RGBA", "PNG"), ("P", "PNG"),
+                                             ("1", "PNG"), ("I;16", "PNG"), ("LA", "PNG"), ("RGB", "BMP"),
+                                             ("L", "TIFF"), ("CMYK", "JPEG")])  # fmt: skip
+@pytest.mark.parametrize("mode", ["L", "RGB"])
+def test_every_mode_is_converted_like_pil_converts_it(tmp_path: Path, source: str, fmt: str, mode: str) -> None:
+    path = tmp_path / f"picture.{fmt.lower()}"
+    gradient(source).save(path, fmt)
+    image = open_image(path, mode)
+    assert image.mode == mode and image.size == (6, 4)
+    with Image.open(path) as original:
+        expected = original.convert(mode)
+    assert np.array_equal(np.asarray(image), np.asarray(expected))
+
+
+def test_grey_values_survive(tmp_path: Path) -> None:
+    pixels = np.arange(28 * 28, dtype=np.uint32).reshape(28, 28) % 256
+    path = tmp_path / "digit.png"
+    Image.fromarray(pixels.astype(np.uint8), "L").save(path)
+    image = open_image(str(path), "L")  # a str path too
+    assert np.array_equal(np.asarray(image), pixels)
+
+
+def test_the_image_is_decoded_and_the_file_closed(tmp_path: Path) -> None:
+    path = tmp_path / "x.png"
+    gradient("RGB").save(path)
+    image = open_image(path, "RGB")
+    path.unlink()
+    assert image.getpixel((5, 3)) == (200, 180, 200)
+
+
+def test_an_image_over_the_limit_is_refused_by_its_header(tmp_path: Path) -> None:
+    path = tmp_path / "big.png"
+    Image.new("L", (100, 50)).save(path)
+    with pytest.raises(DataError) as info:
+        open_image(path, "L", max_pixels=4999)
+    assert str(info.value) == f"{path}: 100x50 pixels is more than the 4,999 allowed"
+    assert open_image(path, "L", max_pixels=5000).size == (100, 50)
+
+
+def test_a_claimed_size_is_refused_before_decoding(tmp_path: Path) -> None:
+    """A PNG whose header claims 20000x20000 pixels (400 M) in a few hundred bytes."""
+    buffer = io.BytesIO()
+    Image.new("1", (20000, 20000)).save(buffer, "PNG")
+    path = tmp_path / "bomb.png"
+    path.write_bytes(buffer.getvalue())
+    assert path.stat().st_size < 100_000
+    with pytest.raises(DataError) as info:
+        open_image(path, "L")
+    message = str(info.value)
+    assert message.startswith(f"{path}: ") and "more than the 50,000,000 allowed" in message
+    assert MAX_PIXELS == 50_000_000
+
+
+def test_pil_s_own_bomb_refusal_is_a_data_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    path = tmp_path / "x.png"
+    Image.new("L", (100, 100)).save(path)
+    with pytest.raises(DataError) as info:
+        open_image(path, "L")
+    assert str(info.value) == f"{path}: more than 2,000 pixels, which is more than the 50,000,000 allowed"
+
+
+def test_not_an_image(tmp_path: Path) -> None:
+    path = tmp_path / "notes.png"
+    path.write_text("hello, not a picture\n")
+    with pytest.raises(DataError) as info:
+        open_image(path, "L")
+    assert str(info.value) == f"{path}: not an image file PIL can read"
+
+
+def test_a_truncated_image(tmp_path: Path) -> None:
+    path = tmp_path / "cut.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64), dtype=np.uint8), "L").save(path)
+    path.write_bytes(path.read_bytes()[:300])
+    with pytest.raises(DataError) as info:
+        open_image(path, "L")
+    message = str(info.value)
+    assert message.startswith(f"{path}: cannot be read as an image (") and message.endswith(")")
+    assert "\n" not in message
+
+
+def test_a_missing_file(tmp_path: Path) -> None:
+    path = tmp_path / "nowhere.png"
+    with pytest.raises(DataError) as info:
+        open_image(path, "L")
+    assert str(info.value).startswith(f"{path}: cannot be read as an image (FileNotFoundError: ")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=DataError,
+    reason="images.py:34-42: PIL's own bomb check (twice Image.MAX_IMAGE_PIXELS) runs first, so a max_pixels above "
+    "it cannot be used: an image within max_pixels is refused with 'more than N pixels, which is more than the "
+    "M allowed' where N < M",
+)
+def test_a_max_pixels_above_pil_s_own_limit_is_honoured(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # PIL refuses above 2,000 pixels
+    path = tmp_path / "x.png"
+    Image.new("L", (100, 100)).save(path)
+    assert open_image(path, "L", max_pixels=100_000).size == (100, 100)
