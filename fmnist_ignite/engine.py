@@ -95,8 +95,9 @@ def make_prepare_batch(mean: float, std: float, normalize: bool) -> PrepareBatch
         x, y = batch
         x = x.to(device=device, non_blocking=non_blocking)
         y = y.to(device=device, non_blocking=non_blocking)
-        # uint8 times a float is float: converted and scaled in one pass, the same values as float() then mul_().
-        x = torch.mul(x, scale) if x.dtype == torch.uint8 else x.float()
+        # uint8 times a float is float: converted and scaled in one pass into a new tensor (float pixels 0-255
+        # too), so the caller's batch is never changed by the subtraction below.
+        x = torch.mul(x if x.dtype == torch.uint8 else x.float(), scale)
         if shift:
             x = x.sub_(shift)
         return x, y

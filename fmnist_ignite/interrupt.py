@@ -35,7 +35,7 @@ class Interrupted(FmnistIgniteError):
 class StopRequest:
     """Remembers the first stop signal; a second one raises :class:`Interrupted` at once.
 
-    In a data-parallel run, :class:`~fmnist_ignite.distributed.EpochConsensus` takes over the
+    In a data-parallel run, :class:`~fmnist_ignite.parallel.EpochConsensus` takes over the
     trainer's ``terminate`` (kept here) and training stops on the signal the processes agreed on
     (``agreed``), not on one that reached this process alone after they agreed: that one waits
     for the next epoch's agreement.

@@ -125,24 +125,12 @@ def test_uint8_pixels_become_scaled_floats(normalize: bool) -> None:
     assert pixels.dtype == torch.uint8 and int(pixels.max()) == 255  # the batch itself is untouched
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="engine.py:99-101: a float batch goes through x.float() (no copy), then x.sub_(shift) "
-    "subtracts in place, changing the caller's tensor",
-)
 def test_a_float_batch_is_not_changed_in_place() -> None:
     pixels = torch.full((1, 1, 2, 2), 255.0)
     make_prepare_batch(0.5, 0.25, True)((pixels, torch.tensor([0])), CPU, False)
     assert torch.equal(pixels, torch.full((1, 1, 2, 2), 255.0))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="engine.py:99: float pixels 0-255 are not multiplied by scale (only shifted), unlike uint8 ones and "
-    "unlike pixel_scaling's 'pixels * scale - shift' formula that exported models use",
-)
 def test_float_pixels_get_the_same_inputs_as_uint8_pixels() -> None:
     prepare = make_prepare_batch(0.5, 0.25, True)
     pixels = torch.tensor([0, 51, 255], dtype=torch.uint8).reshape(1, 1, 1, 3)

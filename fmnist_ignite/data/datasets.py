@@ -85,6 +85,10 @@ class ImageData:
                 raise DataError(
                     f"{name} images must be a uint8 tensor (N, C, H, W), got {images.dtype} {tuple(images.shape)}"
                 )
+            if labels.dim() != 1:
+                raise DataError(
+                    f"{name} labels must be one class number per image, shape (N,); got {tuple(labels.shape)}"
+                )
             if labels.shape != (images.shape[0],):
                 raise DataError(f"{name} has {images.shape[0]} images but {labels.shape[0]} labels")
             if labels.numel() and not 0 <= int(labels.min()) <= int(labels.max()) < len(self.classes):
