@@ -18,6 +18,7 @@ lint: setup
 	$(VENV)/bin/ruff check fmnist_ignite tests benchmarks docs
 	$(VENV)/bin/ruff format --check fmnist_ignite tests benchmarks docs
 	$(VENV)/bin/mypy fmnist_ignite
+	$(PY) -m pytest -q -p no:cacheprovider tests/test_layers.py   # imports point down, only app/ prints or exits
 
 test: lint
 	$(PY) -m pytest -n 2 --dist loadfile   # two workers, each test file on one of them

@@ -32,6 +32,7 @@ def what_may_change(quote: str = "") -> str:
     """What a resume may change, in words, each key between ``quote`` marks.
 
     Example:
+        >>> from fmnist_ignite.resume import what_may_change
         >>> what_may_change()
         'trainer.max_epochs, early_stopping.patience and logging.*'
     """

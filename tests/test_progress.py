@@ -107,3 +107,20 @@ def test_the_bar_is_redrawn_every_5_percent_and_at_the_end(length: int, expected
     later = [i for i in range(2 * length + 1, 3 * length + 1) if _every_5_percent(engine, i)]
     gaps = [b - a for a, b in zip([2 * length, *later], later, strict=False)]
     assert later[-1] == 3 * length and max(gaps) <= max(1, length // 20)
+
+
+def test_the_bar_is_drawn_in_a_jupyter_notebook(monkeypatch: pytest.MonkeyPatch) -> None:
+    import types
+
+    from fmnist_ignite.handlers.progress import in_notebook, show_bar
+
+    class ZMQInteractiveShell:  # what get_ipython() returns in a Jupyter kernel
+        pass
+
+    assert not in_notebook()
+    monkeypatch.setattr("sys.stderr.isatty", lambda: False, raising=False)
+    monkeypatch.setitem(sys.modules, "IPython", types.SimpleNamespace(get_ipython=ZMQInteractiveShell))
+    monkeypatch.setattr(logging.getLogger("fmnist_ignite.run"), "isEnabledFor", lambda level: True)
+    assert in_notebook() and show_bar("auto")
+    monkeypatch.setitem(sys.modules, "IPython", types.SimpleNamespace(get_ipython=lambda: None))
+    assert not in_notebook() and not show_bar("auto")

@@ -21,12 +21,19 @@ def _every_5_percent(engine: Engine, iteration: int) -> bool:
     return iteration % max(1, length // 20) == 0 or iteration % length == 0
 
 
+def in_notebook() -> bool:
+    """Whether this runs in a Jupyter kernel, where Ignite's bar is tqdm's notebook widget."""
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None and hasattr(ipython, "get_ipython") else None
+    return type(shell).__name__ == "ZMQInteractiveShell"
+
+
 def show_bar(bar: bool | Literal["auto"]) -> bool:
-    """Whether to draw the bar: ``auto`` means on a terminal (stderr, where it is drawn), when the epoch
-    lines are shown (not with ``--quiet``, nor from Python without logging set up)."""
+    """Whether to draw the bar: ``auto`` means on a terminal (stderr, where it is drawn) or in a Jupyter
+    notebook, when the epoch lines are shown (not with ``--quiet``, nor from Python without logging set up)."""
     if bar != "auto":
         return bool(bar)
-    return sys.stderr.isatty() and record.isEnabledFor(logging.INFO)
+    return (sys.stderr.isatty() or in_notebook()) and record.isEnabledFor(logging.INFO)
 
 
 @HANDLERS.register("progress")
