@@ -119,12 +119,23 @@ def _build(config: Config, rundir: RunDir, data: ImageData | None, initialize: b
     writer = parallel.is_writer()  # in a data-parallel run, rank 0 alone writes
     history = History(rundir, trainer, evaluator, optimizer, write=writer)
     monitor = Monitor(model, config.monitor.metric, config.monitor.direction)
-    # The run's own steps at each epoch, before any handler: data order, validation, record, best.
+    # The run's steps at the end of each epoch, in the order they run; exact resume depends on it:
+    #   1. the training step's epoch totals and NaN check (engine.EpochLoss, attached by create_trainer);
+    #   2. the run's own steps, here: data order and clock as the epoch starts; then validation, the
+    #      history record, the monitor's best;
+    #   3. the handlers, here: the built-ins (the epoch line first), then handlers: from YAML, then those
+    #      added in Python (Experiment.add_handler);
+    #   4. last, when Experiment.run starts: the processes' consensus, the training status, the
+    #      checkpoint (holding every step's state for the epoch), a stop asked by a signal.
     trainer.add_event_handler(Events.EPOCH_STARTED, lambda e: loaders["train"].set_epoch(e.state.epoch))
     trainer.add_event_handler(Events.EPOCH_STARTED, history.start_epoch)
     trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda: evaluator.run(loaders["val"]))
     trainer.add_event_handler(Events.EPOCH_COMPLETED, history.complete_epoch)
     trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda: monitor.update(history.records))
+    # What a checkpoint holds: these, then each stateful handler under its name (attach_handler), then
+    # the training status (Experiment) and the checkpointer's own bookkeeping.
+    core = {"model": model, "optimizer": optimizer, "trainer": trainer, "rng": RNGState(), "scheduler": scheduler}
+    state = {name: part for name, part in {**core, "history": history, "monitor": monitor}.items() if part is not None}
 
     context = Context(
         config=config,
@@ -138,11 +149,8 @@ def _build(config: Config, rundir: RunDir, data: ImageData | None, initialize: b
         prepare_batch=prepare_batch,
         history=history,
         monitor=monitor,
+        state=state,
     )
-    context.state.update(model=model, optimizer=optimizer, trainer=trainer, rng=RNGState())
-    if scheduler is not None:
-        context.state["scheduler"] = scheduler
-    context.state.update(history=history, monitor=monitor)
     handlers: dict[str, Any] = {}
     builtins = builtin_handlers(config, writer)
     for name, spec in [*builtins, *((f"handlers[{i}]", s) for i, s in enumerate(config.handlers))]:
