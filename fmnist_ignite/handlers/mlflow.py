@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from ignite.engine import Engine, Events
 
-from ..config import LoggingConfig
+from ..config import LoggingConfig, flatten
 from ..context import Context
 from ..errors import ConfigError, first_line
 from ..events import RunEvents
@@ -41,15 +41,10 @@ def default_tracking_uri(output_dir: str | Path) -> str:
     return f"sqlite:///{Path(output_dir).absolute() / 'mlflow.db'}"
 
 
-def flat_params(tree: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
-    """``{"optimizer": {"lr": 0.01}}`` as ``{"optimizer.lr": "0.01"}``; a value other than text as JSON."""
-    params: dict[str, str] = {}
-    for key, value in tree.items():
-        if isinstance(value, Mapping) and value:
-            params.update(flat_params(value, f"{prefix}{key}."))
-        else:
-            params[f"{prefix}{key}"] = value if isinstance(value, str) else json.dumps(value)
-    return params
+def flat_params(tree: Mapping[str, Any]) -> dict[str, str]:
+    """``{"optimizer": {"lr": 0.01}}`` as ``{"optimizer.lr": "0.01"}`` (see :func:`~fmnist_ignite.config.flatten`);
+    a value other than text as JSON."""
+    return {key: value if isinstance(value, str) else json.dumps(value) for key, value in flatten(tree).items()}
 
 
 @HANDLERS.register("mlflow")
