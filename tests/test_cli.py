@@ -252,3 +252,39 @@ def test_main_in_a_program_leaves_its_logging_as_it_was(tmp_path: Path, small: l
     assert main([BASE, *small, "no_such_key=1"]) == 2
     after = (root.handlers[:], root.level, ours.level, logging.getLogger("ignite.engine.engine.Engine").filters[:])
     assert after == before
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["configs/base.yaml", "--init-from", "runs/base:best", "optimizer.lr=0.005", "name=ft", "-q"],
+        ["-q", "configs/base.yaml", "optimizer.lr=0.005", "--init-from", "runs/base:best", "name=ft"],
+        ["train", "--init-from", "runs/base:best", "configs/base.yaml", "optimizer.lr=0.005", "-q", "name=ft"],
+    ],
+)
+def test_options_and_overrides_in_any_order_mean_the_same(argv: list[str]) -> None:
+    from fmnist_ignite.app.cli import parse_arguments
+
+    args = parse_arguments(argv)
+    assert (args.command, args.config, args.overrides) == (
+        "train",
+        "configs/base.yaml",
+        ["optimizer.lr=0.005", "name=ft"],
+    )
+    assert (args.init_from, args.verbosity) == ("runs/base:best", -1)
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["-v", "evaluate", "runs/x", "--split", "val"], {"run": "runs/x", "split": "val", "verbosity": 1}),
+        (["predict", "runs/x", "a.png", "--top-k", "5", "b.png"], {"images": ["a.png", "b.png"], "top_k": 5}),
+        (["compare", "a", "--output", "x.png", "b"], {"runs": ["a", "b"], "output": "x.png"}),
+        (["--resume", "runs/base", "-q", "trainer.max_epochs=20"], {"resume": "runs/base", "verbosity": -1}),
+    ],
+)
+def test_every_command_takes_its_options_anywhere(argv: list[str], expected: dict[str, object]) -> None:
+    from fmnist_ignite.app.cli import parse_arguments
+
+    args = vars(parse_arguments(argv))
+    assert {key: args[key] for key in expected} == expected

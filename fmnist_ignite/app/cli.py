@@ -305,7 +305,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name, command in COMMANDS.items():
         child = sub.add_parser(name, help=command.summary, description=command.summary)
-        _add_verbosity(child, argparse.SUPPRESS)  # after the command too, without undoing one given before
+        _add_verbosity(child, 0)  # anywhere among the command's arguments (see parse_arguments)
         command.add_arguments(child)
         child.set_defaults(command_function=command.run, parser=child)
     return parser
@@ -360,14 +360,41 @@ def format_comparison(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+VERBOSITY_OPTIONS = ("-q", "--quiet", "-v", "--verbose")
+
+
+def parse_arguments(argv: Sequence[str]) -> argparse.Namespace:
+    """The command and its arguments, options and ``key=value`` overrides in any order.
+
+    The command comes first (``train`` when none is named); ``-q`` / ``-v`` may stand before it.
+    Each command's arguments are parsed intermixed (argparse's ``parse_intermixed_args``), so
+    ``CONFIG --init-from RUN key=value`` and ``CONFIG key=value --init-from RUN`` mean the same.
+    """
+    words = list(argv)
+    leading = []
+    while words and words[0] in VERBOSITY_OPTIONS:
+        leading.append(words.pop(0))
+    parser = build_parser()
+    if words and words[0] in ("-h", "--help", "--version"):
+        return parser.parse_args([*leading, *words])  # prints and exits
+    name = words.pop(0) if words and words[0] in COMMANDS else "train"
+    command = _subparsers(parser)[name]
+    args = command.parse_intermixed_args([*leading, *words])
+    args.command = name
+    return args
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    raise AssertionError("the parser has no commands")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] not in (*COMMANDS, "-h", "--help", "--version"):
-        argv = ["train", *argv]  # the default command
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    verbosity = getattr(args, "verbosity", 0)
+    args = parse_arguments(sys.argv[1:] if argv is None else argv)
+    verbosity = args.verbosity
     with console.logging_restored():
         console.setup_logging(verbosity)
         return console.reported(lambda: args.command_function(args), verbosity, console.process_rank())
