@@ -309,9 +309,9 @@ class LoggingConfig(_Section):
 
     progress_bar: bool | Literal["auto"] = Field(
         "auto",
-        description="Show a progress bar during each epoch: `auto` on a terminal or in a Jupyter notebook (not when the output goes to a "
-        "file, a pipe or CI, nor with `--quiet`), `true` always, `false` never. One line per epoch is printed "
-        "either way.",
+        description="Show a progress bar during each epoch: `auto` on a terminal or in a Jupyter notebook (not "
+        "when the output goes to a file, a pipe or CI, nor with `--quiet`), `true` always, `false` never. One "
+        "line per epoch is printed either way.",
     )
     tensorboard: bool = Field(
         True,
