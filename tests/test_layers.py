@@ -156,3 +156,22 @@ def test_the_check_sees_a_late_import_and_a_print(tmp_path: Path) -> None:
     calls = [ast.unparse(n.func) for n in _runtime_nodes(tree) if isinstance(n, ast.Call)]
     imports = [n.module for n in _runtime_nodes(tree) if isinstance(n, ast.ImportFrom)]
     assert calls == ["print"] and imports == ["app"]
+
+
+def test_the_front_door_lists_each_public_name_in_all_three_places() -> None:
+    import fmnist_ignite
+
+    tree = ast.parse((PACKAGE / "__init__.py").read_text())
+    typed = {
+        alias.asname or alias.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING"
+        for child in node.body
+        if isinstance(child, ast.ImportFrom)
+        for alias in child.names
+    }
+    where = fmnist_ignite._WHERE
+    assert set(fmnist_ignite.__all__) == {*where, "__version__"}
+    assert typed == set(where)
+    for name, module in where.items():
+        assert getattr(fmnist_ignite, name) is getattr(__import__(f"fmnist_ignite.{module}", fromlist=[name]), name)
