@@ -57,7 +57,7 @@ _WHERE = {
     "RunDir": "rundir",
     "SweepDir": "rundir",
     "SweepError": "errors",
-    "run_sweep": "sweep",
+    "run_sweep": "app.workers",
     "RunResult": "app.launch",
     "train": "app.launch",
 }
@@ -116,6 +116,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:
     from .app.launch import RunResult, train
+    from .app.workers import run_sweep
     from .build import build_experiment, resume_experiment
     from .config import Config, load_config
     from .context import Context
@@ -140,4 +141,3 @@ if TYPE_CHECKING:
     from .monitor import Monitor
     from .registry import DATASETS, HANDLERS, MODELS, Registry
     from .rundir import RunDir, SweepDir
-    from .sweep import run_sweep
