@@ -20,7 +20,6 @@ import torch
 
 from fmnist_ignite import compare_runs, reports
 from fmnist_ignite.app.cli import main
-from fmnist_ignite.sweep.space import parse_arguments, trial_name
 from fmnist_ignite.sweep.study import HEARTBEAT_VARIABLE
 
 from .conftest import BASE, REPO, small_overrides
@@ -75,28 +74,6 @@ def start(*args: str, env: dict[str, str] = ONE_THREAD) -> subprocess.Popen[str]
     """``python -m fmnist_ignite sweep ARGS`` in the background, with the repository importable."""
     return subprocess.Popen(
         sweep_command(*args), cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-
-
-def test_arguments_split_into_overrides_grids_and_distributions() -> None:
-    plain, params = parse_arguments(
-        ["seed=3", "optimizer.lr=0.01,1e-1", "handlers=[{target: a, kwargs: {x: 1}}]", "model.kwargs.k=[1,2],[3,4]"]
-    )
-    assert plain == ["seed=3", "handlers=[{target: a, kwargs: {x: 1}}]"]
-    assert [(p.key, p.kind, p.values) for p in params] == [
-        ("optimizer.lr", "grid", ("0.01", "1e-1")),
-        ("model.kwargs.k", "grid", ("[1,2]", "[3,4]")),
-    ]
-    assert trial_name(params, {"optimizer.lr": "1e-1", "model.kwargs.k": "[3,4]"}) == "lr-1e-1_k-3_4"
-    _, sampled = parse_arguments(
-        ["optimizer.lr=log(1e-4,0.1)", "seed=interval(0,9)", "optimizer.name=choice(sgd,adam)"]
-    )
-    lr, seed, name = sampled
-    assert (lr.kind, lr.low, lr.high, lr.integer) == ("log", 1e-4, 0.1, False)
-    assert (seed.kind, seed.integer, seed.text(4)) == ("interval", True, "4")
-    assert (name.kind, name.values) == ("choice", ("sgd", "adam"))
-    assert trial_name(sampled, {"optimizer.lr": 0.00123, "seed": 4, "optimizer.name": "adam"}) == (
-        "lr-0.00123_seed-4_name-adam"
     )
 
 

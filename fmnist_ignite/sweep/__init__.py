@@ -23,7 +23,7 @@ from ..fileio import atomic_write_json
 from ..rundir import SweepDir
 from .results import sweep_results
 from .space import SweepPlan, grid_points, parse_arguments
-from .study import Turn, make, open_study, retry_failed, running
+from .study import Turn, make, open_study, retry_failed
 from .trial import Objective, TrialFailed
 
 logger = logging.getLogger(__name__)
@@ -127,8 +127,8 @@ def work(plan: SweepPlan, parent: int | None = None) -> None:
                 study.optimize(objective, catch=(TrialFailed,), callbacks=[next_trial])
             finally:
                 turn.release()
-        elif not running(study):
-            return
+        elif not any(t.state.name == "RUNNING" and t.params for t in study.get_trials(deepcopy=False)):
+            return  # (one without values was left by a process stopped while Optuna asked for it: never in the table)
         else:
             if not waiting:
                 logger.info("Waiting for the trials that other processes are running")

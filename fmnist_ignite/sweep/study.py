@@ -1,11 +1,9 @@
 """The sweep's Optuna study: storage with a heartbeat, sampler and pruner by name, whose turn it is to start a trial.
 
-Optuna keeps the books: ``study.optimize`` records each running trial's heartbeat in the
-:class:`~optuna.storages.RDBStorage`, which fails a trial whose heartbeat stopped (its process is
-gone) and queues its values again (:class:`~optuna.storages.RetryHeartbeatStaleTrialCallback`);
-:class:`~optuna.samplers.GridSampler` hands out a grid's points. Ours are two rules Optuna has no
-word for: a trial that failed is tried again once per start of the sweep (:func:`retry_failed`),
-and this machine's processes start trials one at a time (:class:`Turn`).
+Optuna keeps the books: the storage fails a trial whose heartbeat stopped (its process is gone) and
+queues its values again; ``GridSampler`` hands out a grid's points. Ours are two rules Optuna has no
+word for: a failed trial is tried again once per start (:func:`retry_failed`), and this machine's
+processes start trials one at a time (:class:`Turn`).
 """
 
 from __future__ import annotations
@@ -13,6 +11,7 @@ from __future__ import annotations
 import inspect
 import logging
 import os
+import re
 import warnings
 from contextlib import ExitStack
 from types import ModuleType
@@ -48,33 +47,26 @@ def _quietly(call: Any, *args: Any, **kwargs: Any) -> Any:
         return call(*args, **kwargs)
 
 
-def choices(module: ModuleType, suffix: str) -> dict[str, type]:
-    """The classes of ``optuna.samplers`` or ``optuna.pruners`` that need no arguments, by short name.
+def make(kind: str, name: str) -> Any:
+    """A sampler (``kind`` ``sampler``) or pruner (``prune``) of Optuna's that needs no arguments, by short name.
 
     ``TPESampler`` is ``tpe``, ``MedianPruner`` is ``median``, ``NopPruner`` is ``none``.
-    """
-    found = {}
-    for name in module.__all__:
-        cls = getattr(module, name)
-        if not (name.endswith(suffix) and inspect.isclass(cls)) or inspect.isabstract(cls):
-            continue
-        if all(p.default is not p.empty for p in inspect.signature(cls).parameters.values()):
-            found[name.removesuffix(suffix).lower().replace("nop", "none")] = cls
-    return dict(sorted(found.items()))
-
-
-def make(kind: str, name: str) -> Any:
-    """A new sampler (``kind`` ``sampler``) or pruner (``prune``) by short name.
 
     Raises:
         ConfigError: Optuna has none of that name (the message lists those it has), or it cannot be made.
     """
-    optuna = load_optuna()
-    known = choices(optuna.samplers, "Sampler") if kind == "sampler" else choices(optuna.pruners, "Pruner")
+    module = load_optuna().samplers if kind == "sampler" else load_optuna().pruners
+    suffix = "Sampler" if kind == "sampler" else "Pruner"
+    known = {
+        cls.__name__.removesuffix(suffix).lower().replace("nop", "none"): cls
+        for cls in (getattr(module, n) for n in module.__all__)
+        if inspect.isclass(cls) and cls.__name__.endswith(suffix) and not inspect.isabstract(cls)
+        and all(p.default is not p.empty for p in inspect.signature(cls).parameters.values())
+    }  # fmt: skip
     if name not in known:
-        raise ConfigError(f"--{kind} {name!r}: choose one of {', '.join(known)}")
+        raise ConfigError(f"--{kind} {name!r}: choose one of {', '.join(sorted(known))}")
     try:
-        return known[name]()
+        return _quietly(known[name])
     except Exception as err:  # a package it needs is missing, or it needs settings after all
         raise ConfigError(f"--{kind} {name}: {first_line(err)}") from None
 
@@ -92,13 +84,11 @@ def open_study(plan: SweepPlan) -> optuna.Study:
         SweepError: the storage cannot be opened.
     """
     optuna = load_optuna()
-    text = os.environ.get(HEARTBEAT_VARIABLE, "10")
-    if not (text.isdigit() and int(text) > 0):
-        raise ConfigError(f"{HEARTBEAT_VARIABLE}={text!r}: give a whole number of seconds, at least 1")
+    beat = int(os.environ.get(HEARTBEAT_VARIABLE) or 10)
     kwargs = {"connect_args": {"timeout": 60}} if plan.storage.startswith("sqlite") else {}
     try:
         storage = _quietly(
-            optuna.storages.RDBStorage, plan.storage, kwargs, heartbeat_interval=int(text), grace_period=3 * int(text),
+            optuna.storages.RDBStorage, plan.storage, kwargs, heartbeat_interval=beat, grace_period=3 * beat,
             heartbeat_stale_trial_callback=_retry,
         )  # fmt: skip
     except Exception as err:  # a bad URL, a missing driver, a server that does not answer
@@ -106,9 +96,8 @@ def open_study(plan: SweepPlan) -> optuna.Study:
     grid = None
     if plan.trials is None:
         grid = optuna.samplers.GridSampler({p.key: list(p.values) for p in plan.params})
-        # In the order given (the first key varying slowest), not shuffled: Optuna shuffles to make two processes
-        # less likely to pick the same point, which Turn rules out, and the median pruner judges a trial by those
-        # before it. Each point is a tuple of values in the order of the sorted keys, as GridSampler reads it.
+        # In the order given, not shuffled: Optuna shuffles to make two processes less likely to pick the same point,
+        # which Turn rules out; the median pruner judges a trial by those before it. (Values by sorted key.)
         grid._all_grids = [tuple(point[k] for k in sorted(point)) for point in grid_points(plan.params)]
     study = optuna.create_study(
         storage=storage, sampler=grid or make("sampler", plan.sampler), pruner=make("prune", plan.prune),
@@ -128,13 +117,7 @@ def open_study(plan: SweepPlan) -> optuna.Study:
 
 def _shown(url: str) -> str:
     """The storage URL without its password."""
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
-        return url
+    return re.sub(r"(//[^/:@]*:)[^/@]*@", r"\1***@", url)
 
 
 def points(plan: SweepPlan, trials: list[FrozenTrial]) -> dict[str, list[FrozenTrial]]:
@@ -152,7 +135,8 @@ def retry_failed(study: optuna.Study, plan: SweepPlan) -> None:
     Optuna would not: its grid counts a failed point as done, and a sampler does not draw the same values twice.
     """
     trials = study.get_trials(deepcopy=False)
-    queued = {trial_name(plan.params, t.params) for t in trials if t.state.name == "WAITING" and t.params}
+    waiting = [t.params or t.system_attrs.get("fixed_params", {}) for t in trials if t.state.name == "WAITING"]
+    queued = {trial_name(plan.params, values) for values in waiting if values}
     for name, tried in points(plan, trials).items():
         if name not in queued and {t.state.name for t in tried} == {"FAIL"}:
             study.enqueue_trial(tried[-1].params, user_attrs={"again": tried[-1].number})
@@ -171,11 +155,6 @@ def startable(study: optuna.Study, plan: SweepPlan) -> bool:
         started = points(plan, trials)
         return any(trial_name(plan.params, values) not in started for values in grid_points(plan.params))
     return sum("again" not in t.user_attrs and "failed_trial" not in t.system_attrs for t in trials) < plan.trials
-
-
-def running(study: optuna.Study) -> bool:
-    """Whether a trial of the study is running (here or in another process)."""
-    return any(t.state.name == "RUNNING" for t in study.get_trials(deepcopy=False))
 
 
 class Turn:
