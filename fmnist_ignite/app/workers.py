@@ -1,9 +1,5 @@
-"""A sweep as the command line runs it: :func:`run_sweep` plans it, runs its trials in processes, returns the table.
-
-The library (:mod:`fmnist_ignite.sweep`) plans the sweep and runs one process's share of it
-(:func:`~fmnist_ignite.sweep.work`); this module starts those processes, passes signals on to
-them and prefixes their lines with ``worker N:``.
-"""
+"""A sweep as the command line runs it: plan it, run :func:`fmnist_ignite.sweep.work` in this process or in
+worker processes (signals passed on once, lines prefixed ``worker N:``), return the table."""
 
 from __future__ import annotations
 
@@ -25,13 +21,6 @@ from .launch import cpu_count
 logger = logging.getLogger(__name__)
 
 
-def quiet_optuna() -> None:
-    """Keep Optuna's own lines to errors: the sweep reports each trial itself (a failed one with its error)."""
-    import optuna
-
-    optuna.logging.set_verbosity(logging.ERROR)
-
-
 def run_sweep(
     config: str | Path | None,
     arguments: Sequence[str],
@@ -46,23 +35,19 @@ def run_sweep(
 
     Args:
         config: the YAML config every trial starts from.
-        arguments: ``key=value`` overrides and swept keys (see :func:`~fmnist_ignite.sweep.parse_arguments`).
+        arguments: ``key=value`` overrides and swept keys (see :func:`~fmnist_ignite.sweep.space.parse_arguments`).
         name: the sweep's folder under ``output_dir`` and its study's name (default: ``<name>-sweep``).
         workers: trials run at once, each in a process of its own.
         trials: how many trials a sampled sweep has in all (required there; not for a grid).
-        sampler: a sampler of ``optuna.samplers`` by short name, for a sampled sweep: ``tpe``
-            (default), ``random``, ``qmc``, ``cmaes``, ...
-        prune: a pruner of ``optuna.pruners`` by short name: ``median`` stops a trial whose
-            monitored value is below the median of the earlier trials at the same epoch; ``none``.
+        sampler: a class of ``optuna.samplers`` by short name (``tpe``, the default; ``random``, ``qmc``, ...).
+        prune: a class of ``optuna.pruners`` by short name (``median``, ``hyperband``, ...; ``none``).
         storage: an Optuna storage URL shared by several machines (default: SQLite in the sweep's folder).
 
     Returns:
         see :func:`fmnist_ignite.sweep.results.sweep_results`.
 
     Raises:
-        ConfigError: the arguments, the config or the sweep's keys are wrong, or the study was
-            started with other swept values.
-        SweepError: Optuna is missing or the storage cannot be opened.
+        ConfigError, SweepError: as :func:`~fmnist_ignite.sweep.plan_sweep`.
         Interrupted: SIGINT or SIGTERM stopped the sweep; its trials keep their saved epochs.
     """
     from ..sweep import plan_sweep, results, size, work
@@ -70,7 +55,7 @@ def run_sweep(
     if workers < 1:
         raise ConfigError("--workers must be at least 1")
     plan = plan_sweep(config, arguments, name, trials, sampler, prune, storage)
-    quiet_optuna()
+    _quiet_optuna()
     workers = min(workers, size(plan))
     try:
         if workers == 1:
@@ -89,8 +74,8 @@ def run_sweep(
 def _run_workers(plan: Any, workers: int) -> None:
     """Run ``workers`` processes of :func:`~fmnist_ignite.sweep.work`; pass SIGINT and SIGTERM on to them, once each.
 
-    Each worker is in a process group of its own, so that a Ctrl-C in the terminal reaches it once,
-    from here, and not twice (which would stop its trial at once, without saving the epoch).
+    Each worker is in a process group of its own: a Ctrl-C in the terminal reaches it once, from here, not
+    twice (a second one stops its trial at once, without saving the epoch).
     """
     context = multiprocessing.get_context("spawn")
     level = logging.getLogger("fmnist_ignite").getEffectiveLevel()
@@ -134,7 +119,7 @@ def _worker(plan: Any, verbosity: int, number: int, threads: int) -> None:
     console.setup_logging(verbosity, lines="stderr")
     for handler in logging.getLogger().handlers:
         handler.setFormatter(logging.Formatter(f"worker {number}: %(message)s"))
-    quiet_optuna()
+    _quiet_optuna()
     import torch
 
     torch.set_num_threads(threads)
@@ -144,3 +129,9 @@ def _worker(plan: Any, verbosity: int, number: int, threads: int) -> None:
         pass
     except SweepError as err:
         logger.error("error: %s", err)
+
+
+def _quiet_optuna() -> None:
+    import optuna
+
+    optuna.logging.set_verbosity(logging.ERROR)  # the sweep says how each trial ended (a failed one with its error)

@@ -88,14 +88,10 @@ def suggest(trial: optuna.Trial, param: Param) -> Any:
 
 
 class Objective:
-    """``study.optimize``'s objective: run the trial's values, return the best monitored value.
+    """``study.optimize``'s objective: run the trial's values; the best monitored value, else ``optuna.TrialPruned``
+    or :class:`TrialFailed`. ``started`` is called once the trial has its values (another process may then look).
 
-    Raises ``optuna.TrialPruned`` for a pruned run and :class:`TrialFailed` for a failed one. It
-    keeps the data set it loaded last: trials with the same ``data`` settings load it once.
-
-    Args:
-        plan: the sweep.
-        started: called once the trial has its values (another process may then pick a trial).
+    It keeps the data set it loaded last: trials with the same ``data`` settings load it once.
     """
 
     def __init__(self, plan: SweepPlan, started: Callable[[], None]) -> None:
@@ -110,8 +106,11 @@ class Objective:
         name = trial_name(self.plan.params, values)
         rundir = self.sweep.trial(name)
         experiment: Experiment | None = None
+        swept = [f"{p.key}={p.text(values[p.key])}" for p in self.plan.params]
         try:
-            config = load_config(self.plan.config, self._overrides(values, name))
+            config = load_config(
+                self.plan.config, [*self.plan.overrides, *swept, f"output_dir={self.sweep}", f"name={name}"]
+            )
             if rundir.exists():
                 _check_same_config(rundir, config)
             if rundir.finished:
@@ -144,10 +143,6 @@ class Objective:
         if metrics.get("pruned_epoch"):
             raise load_optuna().TrialPruned(f"pruned after epoch {metrics['pruned_epoch']}")
         return float(metrics["best_value"])
-
-    def _overrides(self, values: Mapping[str, Any], name: str) -> list[str]:
-        swept = [f"{p.key}={p.text(values[p.key])}" for p in self.plan.params]
-        return [*self.plan.overrides, *swept, f"output_dir={self.plan.sweep_dir}", f"name={name}"]
 
     def _experiment(self, rundir: RunDir, config: Config, trial: optuna.Trial) -> Experiment:
         key = config.with_absolute_paths().data
