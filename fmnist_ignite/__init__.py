@@ -59,7 +59,7 @@ _WHERE = {
     "RunDir": "rundir",
     "SweepDir": "rundir",
     "SweepError": "errors",
-    "run_sweep": "sweep",
+    "run_sweep": "app.workers",
     "RunResult": "app.launch",
     "train": "app.launch",
 }
@@ -120,6 +120,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:
     from .app.launch import RunResult, train
+    from .app.workers import run_sweep
     from .build import build_experiment
     from .config import Config, load_config
     from .context import Context
@@ -145,4 +146,3 @@ if TYPE_CHECKING:
     from .registry import DATASETS, HANDLERS, MODELS, OPTIMIZERS, SCHEDULERS, Registry
     from .resume import resume_experiment
     from .rundir import RunDir, SweepDir
-    from .sweep import run_sweep

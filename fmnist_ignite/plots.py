@@ -215,7 +215,7 @@ def line_panel(
         for point in points:
             canvas.dot(point, 2.5, curve.color)
     canvas.rectangle((left, top, right, bottom), outline="black")
-    entries = [(c.label, c.color, False) for c in curves] + ([(marker[1], "grey", True)] if marker else [])
+    entries = [(c.label, c.color, "line") for c in curves] + ([(marker[1], "grey", "dashed")] if marker else [])
     points = [at(x, y) for c in curves for x, y in zip(c.x, c.y, strict=True)]
     _legend(canvas, (left, top, right, bottom), entries, points)
 
@@ -225,8 +225,11 @@ def _finite(xs: Sequence[float], ys: Sequence[float]) -> tuple[list[float], list
     return [x for x, _ in kept], [y for _, y in kept]
 
 
-def _legend(canvas: Canvas, plot: Box, entries: list[tuple[str, str, bool]], points: list[tuple[float, float]]) -> None:
-    """A framed legend in the corner of ``plot`` that covers the fewest of ``points``."""
+def _legend(canvas: Canvas, plot: Box, entries: list[tuple[str, str, str]], points: list[tuple[float, float]]) -> None:
+    """A framed legend in the corner of ``plot`` that covers the fewest of ``points``.
+
+    Each entry is ``(label, colour, style)``, the style ``line``, ``dashed`` or a :func:`mark` shape.
+    """
     row, size = 19, 11
     width = 36 + max(canvas.text_width(label, size) for label, _, _ in entries)
     height = 6 + row * len(entries)
@@ -244,11 +247,97 @@ def _legend(canvas: Canvas, plot: Box, entries: list[tuple[str, str, bool]], poi
 
     x, y = min(corners, key=covered)
     canvas.rectangle((x, y, x + width, y + height), fill="white", outline="#cccccc")
-    for k, (label, color, dashed) in enumerate(entries):
+    for k, (label, color, style) in enumerate(entries):
         cy = y + 3 + row * k + row / 2
-        if dashed:
+        if style == "dashed":
             canvas.dashed_line((x + 6, cy), (x + 26, cy), fill=color, dash=3)
-        else:
+        elif style == "line":
             canvas.line([(x + 6, cy), (x + 26, cy)], fill=color, width=1.5)
             canvas.dot((x + 16, cy), 2.5, color)
+        else:
+            mark(canvas, (x + 16, cy), color, style.split()[0], "hollow" in style)
         canvas.text((x + 32, cy), label, size=size, anchor="lm")
+
+
+@dataclass(frozen=True)
+class Marks:
+    """One set of points of a :func:`scatter_panel`: legend label, points, colour, ``circle`` or ``square``, hollow."""
+
+    label: str
+    x: Sequence[float]
+    y: Sequence[float]
+    color: str
+    shape: str = "circle"
+    hollow: bool = False
+
+
+def mark(canvas: Canvas, xy: tuple[float, float], color: str, shape: str, hollow: bool = False) -> None:
+    """A point drawn as a ``circle`` or a ``square``, filled or (``hollow``) outlined."""
+    x, y, r = xy[0] * SCALE, xy[1] * SCALE, 4 * SCALE
+    draw = canvas.draw.ellipse if shape == "circle" else canvas.draw.rectangle
+    draw((x - r, y - r, x + r, y + r), fill=None if hollow else color, outline=color, width=SCALE * 3 // 2)
+
+
+def scatter_panel(
+    canvas: Canvas, box: Box, xlabel: str, marks: Sequence[Marks], labels: Sequence[str] | None, log: bool
+) -> None:
+    """Points against a number line (logarithmic with ``log``) or, with ``labels``, against those categories.
+
+    Args:
+        canvas: where to draw.
+        box: the panel's area ``(left, top, right, bottom)``, its labels included.
+        xlabel: below the x axis.
+        marks: the points; with ``labels``, each x is the index of its label.
+        labels: the names of the categories, side by side.
+        log: place the numbers on a logarithmic axis; without labels it is also when they are positive and span
+            a factor of 100 or more.
+    """
+    left, top, right, bottom = box[0] + 52, box[1] + 8, box[2] - 12, box[3] - 42
+    canvas.text(((left + right) / 2, box[3] - 13), xlabel, size=11)
+    canvas.rectangle((left, top, right, bottom), outline="black")
+    numbers = [x for m in marks for x in m.x]
+    if not numbers:
+        return
+    log = not labels and min(numbers) > 0 and (log or max(numbers) >= 100 * min(numbers))
+    scale = math.log10 if log else float
+    xs, ys = [scale(x) for x in numbers], [y for m in marks for y in m.y]
+    x_low, x_high = (-0.5, len(labels) - 0.5) if labels else (min(xs), max(xs))
+    x_pad = 0.0 if labels else (x_high - x_low) * 0.08 or 0.5
+    y_pad = (max(ys) - min(ys)) * 0.08 or 0.01
+    x_low, x_high, y_low, y_high = x_low - x_pad, x_high + x_pad, min(ys) - y_pad, max(ys) + y_pad
+
+    def at(x: float, y: float) -> tuple[float, float]:
+        return (
+            left + (x - x_low) / (x_high - x_low) * (right - left),
+            bottom - (y - y_low) / (y_high - y_low) * (bottom - top),
+        )
+
+    if labels:
+        x_ticks = [(float(i), text) for i, text in enumerate(labels)]
+    elif log:
+        powers = nice_ticks(math.ceil(x_low), math.floor(x_high), most=8, integer=True) if x_high - x_low >= 1 else []
+        x_ticks = [(p, f"{10**p:g}") for p in powers] or [(x, f"{10**x:.3g}") for x in (min(xs), max(xs))]
+    else:
+        ticks = nice_ticks(x_low, x_high, most=6)
+        step = ticks[1] - ticks[0] if len(ticks) > 1 else 1.0
+        x_ticks = [(t, tick_label(t, step)) for t in ticks]
+    y_ticks = nice_ticks(y_low, y_high, most=7)
+    y_step = y_ticks[1] - y_ticks[0] if len(y_ticks) > 1 else 1.0
+    for x, text in x_ticks:
+        px = at(x, y_low)[0]
+        canvas.line([(px, top), (px, bottom)], fill=GRID)
+        canvas.line([(px, bottom), (px, bottom + 4)])
+        canvas.text((px, bottom + 13), text, size=11)
+    for y in y_ticks:
+        py = at(x_low, y)[1]
+        canvas.line([(left, py), (right, py)], fill=GRID)
+        canvas.line([(left - 4, py), (left, py)])
+        canvas.text((left - 7, py), tick_label(y, y_step), size=11, anchor="rm")
+    placed = []
+    for m in marks:
+        for x, y in zip(m.x, m.y, strict=True):
+            placed.append(at(scale(x), y))
+            mark(canvas, placed[-1], m.color, m.shape, m.hollow)
+    canvas.rectangle((left, top, right, bottom), outline="black")
+    entries = [(m.label, m.color, f"{m.shape}{' hollow' if m.hollow else ''}") for m in marks]
+    _legend(canvas, (left, top, right, bottom), entries, placed)

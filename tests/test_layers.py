@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "fmnist_ignite"
 # Top to bottom; a module may import its own layer's modules and those below, never above.
 LAYERS = [
     ["app"],
-    ["sweep", "sweep_results", "inspect_runs", "export"],
+    ["sweep", "inspect_runs", "export"],
     ["resume"],
     ["build"],
     ["experiment"],

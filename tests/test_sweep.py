@@ -20,13 +20,15 @@ import torch
 
 from fmnist_ignite import compare_runs, reports
 from fmnist_ignite.app.cli import main
-from fmnist_ignite.sweep import parse_arguments, trial_name
+from fmnist_ignite.sweep.study import HEARTBEAT_VARIABLE
 
 from .conftest import BASE, REPO, small_overrides
 
 # One thread per training process: these tiny runs gain nothing from two, and on a busy shared
 # machine two threads per process make each step many times slower.
 ONE_THREAD = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+# A heartbeat every second: a killed trial is taken for dead 3 s after its last one, not 30 s.
+QUICK_HEARTBEAT = {**ONE_THREAD, HEARTBEAT_VARIABLE: "1"}
 
 
 @pytest.fixture(autouse=True)
@@ -68,32 +70,10 @@ def sweep_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "fmnist_ignite", "sweep", *args]
 
 
-def start(*args: str) -> subprocess.Popen[str]:
+def start(*args: str, env: dict[str, str] = ONE_THREAD) -> subprocess.Popen[str]:
     """``python -m fmnist_ignite sweep ARGS`` in the background, with the repository importable."""
     return subprocess.Popen(
-        sweep_command(*args), cwd=REPO, env=ONE_THREAD, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-
-
-def test_arguments_split_into_overrides_grids_and_distributions() -> None:
-    plain, params = parse_arguments(
-        ["seed=3", "optimizer.lr=0.01,1e-1", "handlers=[{target: a, kwargs: {x: 1}}]", "model.kwargs.k=[1,2],[3,4]"]
-    )
-    assert plain == ["seed=3", "handlers=[{target: a, kwargs: {x: 1}}]"]
-    assert [(p.key, p.kind, p.values) for p in params] == [
-        ("optimizer.lr", "grid", ("0.01", "1e-1")),
-        ("model.kwargs.k", "grid", ("[1,2]", "[3,4]")),
-    ]
-    assert trial_name(params, {"optimizer.lr": "1e-1", "model.kwargs.k": "[3,4]"}) == "lr-1e-1_k-3_4"
-    _, sampled = parse_arguments(
-        ["optimizer.lr=log(1e-4,0.1)", "seed=interval(0,9)", "optimizer.name=choice(sgd,adam)"]
-    )
-    lr, seed, name = sampled
-    assert (lr.kind, lr.low, lr.high, lr.integer) == ("log", 1e-4, 0.1, False)
-    assert (seed.kind, seed.integer, seed.text(4)) == ("interval", True, "4")
-    assert (name.kind, name.values) == ("choice", ("sgd", "adam"))
-    assert trial_name(sampled, {"optimizer.lr": 0.00123, "seed": 4, "optimizer.name": "adam"}) == (
-        "lr-0.00123_seed-4_name-adam"
+        sweep_command(*args), cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
 
 
@@ -101,7 +81,7 @@ def test_arguments_split_into_overrides_grids_and_distributions() -> None:
     ("args", "message"),
     [
         (["optimizer.lr=0.1"], "nothing to sweep: give key=v1,v2 (a grid) or key=interval(low,high) with --trials N"),
-        (["optimizer.lrr=0.1,0.2"], "optimizer.lrr: optimizer has no key 'lrr'; sweep a key that --print-config shows"),
+        (["optimizer.lrr=0.1,0.2"], "the overrides (key=value): unknown key 'optimizer.lrr'; did you mean 'lr'?"),
         (["optimizer.lr=0.1,,0.2"], "'optimizer.lr=0.1,,0.2': an empty value in the list; write key=v1,v2,..."),
         (["optimizer.lr=0.1,0.1"], "'optimizer.lr=0.1,0.1': two of the values are the same, or would name the same"),
         (
@@ -258,7 +238,7 @@ def test_a_killed_sweep_started_again_keeps_finished_trials_and_resumes_the_inte
     args = [BASE, *small, handler, "optimizer.lr=0.01,0.02", "--name", "killed"]
     sweep = tmp_path / "runs" / "killed"
     first, second = sweep / "lr-0.01", sweep / "lr-0.02"
-    process = start(*args)
+    process = start(*args, env=QUICK_HEARTBEAT)
     wait_for(
         lambda: (first / "metrics.json").exists() and (second / "checkpoints" / "checkpoint_1.pt").exists(), process
     )
@@ -267,10 +247,10 @@ def test_a_killed_sweep_started_again_keeps_finished_trials_and_resumes_the_inte
     finished = (first / "metrics.json").stat().st_mtime_ns, (first / "metrics.json").read_text()
     assert not (second / "metrics.json").exists()
 
-    again = subprocess.run(sweep_command(*args), cwd=REPO, env=ONE_THREAD, capture_output=True, text=True)
+    again = subprocess.run(sweep_command(*args), cwd=REPO, env=QUICK_HEARTBEAT, capture_output=True, text=True)
     assert again.returncode == 0, again.stderr
     assert re.search(r"Resuming .*lr-0\.02 from checkpoint_1\.pt", again.stderr)
-    assert "Trial 1 was left running by a process that is gone" in again.stderr
+    assert "Trial 1 sent no heartbeat for a while (its process is gone): it will be run again" in again.stderr
     assert ((first / "metrics.json").stat().st_mtime_ns, (first / "metrics.json").read_text()) == finished
     assert [r["epoch"] for r in json.loads((second / "history.json").read_text())] == [1, 2]
     assert Counter(line.split()[0] for line in trace.read_text().splitlines()) == {"lr-0.01": 1, "lr-0.02": 2}

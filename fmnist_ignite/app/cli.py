@@ -213,12 +213,18 @@ def _sweep_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--name", help="the sweep's folder under output_dir and its study's name (default: NAME-sweep)")
     parser.add_argument("--workers", type=_positive, default=1, help="trials run at once, a process each (default: 1)")
     parser.add_argument("--trials", type=_positive, help="how many trials a sampled sweep runs in all")
-    parser.add_argument("--sampler", choices=("random", "tpe"), help="how a sampled sweep picks values (default: tpe)")
+    parser.add_argument(
+        "--sampler",
+        metavar="NAME",
+        help="how a sampled sweep picks values: an optuna.samplers class by short name, tpe (default), random, qmc, "
+        "cmaes, gp, ...",
+    )
     parser.add_argument(
         "--prune",
-        choices=("median", "none"),
+        metavar="NAME",
         default="none",
-        help="median: stop a trial that falls below the median of the earlier trials at the same epoch (default: none)",
+        help="an optuna.pruners class by short name: median stops a trial that falls below the median of the earlier "
+        "trials at the same epoch; hyperband, ...; none (default)",
     )
     parser.add_argument(
         "--storage", metavar="URL", help="an Optuna storage several machines share (default: NAME/study.db, SQLite)"
@@ -226,10 +232,9 @@ def _sweep_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from ..sweep import quiet_optuna, run_sweep
-    from ..sweep_results import format_sweep
+    from ..sweep.results import format_sweep
+    from .workers import run_sweep
 
-    quiet_optuna()
     console.setup_logging(args.verbosity, lines="stderr")  # stdout is for the sweep's table
     result = run_sweep(
         args.config,

@@ -1,0 +1,137 @@
+"""A sweep as the command line runs it: plan it, run :func:`fmnist_ignite.sweep.work` in this process or in
+worker processes (signals passed on once, lines prefixed ``worker N:``), return the table."""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import signal
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from ..errors import ConfigError, SweepError
+from ..interrupt import Interrupted
+from . import console
+from .launch import cpu_count
+
+logger = logging.getLogger(__name__)
+
+
+def run_sweep(
+    config: str | Path | None,
+    arguments: Sequence[str],
+    name: str | None = None,
+    workers: int = 1,
+    trials: int | None = None,
+    sampler: str | None = None,
+    prune: str = "none",
+    storage: str | None = None,
+) -> dict[str, Any]:
+    """Run a sweep to its end (or go on with one started before), then write its results.
+
+    Args:
+        config: the YAML config every trial starts from.
+        arguments: ``key=value`` overrides and swept keys (see :func:`~fmnist_ignite.sweep.space.parse_arguments`).
+        name: the sweep's folder under ``output_dir`` and its study's name (default: ``<name>-sweep``).
+        workers: trials run at once, each in a process of its own.
+        trials: how many trials a sampled sweep has in all (required there; not for a grid).
+        sampler: a class of ``optuna.samplers`` by short name (``tpe``, the default; ``random``, ``qmc``, ...).
+        prune: a class of ``optuna.pruners`` by short name (``median``, ``hyperband``, ...; ``none``).
+        storage: an Optuna storage URL shared by several machines (default: SQLite in the sweep's folder).
+
+    Returns:
+        see :func:`fmnist_ignite.sweep.results.sweep_results`.
+
+    Raises:
+        ConfigError, SweepError: as :func:`~fmnist_ignite.sweep.plan_sweep`.
+        Interrupted: SIGINT or SIGTERM stopped the sweep; its trials keep their saved epochs.
+    """
+    from ..sweep import plan_sweep, results, size, work
+
+    if workers < 1:
+        raise ConfigError("--workers must be at least 1")
+    plan = plan_sweep(config, arguments, name, trials, sampler, prune, storage)
+    _quiet_optuna()
+    workers = min(workers, size(plan))
+    try:
+        if workers == 1:
+            work(plan)
+        else:
+            _run_workers(plan, workers)
+    except Interrupted as err:
+        raise Interrupted(
+            f"{signal.Signals(err.signum).name} received: the sweep stopped and each trial it was running keeps "
+            "its last saved epoch; run the same command again to go on",
+            err.signum,
+        ) from None
+    return results(plan)
+
+
+def _run_workers(plan: Any, workers: int) -> None:
+    """Run ``workers`` processes of :func:`~fmnist_ignite.sweep.work`; pass SIGINT and SIGTERM on to them, once each.
+
+    Each worker is in a process group of its own: a Ctrl-C in the terminal reaches it once, from here, not
+    twice (a second one stops its trial at once, without saving the epoch).
+    """
+    context = multiprocessing.get_context("spawn")
+    level = logging.getLogger("fmnist_ignite").getEffectiveLevel()
+    verbosity = 1 if level <= logging.DEBUG else 0 if level <= logging.INFO else -1
+    threads = max(1, cpu_count() // workers)
+    processes = [
+        context.Process(target=_worker, args=(plan, verbosity, i + 1, threads), name=f"sweep worker {i + 1}")
+        for i in range(workers)
+    ]
+    received: list[int] = []
+
+    def forward(signum: int, frame: FrameType | None) -> None:
+        received.append(signum)
+        for process in processes:
+            if process.pid is not None and process.is_alive():
+                os.kill(process.pid, signum)
+
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)} if in_main_thread else {}
+    try:
+        for process in processes:
+            process.start()
+        for process in processes:
+            process.join()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    if received:
+        raise Interrupted(f"{signal.Signals(received[0]).name} received", received[0])
+    for process in processes:
+        if process.exitcode:
+            logger.warning("%s stopped with exit code %s", process.name, process.exitcode)
+
+
+def _worker(plan: Any, verbosity: int, number: int, threads: int) -> None:
+    """A worker process: its own process group (signals come from the main process, once), its lines prefixed."""
+    from ..sweep import work
+
+    if hasattr(os, "setpgid"):
+        os.setpgid(0, 0)
+    console.setup_logging(verbosity, lines="stderr")
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(logging.Formatter(f"worker {number}: %(message)s"))
+    _quiet_optuna()
+    import torch
+
+    torch.set_num_threads(threads)
+    try:
+        work(plan, parent=os.getppid())
+    except (Interrupted, KeyboardInterrupt):
+        pass
+    except SweepError as err:
+        logger.error("error: %s", err)
+
+
+def _quiet_optuna() -> None:
+    import optuna
+
+    optuna.logging.set_verbosity(logging.ERROR)  # the sweep says how each trial ended (a failed one with its error)

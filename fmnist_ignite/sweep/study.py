@@ -1,0 +1,186 @@
+"""The sweep's Optuna study: storage with a heartbeat, sampler and pruner by name, whose turn it is to start a trial.
+
+Optuna keeps the books: the storage fails a trial whose heartbeat stopped (its process is gone) and
+queues its values again; ``GridSampler`` hands out a grid's points. Ours are two rules Optuna has no
+word for: a failed trial is tried again once per start (:func:`retry_failed`), and this machine's
+processes start trials one at a time (:class:`Turn`).
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+import re
+import warnings
+from contextlib import ExitStack
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
+
+from ..errors import ConfigError, SweepError, first_line
+from ..rundir import SweepDir
+from .space import SweepPlan, grid_points, trial_name
+
+if TYPE_CHECKING:
+    import optuna
+    from optuna.trial import FrozenTrial
+
+logger = logging.getLogger(__name__)
+
+# Seconds between a running trial's heartbeats (tests shorten it); one silent for three of them is taken for dead.
+HEARTBEAT_VARIABLE = "FMNIST_IGNITE_SWEEP_HEARTBEAT"
+
+
+def load_optuna() -> ModuleType:
+    """Optuna, or a :class:`SweepError` saying how to install it."""
+    try:
+        import optuna
+    except ImportError:
+        raise SweepError("sweeps need Optuna: pip install 'fmnist_ignite[sweep]' (or pip install optuna)") from None
+    return optuna
+
+
+def _quietly(call: Any, *args: Any, **kwargs: Any) -> Any:
+    # Optuna calls its heartbeat and its retry callback experimental: they are what a sweep relies on.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", load_optuna().exceptions.ExperimentalWarning)
+        return call(*args, **kwargs)
+
+
+def make(kind: str, name: str) -> Any:
+    """A sampler (``kind`` ``sampler``) or pruner (``prune``) of Optuna's that needs no arguments, by short name.
+
+    ``TPESampler`` is ``tpe``, ``MedianPruner`` is ``median``, ``NopPruner`` is ``none``.
+
+    Raises:
+        ConfigError: Optuna has none of that name (the message lists those it has), or it cannot be made.
+    """
+    module = load_optuna().samplers if kind == "sampler" else load_optuna().pruners
+    suffix = "Sampler" if kind == "sampler" else "Pruner"
+    known = {
+        cls.__name__.removesuffix(suffix).lower().replace("nop", "none"): cls
+        for cls in (getattr(module, n) for n in module.__all__)
+        if inspect.isclass(cls) and cls.__name__.endswith(suffix) and not inspect.isabstract(cls)
+        and all(p.default is not p.empty for p in inspect.signature(cls).parameters.values())
+    }  # fmt: skip
+    if name not in known:
+        raise ConfigError(f"--{kind} {name!r}: choose one of {', '.join(sorted(known))}")
+    try:
+        return _quietly(known[name])
+    except Exception as err:  # a package it needs is missing, or it needs settings after all
+        raise ConfigError(f"--{kind} {name}: {first_line(err)}") from None
+
+
+def _retry(study: optuna.Study, trial: FrozenTrial) -> None:
+    logger.info("Trial %d sent no heartbeat for a while (its process is gone): it will be run again", trial.number)
+    _quietly(load_optuna().storages.RetryHeartbeatStaleTrialCallback)(study, trial)
+
+
+def open_study(plan: SweepPlan) -> optuna.Study:
+    """The sweep's study, created if absent; it must have been started with the same definition (kept in it).
+
+    Raises:
+        ConfigError: the study was started with other swept values, another monitor or pruning.
+        SweepError: the storage cannot be opened.
+    """
+    optuna = load_optuna()
+    beat = int(os.environ.get(HEARTBEAT_VARIABLE) or 10)
+    kwargs = {"connect_args": {"timeout": 60}} if plan.storage.startswith("sqlite") else {}
+    try:
+        storage = _quietly(
+            optuna.storages.RDBStorage, plan.storage, kwargs, heartbeat_interval=beat, grace_period=3 * beat,
+            heartbeat_stale_trial_callback=_retry,
+        )  # fmt: skip
+    except Exception as err:  # a bad URL, a missing driver, a server that does not answer
+        raise SweepError(f"cannot open the study storage {_shown(plan.storage)}: {first_line(err)}") from None
+    grid = None
+    if plan.trials is None:
+        grid = optuna.samplers.GridSampler({p.key: list(p.values) for p in plan.params})
+        # In the order given, not shuffled: Optuna shuffles to make two processes less likely to pick the same point,
+        # which Turn rules out; the median pruner judges a trial by those before it. (Values by sorted key.)
+        grid._all_grids = [tuple(point[k] for k in sorted(point)) for point in grid_points(plan.params)]
+    study = optuna.create_study(
+        storage=storage, sampler=grid or make("sampler", plan.sampler), pruner=make("prune", plan.prune),
+        study_name=plan.study, direction=plan.direction, load_if_exists=True,
+    )  # fmt: skip
+    saved = study.user_attrs.get("sweep")
+    if saved is None:
+        study.set_user_attr("sweep", plan.definition())
+    elif saved != plan.definition():
+        space = " ".join(f"{k}={v}" for k, v in saved["space"].items())
+        raise ConfigError(
+            f"study {plan.study!r} in {_shown(plan.storage)} was started with other settings ({space}, "
+            f"monitor {saved['monitor']}, --prune {saved['prune']}); run that command again, or choose another --name"
+        )
+    return study
+
+
+def _shown(url: str) -> str:
+    """The storage URL without its password."""
+    return re.sub(r"(//[^/:@]*:)[^/@]*@", r"\1***@", url)
+
+
+def points(plan: SweepPlan, trials: list[FrozenTrial]) -> dict[str, list[FrozenTrial]]:
+    """The study's trials by the name of their values (their run directory), in order (queued ones left out)."""
+    found: dict[str, list[FrozenTrial]] = {}
+    for trial in sorted(trials, key=lambda t: t.number):
+        if trial.state.name != "WAITING" and set(trial.params) == {p.key for p in plan.params}:
+            found.setdefault(trial_name(plan.params, trial.params), []).append(trial)
+    return found
+
+
+def retry_failed(study: optuna.Study, plan: SweepPlan) -> None:
+    """Queue the values of each trial that failed (and has not run since) again: once per start of the sweep.
+
+    Optuna would not: its grid counts a failed point as done, and a sampler does not draw the same values twice.
+    """
+    trials = study.get_trials(deepcopy=False)
+    waiting = [t.params or t.system_attrs.get("fixed_params", {}) for t in trials if t.state.name == "WAITING"]
+    queued = {trial_name(plan.params, values) for values in waiting if values}
+    for name, tried in points(plan, trials).items():
+        if name not in queued and {t.state.name for t in tried} == {"FAIL"}:
+            study.enqueue_trial(tried[-1].params, user_attrs={"again": tried[-1].number})
+
+
+def startable(study: optuna.Study, plan: SweepPlan) -> bool:
+    """Whether a trial is left to start: one queued, a grid point never started, or a sampled one within ``trials``.
+
+    Trials that run earlier ones again (queued by :func:`retry_failed` or the heartbeat) do not count.
+    """
+    _quietly(load_optuna().storages.fail_stale_trials, study)  # a dead process's trial is queued again
+    trials = study.get_trials(deepcopy=False)
+    if any(t.state.name == "WAITING" for t in trials):
+        return True
+    if plan.trials is None:
+        started = points(plan, trials)
+        return any(trial_name(plan.params, values) not in started for values in grid_points(plan.params))
+    return sum("again" not in t.user_attrs and "failed_trial" not in t.system_attrs for t in trials) < plan.trials
+
+
+class Turn:
+    """The sweep's lock, held from "is a trial left to start?" (:meth:`take`) until the trial that Optuna then
+    asks for has its values (:meth:`release`): this machine's processes start trials one at a time.
+
+    Optuna cannot promise this by itself: ``study.optimize`` asks for a trial as soon as the last
+    one ends, so two processes asking at once when one grid point is left get the same point
+    (``GridSampler`` hands out running points again once all are started), and a sampled sweep
+    gets more than ``trials`` (``MaxTrialsCallback`` counts after a trial, not before the next).
+    Processes on other machines sharing the storage are not covered.
+    """
+
+    def __init__(self, plan: SweepPlan, study: optuna.Study) -> None:
+        self.plan, self.study, self.sweep = plan, study, SweepDir(plan.sweep_dir)
+        self.held = ExitStack()
+
+    def take(self) -> bool:
+        """Whether a trial is left to start; if so the lock stays held for it."""
+        self.release()  # never twice: a second flock of this process would wait for the first
+        self.held.enter_context(self.sweep.lock())
+        if startable(self.study, self.plan):
+            return True
+        self.release()
+        return False
+
+    def release(self) -> None:
+        """Let the next process look: the trial this one started has its values in the study."""
+        self.held.close()

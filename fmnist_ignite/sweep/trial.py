@@ -1,0 +1,166 @@
+"""A trial is a run directory named after its values: a new run, one resumed from its checkpoint, a finished one reused.
+
+:class:`Objective` is what ``study.optimize`` calls. :class:`ReportToTrial` is Optuna's pruning
+pattern for Ignite (``optuna_integration.PyTorchIgnitePruningHandler``) plus what a run directory
+needs: the earlier epochs replayed on resume, and ``pruned_epoch`` in ``metrics.json``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from ignite.engine import Engine, Events
+
+from ..build import build_experiment
+from ..config import Config, differences, load_config
+from ..context import Context
+from ..data import ImageData, load_data
+from ..errors import ConfigError, FmnistIgniteError, SweepError, first_line
+from ..events import RunEvents
+from ..experiment import Experiment
+from ..interrupt import Interrupted
+from ..resume import resume_experiment
+from ..rundir import RunDir, SweepDir
+from .space import Param, SweepPlan, trial_name
+from .study import load_optuna
+
+if TYPE_CHECKING:
+    import optuna
+
+logger = logging.getLogger(__name__)
+
+
+class TrialFailed(Exception):
+    """The trial's run failed; the error is its ``error`` attribute (``study.optimize`` records it and goes on)."""
+
+
+class ReportToTrial:
+    """Reports the monitored value to an Optuna trial after each epoch; ends training when the trial should be pruned.
+
+    It runs when an epoch completes, after the monitor and before the checkpoint: a pruned run
+    stops as early stopping stops it, is tested and finished as usual, and its ``metrics.json``
+    says when (``pruned_epoch``); the objective then raises ``optuna.TrialPruned``. The last epoch
+    is never pruned. A resumed run first reports the epochs it trained before.
+    """
+
+    def __init__(self, context: Context, trial: optuna.Trial) -> None:
+        self.context, self.trial, self.pruned_epoch = context, trial, 0
+
+    def attach(self, engine: Engine, event: Any) -> None:
+        engine.add_event_handler(Events.STARTED, self.report_history)
+        engine.add_event_handler(event, self)
+        engine.add_event_handler(RunEvents.RUN_FINISHED, self.mark_pruned)
+
+    def report_history(self) -> None:
+        """Report every epoch trained so far (before a resume)."""
+        for record in self.context.history.records:
+            self.trial.report(self.context.monitor.value(record), record["epoch"])
+
+    def __call__(self, engine: Engine) -> None:
+        record = self.context.history.records[-1]
+        self.trial.report(self.context.monitor.value(record), record["epoch"])
+        if record["epoch"] < (engine.state.max_epochs or 0) and self.trial.should_prune():
+            logger.info("Trial %d pruned after epoch %d", self.trial.number, record["epoch"])
+            self.pruned_epoch = record["epoch"]
+            engine.terminate()
+
+    def mark_pruned(self, engine: Engine) -> None:
+        """Add ``pruned_epoch`` to the run's ``metrics.json``."""
+        if self.pruned_epoch:
+            engine.state.results["metrics"]["pruned_epoch"] = self.pruned_epoch  # type: ignore[attr-defined]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"pruned_epoch": self.pruned_epoch}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.pruned_epoch = int(state["pruned_epoch"])
+
+
+def suggest(trial: optuna.Trial, param: Param) -> Any:
+    """The trial's value of ``param``: the sampler's (a grid point, a drawn value), or the one queued with the trial."""
+    if param.values:
+        return trial.suggest_categorical(param.key, param.values)
+    if param.integer:
+        return trial.suggest_int(param.key, int(param.low), int(param.high), log=param.kind == "log")
+    return trial.suggest_float(param.key, param.low, param.high, log=param.kind == "log")
+
+
+class Objective:
+    """``study.optimize``'s objective: run the trial's values; the best monitored value, else ``optuna.TrialPruned``
+    or :class:`TrialFailed`. ``started`` is called once the trial has its values (another process may then look).
+
+    It keeps the data set it loaded last: trials with the same ``data`` settings load it once.
+    """
+
+    def __init__(self, plan: SweepPlan, started: Callable[[], None]) -> None:
+        self.plan, self.started, self.sweep = plan, started, SweepDir(plan.sweep_dir)
+        self._data: tuple[Any, ImageData] | None = None
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        try:
+            values = {p.key: suggest(trial, p) for p in self.plan.params}
+        finally:
+            self.started()
+        name = trial_name(self.plan.params, values)
+        rundir = self.sweep.trial(name)
+        experiment: Experiment | None = None
+        swept = [f"{p.key}={p.text(values[p.key])}" for p in self.plan.params]
+        try:
+            config = load_config(
+                self.plan.config, [*self.plan.overrides, *swept, f"output_dir={self.sweep}", f"name={name}"]
+            )
+            if rundir.exists():
+                _check_same_config(rundir, config)
+            if rundir.finished:
+                logger.info("Trial %d %s: finished before; its results are kept", trial.number, name)
+                metrics = rundir.read_metrics()
+            else:
+                experiment = self._experiment(rundir, config, trial)
+                logger.info("Trial %d %s: %s", trial.number, name, "resuming" if experiment.resuming else "training")
+                metrics = experiment.run()
+            if metrics.get("best_value") is None:
+                raise SweepError("the run has no best epoch (no epoch was trained)")
+        except (Interrupted, KeyboardInterrupt):
+            raise  # failed without an error: the next start of the sweep resumes it
+        except Exception as err:
+            error = first_line(err)
+            error = error if isinstance(err, FmnistIgniteError) else f"{type(err).__name__}: {error}"
+            trial.set_user_attr("error", error)
+            if experiment is not None:
+                trial.set_user_attr("epochs", len(experiment.history))
+            logger.warning("Trial %d %s failed: %s", trial.number, name, error)
+            raise TrialFailed(error) from err
+        for key in ("best_value", "test_accuracy"):
+            trial.set_user_attr(key, metrics[key])
+        trial.set_user_attr("epochs", metrics["epochs_trained"])
+        logger.info(
+            "Trial %d %s: %s, %s %.4f, test accuracy %.4f", trial.number, name,
+            "pruned" if metrics.get("pruned_epoch") else "complete",
+            self.plan.monitor, metrics["best_value"], metrics["test_accuracy"],
+        )  # fmt: skip
+        if metrics.get("pruned_epoch"):
+            raise load_optuna().TrialPruned(f"pruned after epoch {metrics['pruned_epoch']}")
+        return float(metrics["best_value"])
+
+    def _experiment(self, rundir: RunDir, config: Config, trial: optuna.Trial) -> Experiment:
+        key = config.with_absolute_paths().data
+        if self._data is None or self._data[0] != key:
+            self._data = (key, load_data(key))
+        if rundir.exists():
+            experiment = resume_experiment(rundir.path, self._data[1])
+        else:
+            experiment = build_experiment(config, self._data[1])
+        if self.plan.prune != "none":
+            experiment.add_handler(ReportToTrial, trial=trial)
+        return experiment
+
+
+def _check_same_config(rundir: RunDir, config: Config) -> None:
+    differing = list(differences(rundir.load_config().to_dict(), config.with_absolute_paths().to_dict()))
+    if differing:
+        raise ConfigError(
+            f"{rundir} was made with other settings ({', '.join(differing[:3])}); "
+            "sweep under another --name, or remove that folder"
+        )
