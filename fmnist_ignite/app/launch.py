@@ -18,7 +18,7 @@ import signal
 import socket
 import threading
 import traceback
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -323,7 +323,7 @@ def run_in_processes(request: Request) -> RunResult:
     context = multiprocessing.get_context("spawn")
     codes = context.Array("i", [-1] * processes)
     said = context.Array("c", MESSAGE_BYTES)
-    with _signals_passed_on():
+    with signals_passed_on(_children, passed=(signal.SIGTERM,), ignored=(signal.SIGINT,)):
         try:
             with _quiet_launcher(backend=backend, nproc_per_node=processes, master_port=_free_port()) as parallel:
                 parallel.run(_run_spawned, request, codes, said)
@@ -422,21 +422,36 @@ def cpu_count() -> int:
 
 
 @contextmanager
-def _signals_passed_on() -> Iterator[None]:
-    """While the processes run: Ctrl-C reaches them from the terminal; SIGTERM is passed on to them."""
+def signals_passed_on(
+    children: Callable[[], list[int]], passed: tuple[int, ...], ignored: tuple[int, ...] = ()
+) -> Iterator[list[int]]:
+    """While child processes run: the ``passed`` signals go on to each of ``children()``, the ``ignored`` do not
+    stop this process; yields the signals received, in order.
+
+    A data-parallel run's processes share the terminal, so a Ctrl-C reaches them without help and is
+    ignored here; a sweep's workers each have a process group of their own, so it is passed on, once.
+    """
+    received: list[int] = []
 
     def pass_on(signum: int, frame: Any) -> None:
-        for child in multiprocessing.active_children():
-            if child.pid is not None:
-                os.kill(child.pid, signum)
+        received.append(signum)
+        for pid in children():
+            os.kill(pid, signum)
 
-    previous = {signal.SIGINT: signal.signal(signal.SIGINT, signal.SIG_IGN)}
-    previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, pass_on)
+    handlers: dict[int, Any] = {**dict.fromkeys(ignored, signal.SIG_IGN), **dict.fromkeys(passed, pass_on)}
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = (
+        {signum: signal.signal(signum, handler) for signum, handler in handlers.items()} if in_main_thread else {}
+    )
     try:
-        yield
+        yield received
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+def _children() -> list[int]:
+    return [child.pid for child in multiprocessing.active_children() if child.pid is not None]
 
 
 def _free_port() -> int:

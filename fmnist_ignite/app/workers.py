@@ -7,16 +7,14 @@ import logging
 import multiprocessing
 import os
 import signal
-import threading
 from collections.abc import Sequence
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from ..errors import ConfigError, SweepError
 from ..interrupt import Interrupted
 from . import console
-from .launch import cpu_count
+from .launch import cpu_count, signals_passed_on
 
 logger = logging.getLogger(__name__)
 
@@ -85,24 +83,15 @@ def _run_workers(plan: Any, workers: int) -> None:
         context.Process(target=_worker, args=(plan, verbosity, i + 1, threads), name=f"sweep worker {i + 1}")
         for i in range(workers)
     ]
-    received: list[int] = []
 
-    def forward(signum: int, frame: FrameType | None) -> None:
-        received.append(signum)
-        for process in processes:
-            if process.pid is not None and process.is_alive():
-                os.kill(process.pid, signum)
+    def alive() -> list[int]:
+        return [p.pid for p in processes if p.pid is not None and p.is_alive()]
 
-    in_main_thread = threading.current_thread() is threading.main_thread()
-    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)} if in_main_thread else {}
-    try:
+    with signals_passed_on(alive, passed=(signal.SIGINT, signal.SIGTERM)) as received:
         for process in processes:
             process.start()
         for process in processes:
             process.join()
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
     if received:
         raise Interrupted(f"{signal.Signals(received[0]).name} received", received[0])
     for process in processes:
