@@ -109,7 +109,7 @@ def train(
 
             import fmnist_ignite
 
-            run = fmnist_ignite.train("configs/base.yaml", "optimizer.lr=0.05", "trainer.max_epochs=3")
+            run = fmnist_ignite.train("configs/base.yaml", "optimizer.lr=0.05")
             run.dir, run.history[-1]["val_accuracy"], run.metrics["test_accuracy"]
     """
     with console.logging_restored() if verbose is not None else nullcontext():
