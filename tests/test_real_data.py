@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import REPO, run_cli
+from fmnist_ignite import train
+
+from .conftest import REPO
 
 SYSTEM = Path("/usr/share/datasets/fashion-mnist")
 
@@ -22,16 +24,16 @@ def require_real_data() -> None:
 
 
 def train_base(tmp_path: Path, *overrides: str) -> Path:
-    result = run_cli(
+    run = train(
         str(REPO / "configs" / "base.yaml"),
         f"output_dir={tmp_path}",
         f"data.root={tmp_path / 'data'}",
         "logging.progress_bar=false",
         *overrides,
-        timeout=600,
+        verbose=-1,
     )
-    assert result.returncode == 0, result.stderr
-    return tmp_path / "base"
+    assert run.dir == tmp_path / "base"
+    return run.dir
 
 
 @pytest.fixture(scope="module")
