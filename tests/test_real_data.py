@@ -8,9 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from fmnist_ignite import train
-
-from .conftest import REPO
+from .conftest import REPO, run_cli
 
 SYSTEM = Path("/usr/share/datasets/fashion-mnist")
 
@@ -24,16 +22,16 @@ def require_real_data() -> None:
 
 
 def train_base(tmp_path: Path, *overrides: str) -> Path:
-    run = train(
+    result = run_cli(
         str(REPO / "configs" / "base.yaml"),
         f"output_dir={tmp_path}",
         f"data.root={tmp_path / 'data'}",
         "logging.progress_bar=false",
         *overrides,
-        verbose=-1,
+        timeout=600,
     )
-    assert run.dir == tmp_path / "base"
-    return run.dir
+    assert result.returncode == 0, result.stderr
+    return tmp_path / "base"
 
 
 @pytest.fixture(scope="module")
