@@ -1,22 +1,34 @@
-"""Fixtures: small data sets written by the tests in the real file formats, and small configs."""
+"""Fixtures: small data sets written by the tests in the real file formats, small configs, the command line.
+
+``cli(*args)`` runs the command line in the test's own process (``main()`` and capsys: exit code,
+stdout, stderr), which costs no interpreter and torch start-up; :func:`run_cli` starts a real
+``python -m fmnist_ignite`` for the tests where a real process is the point (signals, kills,
+start-up, data-parallel processes, one smoke test of the program itself).
+"""
 
 from __future__ import annotations
 
+import gc
 import gzip
+import importlib
 import io
+import logging
 import os
 import pickle
+import signal
 import struct
 import subprocess
 import sys
 import tarfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from fmnist_ignite import Config, load_config
+from fmnist_ignite import Config, build_experiment, load_config
+from fmnist_ignite.app import console
+from fmnist_ignite.app.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 BASE = str(REPO / "configs" / "base.yaml")
@@ -125,3 +137,100 @@ def run_cli(
         env=env,
         timeout=timeout,
     )
+
+
+@pytest.fixture
+def small(tmp_path: Path, system_dir: Path) -> list[str]:
+    """The overrides of :func:`small_overrides` for this test's ``tmp_path``."""
+    return small_overrides(tmp_path, system_dir)
+
+
+@pytest.fixture(scope="session")
+def reference(tmp_path_factory: pytest.TempPathFactory, system_dir: Path) -> list[tuple]:
+    """The history values of an uninterrupted run of the small config (early stopping off, 4 epochs)."""
+    tmp = tmp_path_factory.mktemp("reference")
+    config = load_config(BASE, [*small_overrides(tmp, system_dir), "early_stopping.enabled=false"])
+    experiment = build_experiment(config)
+    experiment.run()
+    return values(experiment.history)
+
+
+@pytest.fixture(scope="session")
+def finished(tmp_path_factory: pytest.TempPathFactory, system_dir: Path) -> dict:
+    """A finished small run (4 epochs, TensorBoard on, as by default), and what the tests need to check it.
+
+    Shared by the tests of a worker: they read it, or copy it before they change it.
+    """
+    import torch
+
+    tmp = tmp_path_factory.mktemp("finished")
+    config = load_config(BASE, small_overrides(tmp, system_dir))
+    experiment = build_experiment(config)
+    metrics = experiment.run()
+    data = experiment.data
+    x, _ = experiment.context.prepare_batch((data.test_images, data.test_labels), "cpu", False)
+    with torch.no_grad():
+        predicted = experiment.model(x).argmax(1)
+    return {"run": config.run_dir, "metrics": metrics, "data": data, "predicted": predicted}
+
+
+CLI = tuple[int, str, str]
+
+
+def process_state() -> tuple:
+    """What the command line may change in its process and must put back: logging, signal handlers, the collector."""
+    root = logging.getLogger()
+    return (
+        root.handlers[:],
+        root.level,
+        [logging.getLogger(name).level for name in console.LOGGERS],
+        logging.getLogger("ignite.engine.engine.Engine").filters[:],
+        logging.root.manager.disable,
+        signal.getsignal(signal.SIGINT),
+        signal.getsignal(signal.SIGTERM),
+        gc.isenabled(),
+        os.environ.get("MLFLOW_LOGGING_LEVEL"),
+    )
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str]) -> Callable[..., CLI]:
+    """``cli(*args)``: the command line in this process, returning (exit code, stdout, stderr).
+
+    Each call checks that the command left its process as it found it (the tests after it, in the
+    same worker, must not inherit its logging or signal handlers).
+    """
+
+    def call(*args: str | Path) -> CLI:
+        capsys.readouterr()  # what the test printed before is not the command's
+        before = process_state()
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as exit_:  # argparse's usage errors, --help, --version
+            code = int(exit_.code or 0)
+        captured = capsys.readouterr()
+        assert process_state() == before, "the command line left its process changed"
+        return code, captured.out, captured.err
+
+    return call
+
+
+@pytest.fixture
+def importable(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[Path], None]]:
+    """``importable(folder)``: its modules and installed entry points visible to this process, for this test only.
+
+    What was imported from the folder is forgotten afterwards (``sys.path`` is put back by monkeypatch).
+    """
+    folders: list[Path] = []
+
+    def add(folder: Path) -> None:
+        monkeypatch.syspath_prepend(str(folder))
+        importlib.invalidate_caches()
+        folders.append(Path(folder))
+
+    yield add
+    for name, module in list(sys.modules.items()):
+        file = getattr(module, "__file__", None)
+        if file and any(Path(file).is_relative_to(folder) for folder in folders):
+            del sys.modules[name]
+    importlib.invalidate_caches()

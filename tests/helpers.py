@@ -1,4 +1,5 @@
-"""Shared pieces of the unit tests: tiny uint8 data and a hand-wired :class:`~fmnist_ignite.Context`.
+"""Shared pieces of the tests: tiny uint8 data, a hand-wired :class:`~fmnist_ignite.Context`, small data files,
+crafted images, and the helpers of the tests that start a real process.
 
 :func:`make_rig` wires the engines, history and monitor the way an experiment does (data order,
 validation, record, best epoch at each epoch's end) but from tensors held in memory, with no data
@@ -7,10 +8,22 @@ files, no run directory created and no handler attached, so that a handler can b
 
 from __future__ import annotations
 
+import gzip
+import json
+import os
+import signal
+import struct
+import subprocess
+import sys
+import time
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 from ignite.engine import Events
 
@@ -22,7 +35,7 @@ from fmnist_ignite.models import LogisticRegression
 from fmnist_ignite.monitor import Monitor
 from fmnist_ignite.rundir import RunDir
 
-from .conftest import synthetic_images
+from .conftest import REPO, idx_images, idx_labels, synthetic_images
 
 MEAN, STD = 0.2860, 0.3530
 
@@ -99,3 +112,83 @@ def make_rig(
         monitor=monitor,
     )
     return Rig(context, train, val)
+
+
+def read_history(run: Path) -> list[dict]:
+    """A run's ``history.json``."""
+    return json.loads((run / "history.json").read_text())
+
+
+def handler_entry(name: str, event: str, kwargs: str) -> str:
+    """A ``handlers=[...]`` override naming one test plugin."""
+    return f"handlers=[{{target: 'tests.plugins:{name}', event: {event}, kwargs: {{{kwargs}}}}}]"
+
+
+def start_cli(*args: str) -> subprocess.Popen[str]:
+    """``python -m fmnist_ignite ARGS`` started in the background, for a test to signal or kill."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.Popen(
+        [sys.executable, "-m", "fmnist_ignite", *args],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def wait_for(path: Path, process: subprocess.Popen[str], timeout: float = 120) -> None:
+    """Wait until ``process`` has made ``path`` (its fault point); fail if it ends or takes too long."""
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if process.poll() is not None:
+            pytest.fail(f"process ended before reaching the fault point: {process.communicate()[1]}")
+        if time.monotonic() > deadline:
+            process.kill()
+            pytest.fail("the fault point was not reached in time")
+        time.sleep(0.05)
+
+
+@contextmanager
+def time_limit(seconds: int) -> Iterator[None]:
+    """Fail (instead of hanging) when the block runs longer than ``seconds``; main thread only."""
+
+    def too_long(signum: int, frame: Any) -> None:
+        raise TimeoutError(f"still running after {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, too_long)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def data_config(root: Path, system_dir: Path | None = None, dataset: str = "fashion_mnist") -> Any:
+    """The ``data`` section of a config reading ``dataset`` from ``root`` (and ``system_dir``)."""
+    return load_config(
+        {"data": {"dataset": dataset, "root": str(root), "system_dir": str(system_dir) if system_dir else None}}
+    ).data
+
+
+def write_fashion(folder: Path, train_side: tuple[int, int] = (28, 28), test_side: tuple[int, int] = (28, 28)) -> Path:
+    """The four ``*-ubyte.gz`` files with 20 training and 10 test images of the given sizes."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for prefix, n, side, seed in (("train", 20, train_side, 1), ("t10k", 10, test_side, 2)):
+        images, labels = synthetic_images(n, side, seed)
+        (folder / f"{prefix}-images-idx3-ubyte.gz").write_bytes(gzip.compress(idx_images(images)))
+        (folder / f"{prefix}-labels-idx1-ubyte.gz").write_bytes(gzip.compress(idx_labels(labels)))
+    return folder
+
+
+def png(width: int, height: int) -> bytes:
+    """A small PNG whose header claims ``width`` x ``height`` grey pixels (its pixel data is short)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(bytes(1000))) + chunk(b"IEND", b"")
+    )

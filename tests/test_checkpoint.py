@@ -13,11 +13,13 @@ import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint
 
-from fmnist_ignite import Config, ConfigError, build_experiment, resume_experiment
+from fmnist_ignite import CheckpointError, Config, ConfigError, build_experiment, resume_experiment
 from fmnist_ignite.checkpoint import SaveThenRotate
 from fmnist_ignite.fileio import safe_torch_load
 
+from . import plugins
 from .conftest import values
+from .helpers import read_history
 
 
 class Crash(BaseException):
@@ -147,3 +149,75 @@ def test_resume_falls_back_past_a_checkpoint_of_another_configuration(
         resumed.run()
     assert f"Skipping checkpoint: {newest} lacks the state of history" in caplog.text
     assert [r["epoch"] for r in resumed.history] == [1, 2, 3, 4]
+
+
+def interrupted_run(make_config: Callable[..., Config], after: int, *overrides: str) -> Path:
+    experiment = build_experiment(make_config("early_stopping.enabled=false", *overrides))
+    experiment.add_handler(plugins.StopAfter, event="EPOCH_STARTED", epoch=after)
+    with pytest.raises(KeyboardInterrupt):
+        experiment.run()
+    return experiment.run_dir
+
+
+def test_corrupt_newest_checkpoint_is_skipped_with_a_warning(
+    make_config: Callable[..., Config], reference: list[tuple], caplog: pytest.LogCaptureFixture
+) -> None:
+    run = interrupted_run(make_config, 3)
+    newest = run / "checkpoints" / "checkpoint_3.pt"
+    newest.write_bytes(newest.read_bytes()[:1000])
+    resumed = resume_experiment(run)
+    resumed.run()
+    assert f"Skipping checkpoint: {newest} cannot be loaded" in caplog.text
+    assert values(resumed.history) == reference
+
+
+def test_no_readable_checkpoint_is_an_error_and_nothing_is_deleted(make_config: Callable[..., Config]) -> None:
+    run = interrupted_run(make_config, 3)
+    files = sorted((run / "checkpoints").glob("checkpoint_*.pt"))
+    for path in files:
+        path.write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match=r"none of the 2 checkpoint\(s\) in .* can be used .*nothing was deleted"):
+        resume_experiment(run).run()
+    assert sorted((run / "checkpoints").glob("checkpoint_*.pt")) == files
+
+
+def test_pickle_payload_in_a_checkpoint_is_refused_not_run(
+    tmp_path: Path, make_config: Callable[..., Config], caplog: pytest.LogCaptureFixture
+) -> None:
+    marker = tmp_path / "payload-ran"
+    evil = tmp_path / "evil.pt"
+    torch.save({"model": plugins.Evil(marker)}, evil)
+    with pytest.raises(CheckpointError, match="holds objects other than tensors and plain data, which are refused"):
+        safe_torch_load(evil)
+    run = interrupted_run(make_config, 2)
+    torch.save({"model": plugins.Evil(marker)}, run / "checkpoints" / "checkpoint_9.pt")
+    resumed = resume_experiment(run)
+    resumed.run()
+    assert "checkpoint_9.pt cannot be loaded: it holds objects other than tensors" in caplog.text
+    assert not marker.exists()
+
+
+def test_disk_full_mid_run_keeps_the_last_checkpoint_and_history(
+    make_config: Callable[..., Config], reference: list[tuple], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    experiment = build_experiment(make_config("early_stopping.enabled=false"))
+    real_save = torch.save
+
+    def full_disk(obj: object, f: object, *args: object, **kwargs: object) -> None:
+        if experiment.trainer.state.epoch == 3:
+            raise OSError(28, "No space left on device")
+        real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(OSError, match="No space left") as info:
+        experiment.run()
+    run = experiment.run_dir
+    written = {str(run / "checkpoints" / name) for name in ("best_model.pt", "checkpoint_3.pt")}
+    assert info.value.filename in written, "the message can name the file"
+    assert [r["epoch"] for r in read_history(run)] == [1, 2, 3]
+    safe_torch_load(run / "checkpoints" / "checkpoint_2.pt")
+    assert not [p for p in (run / "checkpoints").iterdir() if p.name.startswith("tmp")]
+    monkeypatch.setattr(torch, "save", real_save)
+    resumed = resume_experiment(run)
+    resumed.run()
+    assert values(resumed.history) == reference

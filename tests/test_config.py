@@ -1,13 +1,20 @@
 from __future__ import annotations
 
+import json
+import re
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
+import yaml
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from fmnist_ignite import Config, ConfigError, load_config
 from fmnist_ignite.config import validate_config
+
+from .conftest import CLI
+from .helpers import time_limit
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -263,3 +270,137 @@ def test_handler_defaults_are_the_schemas() -> None:
         "uri": LoggingConfig.default("mlflow_uri"),
         "experiment": LoggingConfig.default("mlflow_experiment"),
     }
+
+
+LAUGHS = "model:\n  kwargs:\n    a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"    {b}: &{b} [{', '.join([f'*{a}'] * 9)}]\n" for a, b in zip("abcdefgh", "bcdefghi", strict=True)
+)
+
+
+BAD_YAML = {
+    "laughs": (
+        LAUGHS,
+        ":8:8: YAML error: more than 100,000 values once YAML aliases (*name) are expanded; write the values out or "
+        "use fewer aliases",
+    ),
+    "deep": (
+        "name: x\nmodel:\n  kwargs: {a: " + "[" * 20_000 + "]" * 20_000 + "}\n",
+        ":3:112: YAML error: values nested more than 100 levels deep",
+    ),
+    "duplicate": (
+        "name: x\noptimizer:\n  lr: 0.1\nseed: 1\ntrainer:\n  max_epochs: 2\n\n\noptimizer:\n  lr: 0.2\n",
+        ":9:1: YAML error: duplicate key 'optimizer' at lines 2 and 9; keep one",
+    ),
+    "recursive": ("model:\n  kwargs: &k\n    a: *k\n", ":3:8: YAML error: the alias *k is inside its own value"),
+    "huge": ("name: x\n" + "# padding\n" * 110_000, "' is larger than 1 MiB; a config is a short YAML mapping"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_YAML)
+def test_hostile_config_files_are_refused_in_one_line(tmp_path: Path, case: str) -> None:
+    text, message = BAD_YAML[case]
+    path = tmp_path / f"{case}.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    expected = f"config file '{path}{message}" if case == "huge" else f"{path}{message}"
+    assert str(info.value) == expected
+
+
+def test_dev_zero_as_a_config_is_not_read_without_end() -> None:
+    with pytest.raises(ConfigError, match=r"^config file '/dev/zero' is larger than 1 MiB; a config is a short YAML"):
+        load_config("/dev/zero")
+
+
+@pytest.mark.parametrize("case", ["deep", "duplicate", "recursive", "huge"])
+def test_hostile_config_files_on_the_command_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cli: Callable[..., CLI], case: str
+) -> None:
+    path = tmp_path / f"{case}.yaml"
+    path.write_text(BAD_YAML[case][0])
+    monkeypatch.chdir(tmp_path)  # the default output_dir, runs/, would appear here
+    code, _, err = cli(str(path))
+    assert code == 2
+    assert err.count("\n") == 1 and BAD_YAML[case][1] in err
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]
+
+
+def test_alias_bomb_does_not_hang_print_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cli: Callable[..., CLI]
+) -> None:
+    path = tmp_path / "laughs.yaml"
+    path.write_text(LAUGHS)
+    monkeypatch.chdir(tmp_path)
+    with time_limit(60):
+        code, out, err = cli(str(path), "--print-config")
+    assert code == 2 and out == ""
+    assert err == f"error: {path}{BAD_YAML['laughs'][1]}\n"
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("model.kwargs={a: 1, a: 2}", "override of 'model.kwargs': duplicate key 'a' at lines 1 and 1; keep one"),
+        ("model.kwargs=" + "[" * 5000, "override of 'model.kwargs': values nested more than 100 levels deep"),
+        (
+            "model.kwargs." + "a." * 200 + "b=1",
+            "override of 'model.kwargs.a.a.a.a.a.a.a.a.a.a.a.a.a.a'...: keys nested",
+        ),
+    ],
+)
+def test_hostile_overrides_are_refused(override: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=f"^{re.escape(message)}"):
+        load_config(None, [override])
+
+
+def yaml_text(value, duplicate: bool) -> str:
+    """YAML flow text for nested dicts/lists/scalars; mappings may say their first key twice."""
+    if isinstance(value, dict):
+        pairs = [f"{yaml_text(k, duplicate)}: {yaml_text(v, duplicate)}" for k, v in value.items()]
+        if duplicate and pairs:
+            pairs.append(pairs[0])
+        return "{" + ", ".join(pairs) + "}"
+    if isinstance(value, list):
+        return "[" + ", ".join(yaml_text(v, duplicate) for v in value) + "]"
+    if isinstance(value, str):
+        return json.dumps(value)  # one line, escapes and all: JSON strings are YAML
+    return yaml.safe_dump(value).removesuffix("\n...\n").strip()
+
+
+SECTIONS = ["name", "seed", "device", "data", "model", "optimizer", "scheduler", "trainer", "handlers", "kwargs", "lr"]
+
+
+scalars = st.one_of(
+    st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=8), st.sampled_from(SECTIONS)
+)
+
+
+trees = st.recursive(
+    scalars,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.sampled_from(SECTIONS) | scalars, inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    tree=st.dictionaries(st.sampled_from(SECTIONS), trees, max_size=5), duplicate=st.booleans(), cut=st.integers(0, 400)
+)
+@example(tree={"name": "x", "optimizer": {"lr": 0.5}}, duplicate=False, cut=0)
+@example(tree={"name": "x", "optimizer": {"lr": 0.5}}, duplicate=True, cut=0)
+def test_any_yaml_file_gives_a_config_or_a_one_line_config_error(
+    tmp_path: Path, tree: dict, duplicate: bool, cut: int
+) -> None:
+    text = yaml_text(tree, duplicate)
+    path = tmp_path / "random.yaml"
+    for candidate in (text, text[:cut]):
+        path.write_text(candidate)
+        has_duplicate = candidate is text and duplicate and bool(tree)
+        try:
+            config = load_config(path)
+        except ConfigError as err:
+            assert "\n" not in str(err) and str(err).startswith(str(path))
+            assert "duplicate key" in str(err) or not has_duplicate
+        else:
+            assert isinstance(config, Config) and not has_duplicate

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
+import tarfile
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,7 @@ from fmnist_ignite.data.datasets import (
 from fmnist_ignite.registry import DATASETS
 
 from .conftest import synthetic_images, write_cifar_archive, write_fashion_gz
+from .helpers import data_config, write_fashion
 
 
 def image_data(**changes: Any) -> ImageData:
@@ -249,3 +252,134 @@ def test_labels_of_the_wrong_shape_are_reported_as_such() -> None:
     with pytest.raises(DataError) as info:
         image_data(train_labels=torch.zeros(4, 1).long())
     assert str(info.value) == "train labels must be one class number per image, shape (N,); got (4, 1)"
+
+
+class Payload:
+    """Unpickling this runs a shell command, as a crafted batch file would."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def cifar_folder(root: Path) -> Path:
+    with tarfile.open(write_cifar_archive(root), "r:gz") as tar:
+        tar.extractall(root, filter="data")
+    return root / "cifar-10-batches-py"
+
+
+@pytest.mark.parametrize("where", ["data_batch_1", "test_batch", "batches.meta"])
+def test_pickle_payload_in_a_cifar_batch_is_refused_not_run(tmp_path: Path, where: str) -> None:
+    folder = cifar_folder(tmp_path / "data")
+    marker = tmp_path / "MARKER"
+    if where == "batches.meta":  # hidden inside the dictionary, where torchvision reads the class names
+        payload = {"label_names": ["a"] * 9 + [Payload(marker)], "num_cases_per_batch": 20}
+    else:
+        payload = Payload(marker)
+    (folder / where).write_bytes(pickle.dumps(payload))
+    with pytest.raises(DataError) as info:
+        load_data(data_config(tmp_path / "data", dataset="cifar10"))
+    assert not marker.exists(), "the payload ran"
+    assert str(info.value) == (
+        f"{folder / where} holds a Python object other than arrays, lists, strings and numbers "
+        f"({os.system.__module__}.system); refused for safety: replace it with the original CIFAR-10 file"
+    )
+
+
+def cifar_batch(n: int, protocol: int = 4, byte_keys: bool = False) -> bytes:
+    images, labels = synthetic_images(n, (3, 32, 32), 7)
+    batch = {"batch_label": "b", "labels": labels.tolist(), "data": images.reshape(n, -1), "filenames": []}
+    if byte_keys:
+        batch = {key.encode(): value for key, value in batch.items()}
+    return pickle.dumps(batch, protocol=protocol)
+
+
+@pytest.mark.parametrize("protocol", [2, 5])
+def test_cifar_batches_of_other_pickle_protocols_and_byte_keys_load(tmp_path: Path, protocol: int) -> None:
+    folder = cifar_folder(tmp_path / "data")
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        (folder / name).write_bytes(cifar_batch(4, protocol, byte_keys=True))
+    names = [n.encode() for n in ["plane", "car", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]]
+    (folder / "batches.meta").write_bytes(pickle.dumps({b"label_names": names}, protocol=protocol))
+    data = load_data(data_config(tmp_path / "data", dataset="cifar10"))
+    images, labels = synthetic_images(4, (3, 32, 32), 7)
+    assert data.train_images.shape == (20, 3, 32, 32) and data.test_images.shape == (4, 3, 32, 32)
+    assert data.test_images.numpy().tobytes() == images.tobytes()
+    assert data.test_labels.tolist() == labels.tolist()
+    assert data.classes[1] == "car"
+
+
+class NewArray:
+    """Pickles as a call of ``numpy.ndarray(shape, uint8)``: an array the file does not hold."""
+
+    def __init__(self, shape: tuple[int, ...]) -> None:
+        self.shape = shape
+
+    def __reduce__(self):
+        return (np.ndarray, (self.shape, np.dtype(np.uint8)))
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        (
+            "data_batch_2",
+            {"data": np.zeros((4, 3000), np.uint8), "labels": [0] * 4},
+            "'data' must be a uint8 array of shape (N, 3072), got uint8 (4, 3000); replace the file",
+        ),
+        (
+            "data_batch_2",
+            {"data": np.zeros((4, 3072), np.float32), "labels": [0] * 4},
+            "'data' must be a uint8 array of shape (N, 3072), got float32 (4, 3072); replace the file",
+        ),
+        (
+            "test_batch",
+            {"data": np.zeros((4, 3072), np.uint8), "labels": [0] * 3},
+            "'labels' must be 4 integers from 0 to 9, one per image; replace the file",
+        ),
+        (
+            "test_batch",
+            {"data": np.zeros((2, 3072), np.uint8), "labels": [0, 10]},
+            "'labels' must be 2 integers from 0 to 9, one per image; replace the file",
+        ),
+        (
+            "data_batch_3",
+            {"data": NewArray((100_000, 3072)), "labels": []},
+            "claims an array of 307200000 bytes in a file of",
+        ),
+        (
+            "batches.meta",
+            {"label_names": ["a"] * 9},
+            "'label_names' must be a list of 10 class names; replace the file",
+        ),
+        ("batches.meta", [1, 2], "holds a list, not a CIFAR-10 dictionary; replace the file"),
+    ],
+    ids=["data-3000-wide", "data-float", "labels-short", "labels-10", "array-not-in-file", "names-9", "not-a-dict"],
+)
+def test_cifar_batches_of_the_wrong_shape_are_refused(tmp_path: Path, name: str, content, message: str) -> None:
+    folder = cifar_folder(tmp_path / "data")
+    (folder / name).write_bytes(pickle.dumps(content))
+    with pytest.raises(DataError, match=f"^{re.escape(str(folder / name))}:? .*{re.escape(message)}"):
+        load_data(data_config(tmp_path / "data", dataset="cifar10"))
+
+
+def test_corrupt_cifar_batch_keeps_its_message(tmp_path: Path) -> None:
+    folder = cifar_folder(tmp_path / "data")
+    (folder / "data_batch_4").write_bytes(cifar_batch(4)[:-50])
+    with pytest.raises(DataError) as info:
+        load_data(data_config(tmp_path / "data", dataset="cifar10"))
+    assert str(info.value).startswith(f"CIFAR-10 batches under {folder} are corrupt (data_batch_4: UnpicklingError: ")
+    assert str(info.value).endswith("; delete that folder to prepare it again")
+    assert "\n" not in str(info.value)
+
+
+def test_test_images_of_another_shape_are_refused_before_training(tmp_path: Path) -> None:
+    system = write_fashion(tmp_path / "system", train_side=(28, 28), test_side=(27, 29))
+    with pytest.raises(DataError) as info:
+        load_data(data_config(tmp_path / "data", system))
+    assert str(info.value) == (
+        "train images have shape (C, H, W) (1, 28, 28) but test images (1, 27, 29); the model takes one shape: "
+        "replace the files that differ"
+    )

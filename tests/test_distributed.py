@@ -1,4 +1,8 @@
-"""Data-parallel training: two processes on CPU with gloo, started by the command line itself."""
+"""Data-parallel training: two processes on CPU with gloo, started by the command line itself.
+
+Real processes throughout (the launcher, its spawned processes, torchrun), except the refusals
+made before any process starts, which run in this process.
+"""
 
 from __future__ import annotations
 
@@ -7,30 +11,29 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import yaml
 
-from .conftest import BASE, REPO, run_cli, small_overrides, values
-from .test_faults import handler_entry, wait_for
+from fmnist_ignite import train
+
+from .conftest import BASE, CLI, REPO, run_cli, small_overrides, values
+from .helpers import handler_entry, read_history, wait_for
 
 GLOO = ["distributed.backend=gloo", "distributed.nproc_per_node=2"]
 # 501 training images in batches of 32: the last batch, 21 images, splits unevenly (11 + 10).
 UNEVEN = ["early_stopping.enabled=false", "data.val_size=99"]
 
 
-def read_history(run: Path) -> list[dict]:
-    return json.loads((run / "history.json").read_text())
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory, system_dir: Path) -> dict[str, subprocess.CompletedProcess[str]]:
-    """The small config (4 epochs, early stopping off) trained in one process and in two."""
+    """The small config (4 epochs, early stopping off) trained in one process (this one) and in two."""
     tmp = tmp_path_factory.mktemp("parallel")
     small = [*small_overrides(tmp, system_dir), *UNEVEN]
+    train(BASE, *small, "name=one", verbose=-1)
     return {
-        "one": run_cli(BASE, *small, "name=one"),
         "two": run_cli(BASE, *small, *GLOO, "name=two"),
         "root": tmp,  # type: ignore[dict-item]
     }
@@ -39,8 +42,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory, system_dir: Path) -> dict[str
 def test_two_processes_train_as_one_would_and_rank_0_alone_writes_and_prints(
     runs: dict[str, subprocess.CompletedProcess[str]],
 ) -> None:
-    one, two = runs["one"], runs["two"]
-    assert one.returncode == 0, one.stderr
+    two = runs["two"]
     assert two.returncode == 0, two.stderr
     run = Path(str(runs["root"])) / "runs" / "two"
     lines = two.stdout.splitlines()
@@ -135,37 +137,45 @@ def test_a_signal_to_one_process_stops_them_all_with_its_exit_code(tmp_path: Pat
             "shared by all of them); use data.batch_size=32 or 34",
         ),
         (
-            ["data.val_size=1"],
-            "error: data.val_size has 1 image(s), fewer than the 2 processes that share its evaluation; "
-            "use at least 2, or fewer processes",
-        ),
-        (
             ["distributed.backend=nccl"],
             "error: distributed.backend=nccl needs CUDA GPUs, which this machine lacks; use distributed.backend=gloo",
         ),
     ],
 )
-def test_settings_the_processes_cannot_run_exit_2_and_write_nothing(
-    tmp_path: Path, system_dir: Path, overrides: list[str], message: str
+def test_settings_no_process_can_run_are_refused_before_any_starts_exit_2_and_write_nothing(
+    tmp_path: Path, small: list[str], cli: Callable[..., CLI], overrides: list[str], message: str
 ) -> None:
     if "nccl" in overrides[0]:
         import torch
 
         if torch.cuda.is_available():
             pytest.skip("this machine has CUDA")
-    result = run_cli(BASE, *small_overrides(tmp_path, system_dir), *GLOO, *overrides)
+    code, _, err = cli(BASE, *small, *GLOO, *overrides)
+    assert code == 2
+    assert err.strip() == message
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_validation_split_smaller_than_the_processes_exits_2_and_writes_nothing(
+    tmp_path: Path, small: list[str]
+) -> None:
+    # A real process: the processes start, and each refuses the split it would evaluate.
+    result = run_cli(BASE, *small, *GLOO, "data.val_size=1")
     assert result.returncode == 2
-    assert result.stderr.strip() == message
+    assert result.stderr.strip() == (
+        "error: data.val_size has 1 image(s), fewer than the 2 processes that share its evaluation; "
+        "use at least 2, or fewer processes"
+    )
     assert not (tmp_path / "runs").exists()
 
 
 def test_resuming_a_finished_run_is_refused_before_any_process_starts(
-    runs: dict[str, subprocess.CompletedProcess[str]],
+    runs: dict[str, subprocess.CompletedProcess[str]], cli: Callable[..., CLI]
 ) -> None:
     run = Path(str(runs["root"])) / "runs" / "two"
-    result = run_cli("--resume", str(run))
-    assert result.returncode == 2
-    assert result.stderr.startswith(f"error: the run in {run} has finished (metrics.json exists); ")
+    code, _, err = cli("--resume", str(run))
+    assert code == 2
+    assert err.startswith(f"error: the run in {run} has finished (metrics.json exists); ")
 
 
 def test_under_torchrun_the_processes_are_torchruns(

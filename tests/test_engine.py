@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -11,7 +12,7 @@ import torch.nn.functional as F
 from ignite.engine import Engine, Events
 from torch import nn
 
-from fmnist_ignite import ConfigError, TrainingError
+from fmnist_ignite import Config, ConfigError, TrainingError, build_experiment
 from fmnist_ignite.engine import (
     EpochLoss,
     compile_for_training,
@@ -21,7 +22,12 @@ from fmnist_ignite.engine import (
     pixel_scaling,
     resolve_device,
 )
+from fmnist_ignite.fileio import safe_torch_load
 from fmnist_ignite.models import LogisticRegression
+
+from . import plugins
+from .conftest import BASE, CLI
+from .helpers import read_history
 
 CPU = torch.device("cpu")
 
@@ -309,3 +315,31 @@ def test_evaluator_without_classes_has_no_confusion_matrix_and_leaves_weights_al
     assert set(evaluator.state.metrics) == {"loss", "accuracy"}
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert not model.training
+
+
+def test_nan_loss_stops_with_epoch_and_iteration(small: list[str], cli: Callable[..., CLI]) -> None:
+    code, _, err = cli(BASE, *small, "early_stopping.enabled=false", "optimizer.lr=1e36")
+    assert code == 1
+    assert err.strip().splitlines()[-1] == (
+        "error: the training loss became NaN or infinite in epoch 1 at iteration 2 (global iteration 2); "
+        "lower optimizer.lr and start a new run"
+    )
+
+
+def test_nan_loss_keeps_history_and_the_last_good_checkpoint(make_config: Callable[..., Config]) -> None:
+    experiment = build_experiment(
+        make_config("early_stopping.enabled=false", "trainer.max_epochs=5", "scheduler.name=none")
+    )
+
+    def blow_up() -> None:
+        if experiment.trainer.state.epoch == 2:
+            experiment.context.optimizer.param_groups[0]["lr"] = 1e36
+
+    experiment.trainer.add_event_handler(plugins.Events.EPOCH_COMPLETED, blow_up)
+    with pytest.raises(TrainingError, match=r"in epoch 3 at iteration \d+ \(global iteration \d+\)"):
+        experiment.run()
+    run = experiment.run_dir
+    assert [r["epoch"] for r in read_history(run)] == [1, 2]
+    assert sorted(p.name for p in (run / "checkpoints").glob("checkpoint_*")) == ["checkpoint_1.pt", "checkpoint_2.pt"]
+    state = safe_torch_load(run / "checkpoints" / "checkpoint_2.pt")
+    assert torch.isfinite(state["model"]["linear.weight"]).all()

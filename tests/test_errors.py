@@ -102,3 +102,11 @@ def test_one_except_clause_catches_every_library_error() -> None:
         (1, "ExportError message"),
         (1, "SweepError message"),
     ]
+
+
+def test_error_messages_use_the_first_line_or_the_type_name() -> None:
+    from fmnist_ignite.errors import first_line
+
+    assert first_line(RuntimeError("size mismatch\n\tdetails")) == "size mismatch"
+    assert first_line(RuntimeError()) == "RuntimeError"
+    assert first_line(KeyError("")) == "''"

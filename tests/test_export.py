@@ -6,6 +6,7 @@ import json
 import re
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ from fmnist_ignite import ConfigError, ExportError, LogisticRegression, build_ex
 from fmnist_ignite.engine import make_prepare_batch
 from fmnist_ignite.export import ExportableClassifier, export_run
 
-from .conftest import REPO, run_cli, small_overrides, write_fashion_gz
+from .conftest import CLI, REPO, small_overrides, write_fashion_gz
 
 N_IMAGES = 1000
 TOLERANCE = 1e-5
@@ -166,32 +167,32 @@ def test_serving_snippet_in_the_docs_runs_without_torch(exported: dict, tmp_path
     assert float(probability) == pytest.approx(float(expected.max()), abs=TOLERANCE)
 
 
-def test_cli_exports_torchscript_and_chooses_weights(exported: dict, tmp_path: Path) -> None:
+def test_cli_exports_torchscript_and_chooses_weights(exported: dict, tmp_path: Path, cli: Callable[..., CLI]) -> None:
     run = exported["run"]
-    result = run_cli("export", str(run), "--format", "torchscript")
-    assert result.returncode == 0, result.stderr
-    assert result.stdout == f"{run / 'model.ts'}\n"
+    code, out, err = cli("export", str(run), "--format", "torchscript")
+    assert code == 0, err
+    assert out == f"{run / 'model.ts'}\n"
     assert_agrees(torchscript_probabilities(run / "model.ts", exported["images"]), exported)
 
     last = tmp_path / "last.onnx"
-    result = run_cli("export", str(run), "--checkpoint", "last", "--output", str(last))
-    assert result.returncode == 0, result.stderr
-    assert result.stdout == f"{last}\n"
+    code, out, err = cli("export", str(run), "--checkpoint", "last", "--output", str(last))
+    assert code == 0, err
+    assert out == f"{last}\n"
     weights = json.loads({p.key: p.value for p in onnx.load(last).metadata_props}["weights"])
     assert re.fullmatch(r"checkpoints/checkpoint_\d+\.pt", weights)
 
 
-def test_cli_refuses_an_unknown_format(exported: dict) -> None:
-    result = run_cli("export", str(exported["run"]), "--format", "tflite")
-    assert result.returncode == 2
-    assert "argument --format: invalid choice: 'tflite'" in result.stderr
+def test_cli_refuses_an_unknown_format(exported: dict, cli: Callable[..., CLI]) -> None:
+    code, _, err = cli("export", str(exported["run"]), "--format", "tflite")
+    assert code == 2
+    assert "argument --format: invalid choice: 'tflite'" in err
 
 
-def test_cli_refuses_a_missing_run_directory(tmp_path: Path) -> None:
+def test_cli_refuses_a_missing_run_directory(tmp_path: Path, cli: Callable[..., CLI]) -> None:
     missing = tmp_path / "nope"
-    result = run_cli("export", str(missing))
-    assert result.returncode == 2
-    assert result.stderr == f"error: run directory {missing} does not exist\n"
+    code, _, err = cli("export", str(missing))
+    assert code == 2
+    assert err == f"error: run directory {missing} does not exist\n"
     assert not missing.exists()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,8 @@ from PIL import Image
 
 from fmnist_ignite import DataError
 from fmnist_ignite.images import MAX_PIXELS, open_image
+
+from .helpers import png
 
 
 def gradient(mode: str, size: tuple[int, int] = (6, 4)) -> Image.Image:
@@ -126,3 +129,36 @@ def test_a_max_pixels_above_pil_s_own_limit_is_honoured(tmp_path: Path, monkeypa
     path = tmp_path / "x.png"
     Image.new("L", (100, 100)).save(path)
     assert open_image(path, "L", max_pixels=100_000).size == (100, 100)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (png(100_000, 100_000), "more than 178,956,970 pixels, which is more than the 50,000,000 allowed"),
+        (png(8000, 8000), "8000x8000 pixels is more than the 50,000,000 allowed"),
+        (png(40, 30), "cannot be read as an image (OSError: image file is truncated"),
+        (b"not a picture", "not an image file PIL can read"),
+    ],
+    ids=["100000x100000", "8000x8000", "truncated", "text"],
+)
+def test_open_image_refuses_bombs_and_damaged_files_in_one_line(tmp_path: Path, content: bytes, message: str) -> None:
+    path = tmp_path / "image.png"
+    path.write_bytes(content)
+    with pytest.raises(DataError, match=f"^{re.escape(f'{path}: {message}')}") as info:
+        open_image(path, "L")
+    assert "\n" not in str(info.value)
+
+
+def test_open_image_converts_and_bounds(tmp_path: Path) -> None:
+    from PIL import Image
+
+    path = tmp_path / "good.png"
+    Image.new("RGB", (30, 20), (255, 0, 0)).save(path)
+    image = open_image(path, "L")
+    assert image.mode == "L" and image.size == (30, 20) and image.getpixel((0, 0)) == 76
+    with pytest.raises(DataError, match=re.escape(f"{path}: 30x20 pixels is more than the 500 allowed")):
+        open_image(path, "L", max_pixels=500)
+    with pytest.raises(
+        DataError, match=re.escape(f"{tmp_path / 'nope.png'}: cannot be read as an image (FileNotFound")
+    ):
+        open_image(tmp_path / "nope.png", "L")

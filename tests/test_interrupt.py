@@ -1,4 +1,7 @@
-"""interrupt.py: the first SIGINT/SIGTERM asks for a stop after the epoch, a second one stops at once."""
+"""interrupt.py: the first SIGINT/SIGTERM asks for a stop after the epoch, a second one stops at once.
+
+The last tests send real signals to a real training process.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +9,18 @@ import logging
 import os
 import signal
 import threading
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from ignite.engine import Engine, Events
 
 from fmnist_ignite import FmnistIgniteError
+from fmnist_ignite.fileio import safe_torch_load
 from fmnist_ignite.interrupt import SIGNALS, Interrupted, StopRequest, stop_on_signals
+
+from .conftest import BASE, CLI, run_cli, values
+from .helpers import handler_entry, read_history, start_cli, wait_for
 
 
 def counting_engine() -> Engine:
@@ -120,3 +129,51 @@ def test_outside_the_main_thread_nothing_is_installed() -> None:
     thread.start()
     thread.join()
     assert seen == [True, before]
+
+
+@pytest.mark.parametrize(("name", "code"), [("SIGINT", 130), ("SIGTERM", 143)])
+def test_first_signal_saves_the_epoch_and_prints_how_to_resume(
+    tmp_path: Path, small: list[str], reference: list[tuple], cli: Callable[..., CLI], name: str, code: int
+) -> None:
+    # A real process signals itself; the resume runs here.
+    signaller = handler_entry("SignalSelf", "ITERATION_COMPLETED", f"signal: {name}, epoch: 2")
+    result = run_cli(BASE, *small, "early_stopping.enabled=false", signaller)
+    run = tmp_path / "runs" / "small"
+    assert result.returncode == code, result.stderr
+    assert result.stderr.splitlines()[-1] == (
+        f"error: {name} received: stopped after epoch 2, which is saved; "
+        f"resume with 'python -m fmnist_ignite --resume {run}'"
+    )
+    assert [r["epoch"] for r in read_history(run)] == [1, 2]
+    assert (run / "checkpoints" / "checkpoint_2.pt").is_file()
+    assert not (run / "metrics.json").exists()
+    resumed, _, err = cli("--resume", str(run))
+    assert resumed == 0, err
+    assert values(read_history(run)) == reference
+
+
+def test_second_sigint_stops_at_once_without_damage(
+    tmp_path: Path, small: list[str], reference: list[tuple], cli: Callable[..., CLI]
+) -> None:
+    signaller = handler_entry("SignalSelf", "ITERATION_COMPLETED", "signal: SIGINT, epoch: 2, times: 2")
+    result = run_cli(BASE, *small, "early_stopping.enabled=false", signaller)
+    run = tmp_path / "runs" / "small"
+    assert result.returncode == 130
+    assert "error: stopped at once by a second SIGINT during epoch 2; resume with" in result.stderr
+    assert [r["epoch"] for r in read_history(run)] == [1]
+    safe_torch_load(run / "checkpoints" / "checkpoint_1.pt")
+    resumed, _, err = cli("--resume", str(run))
+    assert resumed == 0, err
+    assert values(read_history(run)) == reference
+
+
+def test_sigterm_from_outside_finishes_the_epoch(tmp_path: Path, small: list[str]) -> None:
+    marker = tmp_path / "slow"
+    slow = handler_entry("Slow", "ITERATION_COMPLETED", f"epoch: 2, marker: '{marker}'")
+    process = start_cli(BASE, *small, "early_stopping.enabled=false", slow)
+    wait_for(marker, process)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 143
+    assert "SIGTERM received: stopped after epoch 2, which is saved" in stderr
+    assert [r["epoch"] for r in read_history(tmp_path / "runs" / "small")] == [1, 2]

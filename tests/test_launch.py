@@ -11,19 +11,18 @@ import pytest
 import fmnist_ignite
 from fmnist_ignite import Config, ConfigError, RunDirError, build_experiment
 from fmnist_ignite.app.launch import RunResult, resolve
-from tests.conftest import BASE, small_overrides, values
 
+from .conftest import BASE, CLI, values
+from .helpers import read_history
 
-@pytest.fixture
-def small(tmp_path: Path, system_dir: Path) -> list[str]:
-    return [*small_overrides(tmp_path, system_dir), "trainer.max_epochs=2"]
+TWO = "trainer.max_epochs=2"
 
 
 def test_train_returns_the_run_and_a_second_call_makes_a_new_directory(
     small: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    first = fmnist_ignite.train(BASE, *small)
-    second = fmnist_ignite.train(BASE, *small)
+    first = fmnist_ignite.train(BASE, *small, TWO)
+    second = fmnist_ignite.train(BASE, *small, TWO)
     assert first.dir == tmp_path / "runs" / "small" and second.dir == tmp_path / "runs" / "small-1"
     assert [r["epoch"] for r in first.history] == [1, 2]
     assert values(first.history) == values(second.history)
@@ -35,7 +34,7 @@ def test_train_returns_the_run_and_a_second_call_makes_a_new_directory(
 
 
 def test_train_takes_a_mapping_or_a_config_and_overrides_apply_last(small: list[str], tmp_path: Path) -> None:
-    config = fmnist_ignite.load_config(BASE, small)
+    config = fmnist_ignite.load_config(BASE, [*small, TWO])
     from_dict = fmnist_ignite.train(config.to_dict(), "name=as_dict", verbose=-1)
     from_config = fmnist_ignite.train(config, "name=as_config", "trainer.max_epochs=1", verbose=-1)
     assert from_dict.dir.name == "as_dict" and len(from_dict.history) == 2
@@ -47,19 +46,19 @@ def test_verbose_chooses_what_is_printed_and_logging_is_left_as_it_was(
 ) -> None:
     root = logging.getLogger()
     handlers, level = root.handlers[:], logging.getLogger("fmnist_ignite").level
-    fmnist_ignite.train(BASE, *small, verbose=-1)
+    fmnist_ignite.train(BASE, *small, TWO, verbose=-1)
     out = capsys.readouterr().out
     assert "Epoch [" not in out and "Test (best weights" in out
     assert root.handlers == handlers and logging.getLogger("fmnist_ignite").level == level
-    fmnist_ignite.train(BASE, *small, verbose=None)  # the caller's logging: nothing set up here
+    fmnist_ignite.train(BASE, *small, TWO, verbose=None)  # the caller's logging: nothing set up here
     assert capsys.readouterr().out == ""
 
 
 def test_resume_and_init_from_as_the_command_line(small: list[str]) -> None:
-    run = fmnist_ignite.train(BASE, *small, verbose=-1)
+    run = fmnist_ignite.train(BASE, *small, TWO, verbose=-1)
     longer = fmnist_ignite.train("trainer.max_epochs=3", resume=run.dir, verbose=-1)
     assert longer.dir == run.dir and [r["epoch"] for r in longer.history] == [1, 2, 3]
-    forked = fmnist_ignite.train(BASE, *small, "name=fork", init_from=f"{run.dir}:best", verbose=-1)
+    forked = fmnist_ignite.train(BASE, *small, TWO, "name=fork", init_from=f"{run.dir}:best", verbose=-1)
     assert forked.config.init_from == f"{run.dir}:best"
     with pytest.raises(ConfigError, match="does not go with resume"):
         resolve(None, (), resume=run.dir, init_from=str(run.dir))
@@ -75,7 +74,7 @@ def test_an_error_inside_the_run_is_one_line_with_its_cause(small: list[str]) ->
         fmnist_ignite.RunError,
         match=r"stopped on RuntimeError: boom from a user handler \(.*plugins.py:\d+\); its last checkpoint is kept",
     ) as err:
-        fmnist_ignite.train(BASE, *small, handler, verbose=-1)
+        fmnist_ignite.train(BASE, *small, TWO, handler, verbose=-1)
     assert isinstance(err.value.__cause__, RuntimeError)
 
 
@@ -98,9 +97,9 @@ def test_a_data_parallel_config_is_not_trained_in_one_process_by_experiment_run(
 
 
 def test_train_runs_a_data_parallel_config_in_two_processes(small: list[str], tmp_path: Path) -> None:
-    alone = fmnist_ignite.train(BASE, *small, "name=alone", verbose=-1)
+    alone = fmnist_ignite.train(BASE, *small, TWO, "name=alone", verbose=-1)
     together = fmnist_ignite.train(
-        BASE, *small, "name=together", "distributed.backend=gloo", "distributed.nproc_per_node=2", verbose=-1
+        BASE, *small, TWO, "name=together", "distributed.backend=gloo", "distributed.nproc_per_node=2", verbose=-1
     )
     assert together.dir == tmp_path / "runs" / "together"
     assert together.config.distributed.nproc_per_node == 2
@@ -110,6 +109,26 @@ def test_train_runs_a_data_parallel_config_in_two_processes(small: list[str], tm
         assert b["val_loss"] == pytest.approx(a["val_loss"], rel=1e-4)
     assert together.metrics["test_accuracy"] == pytest.approx(alone.metrics["test_accuracy"], abs=1e-9)
     again = fmnist_ignite.train(
-        BASE, *small, "name=together", "distributed.backend=gloo", "distributed.nproc_per_node=2", verbose=-1
+        BASE, *small, TWO, "name=together", "distributed.backend=gloo", "distributed.nproc_per_node=2", verbose=-1
     )
     assert again.dir == tmp_path / "runs" / "together-1"
+
+
+def test_user_handler_error_is_one_line_and_the_run_resumes(
+    tmp_path: Path, small: list[str], reference: list[tuple], cli: Callable[..., CLI]
+) -> None:
+    explode = "handlers=[{target: 'tests.plugins:ExplodeOnce', kwargs: {epoch: 3}}]"
+    code, _, err = cli(BASE, *small, "early_stopping.enabled=false", explode)
+    run = tmp_path / "runs" / "small"
+    assert code == 1
+    assert "Traceback" not in err
+    last = err.splitlines()[-1]
+    assert last.startswith("error: the run stopped on RuntimeError: boom from a user handler (tests/plugins.py:")
+    assert last.endswith(
+        f"; its last checkpoint is kept: resume with 'python -m fmnist_ignite --resume {run}' "
+        "(run with -v for the traceback)"
+    )
+    assert (run / "checkpoints" / "checkpoint_2.pt").is_file()
+    code, _, err = cli("--resume", str(run))
+    assert code == 0, err
+    assert values(read_history(run)) == reference

@@ -20,7 +20,7 @@ from fmnist_ignite.app.cli import main
 
 from . import plugins
 from .conftest import BASE, small_overrides
-from .test_faults import start_cli, wait_for
+from .helpers import start_cli, wait_for
 
 MLFLOW = ("logging.mlflow=true", "early_stopping.enabled=false")
 EPOCH_METRICS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from pathlib import Path
 
 import pytest
 import torch
@@ -12,7 +11,7 @@ import torch
 from fmnist_ignite import Config, ConfigError, Monitor, build_experiment, evaluate_run, load_config
 from fmnist_ignite.fileio import safe_torch_load
 
-from .conftest import BASE, run_cli, small_overrides
+from .conftest import BASE, CLI
 
 
 def _monitor(mode: str = "max") -> Monitor:
@@ -129,11 +128,11 @@ def test_without_restore_best_the_last_weights_are_tested(make_config: Callable[
     assert (metrics["weights"], metrics["weights_epoch"], metrics["best_epoch"]) == ("last", 4, 2)
 
 
-def test_a_monitored_column_that_never_appears_is_one_line(tmp_path: Path, system_dir: Path) -> None:
-    result = run_cli(BASE, *small_overrides(tmp_path, system_dir), "monitor.metric=val_f1")
-    assert result.returncode == 2
+def test_a_monitored_column_that_never_appears_is_one_line(small: list[str], cli: Callable[..., CLI]) -> None:
+    code, _, err = cli(BASE, *small, "monitor.metric=val_f1")
+    assert code == 2
     assert (
-        result.stderr.strip()
+        err.strip()
         .splitlines()[-1]
         .startswith(
             "error: monitor.metric: the history has no column 'val_f1'; choose one of train_loss, train_accuracy, "

@@ -1,10 +1,15 @@
-"""A plugin in a separate installed package, used from YAML by the names its entry points register."""
+"""A plugin in a separate installed package, used from YAML by the names its entry points register.
+
+The package is installed once (pip --target); each test puts that folder on this process's path
+(its entry points are read from there on each lookup) and takes it off again.
+"""
 
 from __future__ import annotations
 
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -13,7 +18,7 @@ from fmnist_ignite import HANDLERS, ConfigError, Registry
 from fmnist_ignite.app.cli import plugin_listing
 from fmnist_ignite.fileio import safe_torch_load
 
-from .conftest import REPO, run_cli
+from .conftest import CLI, REPO
 
 PLUGIN = REPO / "examples" / "fmnist_ignite_example_plugin"
 
@@ -44,10 +49,13 @@ def plugin_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return site
 
 
-def test_list_plugins_shows_built_ins_and_installed_entry_points(plugin_site: Path) -> None:
-    result = run_cli("--list-plugins", path=(plugin_site,))
-    assert result.returncode == 0, result.stderr
-    lines = result.stdout.splitlines()
+def test_list_plugins_shows_built_ins_and_installed_entry_points(
+    plugin_site: Path, importable: Callable[[Path], None], cli: Callable[..., CLI]
+) -> None:
+    importable(plugin_site)
+    code, out, err = cli("--list-plugins")
+    assert code == 0, err
+    lines = out.splitlines()
     assert "handlers (handlers[].target; entry-point group fmnist_ignite.handlers):" in lines
     assert any(line.split()[:2] == ["early_stopping", "built-in"] for line in lines)
     assert "  epoch_log       fmnist-ignite-example-plugin 0.1.0 (fmnist_ignite_example_plugin:EpochLog)" in lines
@@ -55,18 +63,21 @@ def test_list_plugins_shows_built_ins_and_installed_entry_points(plugin_site: Pa
     assert any(line.split()[0] == "prototypes" for line in lines if line.startswith("  "))
 
 
-def test_plugin_names_from_yaml_train_and_resume(tmp_path: Path, plugin_site: Path) -> None:
+def test_plugin_names_from_yaml_train_and_resume(
+    tmp_path: Path, plugin_site: Path, importable: Callable[[Path], None], cli: Callable[..., CLI]
+) -> None:
+    importable(plugin_site)
     config = str(REPO / "examples" / "plugin.yaml")
     stop = (
         "handlers=[{target: epoch_log, kwargs: {filename: epochs.txt}}, "
         "{target: 'tests.plugins:StopOnce', event: EPOCH_STARTED, kwargs: {epoch: 1}}]"
     )
     common = (f"output_dir={tmp_path}", "logging.progress_bar=false", "early_stopping.enabled=false")
-    first = run_cli(config, *common, stop, path=(plugin_site,))
-    assert first.returncode == 130, first.stderr
+    code, _, err = cli(config, *common, stop)
+    assert code == 130, err
     run = tmp_path / "plugin-demo"
-    resumed = run_cli("--resume", str(run), path=(plugin_site,))
-    assert resumed.returncode == 0, resumed.stderr
+    code, _, err = cli("--resume", str(run))
+    assert code == 0, err
     lines = (run / "epochs.txt").read_text().splitlines()
     assert [line.split()[1] for line in lines] == ["1", "2", "3"]
     assert [line.split()[-1] for line in lines] == ["1)", "2)", "3)"], "the plugin's state resumed"
@@ -75,22 +86,24 @@ def test_plugin_names_from_yaml_train_and_resume(tmp_path: Path, plugin_site: Pa
     assert weights["3.weight"].shape == (10, 32)
 
 
-def test_plugin_kwargs_are_checked_at_start_up(tmp_path: Path, plugin_site: Path) -> None:
-    result = run_cli(
+def test_plugin_kwargs_are_checked_at_start_up(
+    tmp_path: Path, plugin_site: Path, importable: Callable[[Path], None], cli: Callable[..., CLI]
+) -> None:
+    importable(plugin_site)
+    code, _, err = cli(
         str(REPO / "examples" / "plugin.yaml"),
         f"output_dir={tmp_path}",
         "handlers=[{target: progress}, {target: epoch_log, kwargs: {colour: red}}]",
-        path=(plugin_site,),
     )
-    assert result.returncode == 2
-    assert "error: handlers[1].kwargs: epoch_log got an unexpected keyword argument 'colour'" in result.stderr
+    assert code == 2
+    assert "error: handlers[1].kwargs: epoch_log got an unexpected keyword argument 'colour'" in err
     assert not (tmp_path / "plugin-demo").exists()
 
 
-def test_without_the_package_its_names_are_unknown(tmp_path: Path) -> None:
-    result = run_cli(str(REPO / "examples" / "plugin.yaml"), f"output_dir={tmp_path}")
-    assert result.returncode == 2
-    assert "unknown dataset 'prototypes'" in result.stderr
+def test_without_the_package_its_names_are_unknown(tmp_path: Path, cli: Callable[..., CLI]) -> None:
+    code, _, err = cli(str(REPO / "examples" / "plugin.yaml"), f"output_dir={tmp_path}")
+    assert code == 2
+    assert "unknown dataset 'prototypes'" in err
 
 
 def test_registry_resolution_order_and_errors() -> None:

@@ -216,3 +216,8 @@ def test_an_optimizer_or_schedule_that_cannot_be_made_fails_at_build_time(
     message = str(info.value)
     assert message.startswith(expected) and "\n" not in message
     assert not cfg.run_dir.exists()
+
+
+def test_a_misspelt_handler_gets_a_suggestion() -> None:
+    with pytest.raises(ConfigError, match="unknown handler 'tensorbord' \\(did you mean 'tensorboard'\\?\\)"):
+        HANDLERS.get("tensorbord")

@@ -1,34 +1,16 @@
-"""The pictures, the per-class report, TensorBoard, and the evaluate / predict / compare commands."""
+"""reports.py: the pictures and the per-class report of a finished run, and its TensorBoard files."""
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from fmnist_ignite import build_experiment, load_config
 from fmnist_ignite.data import FASHION_CLASSES
 from fmnist_ignite.reports import classification_report, predictions_figure
-
-from .conftest import REPO, run_cli, small_overrides
-
-
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory: pytest.TempPathFactory, system_dir: Path) -> dict:
-    """A finished small run (TensorBoard is on by default), and what the test needs to check it."""
-    tmp = tmp_path_factory.mktemp("finished")
-    config = load_config(REPO / "configs" / "base.yaml", small_overrides(tmp, system_dir))
-    experiment = build_experiment(config)
-    metrics = experiment.run()
-    data = experiment.data
-    x, _ = experiment.context.prepare_batch((data.test_images, data.test_labels), "cpu", False)
-    with torch.no_grad():
-        predicted = experiment.model(x).argmax(1)
-    return {"run": config.run_dir, "metrics": metrics, "data": data, "predicted": predicted, "tmp": tmp}
 
 
 @pytest.mark.parametrize(
@@ -117,87 +99,3 @@ def test_tensorboard_has_train_and_validation_runs_figures_and_hparams(finished:
     assert results.PluginTagToContent("hparams"), "the hyperparameters, with the test metrics beside them"
     assert results.Scalars("test_accuracy")[-1].value == pytest.approx(finished["metrics"]["test_accuracy"])
     assert sorted(p.name for p in (finished["run"] / "tb").iterdir() if p.is_dir()) == ["train", "validation"]
-
-
-def test_evaluate_command_on_both_splits(finished: dict) -> None:
-    run = finished["run"]
-    test = run_cli("evaluate", str(run), "--json")
-    assert test.returncode == 0, test.stderr
-    result = json.loads(test.stdout)
-    assert result["split"] == "test" and result["weights"].endswith("model.pt")
-    assert result["accuracy"] == pytest.approx(finished["metrics"]["test_accuracy"])
-    val = run_cli("evaluate", str(run), "--split", "val", "--checkpoint", "best")
-    assert val.returncode == 0, val.stderr
-    first = val.stdout.splitlines()[0]
-    assert "val split" in first and "checkpoints/best_model.pt" in first
-    assert finished["metrics"]["monitor"] == "val_accuracy"
-    assert f"accuracy {finished['metrics']['best_value']:.4f}" in first
-    assert "Most confused (true -> predicted):" in val.stdout
-    last = run_cli("evaluate", str(run), "--checkpoint", "last", "--json")
-    assert json.loads(last.stdout)["weights"].endswith(f"checkpoint_{finished['metrics']['epochs_trained']}.pt")
-
-
-@pytest.mark.parametrize(
-    ("args", "code", "message"),
-    [
-        (["evaluate", "NOWHERE"], 2, "run directory NOWHERE does not exist"),
-        (["evaluate", "RUN", "--split", "train"], 2, "argument --split: invalid choice: 'train'"),
-        (["evaluate", "RUN", "--checkpoint", "nope.pt"], 2, "--checkpoint nope.pt: no such file; use best, last"),
-        (["predict", "RUN"], 2, "the following arguments are required: IMAGE"),
-        (["compare", "NOWHERE"], 2, "run directory NOWHERE does not exist"),
-    ],
-)
-def test_commands_refuse_bad_input_in_one_line(finished: dict, args: list[str], code: int, message: str) -> None:
-    args = [str(finished["run"]) if a == "RUN" else a for a in args]
-    result = run_cli(*args)
-    assert result.returncode == code
-    assert message in result.stderr and result.stderr.count("\n") == 1, result.stderr
-
-
-def test_predict_converts_images_like_the_training_data(finished: dict, tmp_path: Path) -> None:
-    data, predicted = finished["data"], finished["predicted"]
-    exact = tmp_path / "test0.png"
-    Image.fromarray(data.test_images[0, 0].numpy()).save(exact)
-    large = tmp_path / "large.jpg"
-    Image.fromarray(data.test_images[1, 0].numpy()).resize((200, 200)).convert("RGB").save(large, quality=95)
-    broken = tmp_path / "notes.png"
-    broken.write_text("not a picture")
-    result = run_cli("predict", str(finished["run"]), str(exact), str(broken), str(large), "--json")
-    assert result.returncode == 1, "one file could not be read"
-    answers = json.loads(result.stdout)
-    assert [a["file"] for a in answers] == [str(exact), str(broken), str(large)]
-    assert answers[0]["prediction"] == data.classes[int(predicted[0])]
-    assert len(answers[0]["top"]) == 3 and answers[0]["top"][0]["class"] == answers[0]["prediction"]
-    assert sum(t["probability"] for t in answers[0]["top"]) <= 1.0 + 1e-6
-    assert answers[1] == {"file": str(broken), "error": f"{broken}: not an image file PIL can read"}
-    assert "prediction" in answers[2]
-    assert result.stderr.strip() == f"error: {broken}: not an image file PIL can read"
-    text = run_cli("predict", str(finished["run"]), str(exact))
-    assert text.returncode == 0 and text.stdout.startswith(f"{exact}: {answers[0]['prediction']} (")
-
-
-def test_compare_shows_metrics_and_differing_settings(finished: dict, system_dir: Path) -> None:
-    tmp = finished["tmp"]
-    other = load_config(
-        REPO / "configs" / "base.yaml", [*small_overrides(tmp, system_dir), "name=other", "optimizer.lr=0.05"]
-    )
-    build_experiment(other).run()
-    output = tmp / "cmp.png"
-    result = run_cli("compare", str(finished["run"]), str(other.run_dir), "--output", str(output))
-    assert result.returncode == 0, result.stderr
-    header, first, second = result.stdout.splitlines()[:3]
-    assert header.split() == [
-        "run",
-        "test_accuracy",
-        "monitor",
-        "best_value",
-        "best_epoch",
-        "epochs",
-        "optimizer.lr",
-    ]
-    assert (
-        first.split()[0] == str(finished["run"]) and first.split()[1] == f"{finished['metrics']['test_accuracy']:.4f}"
-    )
-    assert second.split()[-1] == "0.05"
-    with Image.open(output) as image:
-        assert image.size == (1000, 400)

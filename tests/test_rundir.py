@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import yaml
 
-from fmnist_ignite import CheckpointError, Config, RunDir, RunDirError, load_config
+from fmnist_ignite import CheckpointError, Config, RunDir, RunDirError, build_experiment, load_config
 
-from .conftest import BASE, run_cli, small_overrides
+from .conftest import BASE, CLI, small_overrides
 
 
 def test_create_writes_the_config_and_takes_the_next_name_when_it_exists(make_config: Callable[..., Config]) -> None:
@@ -52,16 +54,18 @@ def test_lock_does_not_follow_a_symbolic_link(tmp_path: Path, make_config: Calla
     assert victim.read_text() == "precious"
 
 
-def test_resume_refuses_a_crafted_lock_link_and_truncates_nothing(tmp_path: Path, system_dir: Path) -> None:
+def test_resume_refuses_a_crafted_lock_link_and_truncates_nothing(
+    tmp_path: Path, system_dir: Path, cli: Callable[..., CLI]
+) -> None:
     overrides = [*small_overrides(tmp_path, system_dir), "trainer.max_epochs=1"]
     run = tmp_path / "runs" / "small"
     RunDir(run).create(load_config(BASE, overrides))
     victim = tmp_path / "victim.txt"
     victim.write_text("precious")
     os.symlink(victim, run / ".lock")
-    result = run_cli("--resume", str(run))
-    assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [
+    code, _, err = cli("--resume", str(run))
+    assert code == 2
+    assert err.strip().splitlines() == [
         f"error: {run}/.lock cannot be opened as a lock (Too many levels of symbolic links); "
         "it must be a plain file: remove it"
     ]
@@ -132,21 +136,25 @@ def test_load_config_points_at_where_the_run_is_now(tmp_path: Path, make_config:
         RunDir(tmp_path / "nothing").load_config()
 
 
-def test_config_paths_are_stored_absolute_and_mean_the_same_from_any_folder(tmp_path: Path, system_dir: Path) -> None:
+def test_config_paths_are_stored_absolute_and_mean_the_same_from_any_folder(
+    tmp_path: Path, system_dir: Path, cli: Callable[..., CLI], monkeypatch: pytest.MonkeyPatch
+) -> None:
     here, elsewhere = tmp_path / "here", tmp_path / "elsewhere"
     here.mkdir()
     elsewhere.mkdir()
     overrides = [o for o in small_overrides(tmp_path, system_dir) if not o.startswith(("data.root", "output_dir"))]
-    trained = run_cli(BASE, *overrides, "data.root=mydata", "output_dir=runs", "trainer.max_epochs=2", cwd=here)
-    assert trained.returncode == 0, trained.stderr
+    monkeypatch.chdir(here)
+    code, _, err = cli(BASE, *overrides, "data.root=mydata", "output_dir=runs", "trainer.max_epochs=2")
+    assert code == 0, err
     run = here / "runs" / "small"
     saved = load_config(run / "config.yaml")
     assert (saved.data.root, saved.output_dir) == (str(here / "mydata"), str(here / "runs"))
-    evaluated = run_cli("evaluate", str(run), "--json", cwd=elsewhere)
-    assert evaluated.returncode == 0, evaluated.stderr
-    assert '"accuracy": ' in evaluated.stdout
+    monkeypatch.chdir(elsewhere)
+    code, out, err = cli("evaluate", str(run), "--json")
+    assert code == 0, err
+    assert '"accuracy": ' in out
     test_accuracy = json.loads((run / "metrics.json").read_text())["test_accuracy"]
-    assert json.loads(evaluated.stdout)["accuracy"] == test_accuracy
+    assert json.loads(out)["accuracy"] == test_accuracy
     assert list(elsewhere.iterdir()) == [], "nothing is written into the current folder"
 
 
@@ -194,3 +202,40 @@ def test_a_dangling_link_as_the_run_name_is_left_alone(tmp_path: Path, make_conf
     assert rundir.path.name == "small-1"
     assert sorted(p.name for p in cfg.run_dir.parent.iterdir()) == ["small", "small-1"]
     assert cfg.run_dir.is_symlink() and not (tmp_path / "nowhere").exists()
+
+
+def test_running_again_makes_name_1_and_never_touches_the_old_run(
+    make_config: Callable[..., Config], caplog: pytest.LogCaptureFixture
+) -> None:
+    cfg = make_config("trainer.max_epochs=1")
+    build_experiment(cfg).run()
+    old = {p.name: p.read_bytes() for p in cfg.run_dir.iterdir() if p.is_file()}
+    caplog.set_level(logging.INFO, logger="fmnist_ignite")
+    again = build_experiment(cfg)
+    assert again.run_dir == cfg.run_dir.with_name("small-1") and again.config.name == "small-1"
+    again.run()
+    assert caplog.records[0].getMessage() == f"Run directory {again.run_dir} ({cfg.run_dir} exists already)"
+    assert yaml.safe_load((again.run_dir / "config.yaml").read_text())["name"] == "small-1"
+    assert {p.name: p.read_bytes() for p in cfg.run_dir.iterdir() if p.is_file()} == old
+    assert build_experiment(cfg).run_dir.name == "small-2"
+
+
+def test_unwritable_output_location_fails_before_training(
+    tmp_path: Path, small: list[str], cli: Callable[..., CLI]
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    code, out, err = cli(BASE, *small, "early_stopping.enabled=false", f"output_dir={blocker / 'runs'}")
+    assert code == 2
+    assert err.startswith(f"error: cannot create run directory {blocker / 'runs' / 'small'}: ")
+    assert "choose a writable output_dir" in err
+    assert "Epoch [" not in out + err
+
+
+def test_the_resume_hint_names_the_program_as_invoked_and_the_path_relative_when_it_can(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("sys.argv", ["/usr/bin/fmnist-ignite"])
+    assert RunDir(tmp_path / "r").resume_hint() == f"resume with 'fmnist-ignite --resume {tmp_path / 'r'}'"
+    monkeypatch.chdir(tmp_path)
+    assert RunDir(tmp_path / "runs" / "r").resume_hint() == "resume with 'fmnist-ignite --resume runs/r'"

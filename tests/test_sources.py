@@ -6,12 +6,16 @@ import gzip
 import io
 import struct
 import tarfile
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 
 from fmnist_ignite import DataError
+from fmnist_ignite.data import load_data
 from fmnist_ignite.data.sources import (
     CIFAR_FILES,
     CIFAR_FOLDER,
@@ -26,6 +30,7 @@ from fmnist_ignite.data.sources import (
 )
 
 from .conftest import idx_images, idx_labels, synthetic_images, write_cifar_archive, write_fashion_gz
+from .helpers import data_config, write_fashion
 
 
 def images_head(count: int, rows: int = 28, cols: int = 28, magic: int = IMAGES_MAGIC) -> bytes:
@@ -261,3 +266,99 @@ def test_cifar_download_only_if_allowed(tmp_path: Path, monkeypatch: pytest.Monk
     monkeypatch.setattr("fmnist_ignite.data.sources._download_cifar", download)
     folder = prepare_cifar10(tmp_path, download=True)
     assert sorted(p.name for p in folder.iterdir()) == sorted(CIFAR_FILES)
+
+
+def test_gz_bomb_is_refused_once_past_the_promised_size(tmp_path: Path) -> None:
+    system = write_fashion(tmp_path / "system")
+    images, _ = synthetic_images(20, (28, 28), 1)
+    zeros = gzip.compress(bytes(2**20))
+    # 200 MiB of zeros in 200 gzip members (~200 KB), then bytes that are not gzip: a reader that decompressed
+    # everything would report those; one that stops after the promised size never reaches them.
+    bomb = gzip.compress(idx_images(images)) + zeros * 200 + b"not gzip"
+    (system / "train-images-idx3-ubyte.gz").write_bytes(bomb)
+    with pytest.raises(DataError) as info:
+        load_data(data_config(tmp_path / "data", system))
+    assert str(info.value) == (
+        f"{system / 'train-images-idx3-ubyte.gz'} decompresses to a bad file: train-images-idx3-ubyte holds more "
+        f"than the {16 + 20 * 28 * 28} bytes its header promises (padded, or a decompression bomb); replace it with "
+        "the original file"
+    )
+    assert not (tmp_path / "data").exists(), "nothing is written"
+
+
+def test_cifar_archive_member_larger_than_a_batch_is_refused_before_writing(tmp_path: Path) -> None:
+    info = tarfile.TarInfo("cifar-10-batches-py/data_batch_1")
+    info.size = 2**28
+    archive = tmp_path / "cifar-10-python.tar.gz"
+    # A tar header declaring 256 MiB, then those 256 MiB of zeros in 256 gzip members (~256 KB on disk).
+    archive.write_bytes(gzip.compress(info.tobuf()) + gzip.compress(bytes(2**20)) * 256)
+    with pytest.raises(DataError) as info_:
+        load_data(data_config(tmp_path, dataset="cifar10"))
+    assert str(info_.value) == (
+        f"{archive}: cifar-10-batches-py/data_batch_1 is not a file of at most 134217728 bytes (268435456 bytes); "
+        "replace it with the original archive"
+    )
+    assert [p.name for p in tmp_path.iterdir()] == [archive.name], "nothing extracted, no staging folder left"
+
+
+@pytest.mark.parametrize(
+    ("header", "message"),
+    [
+        ((2051, 0, 28, 28), "declares no items; replace it with the original file"),
+        ((2051, 10, 0, 28), "declares 0x28 images; sides must be 1 to 4096: replace it with the original file"),
+        ((2051, 10, 28, 5000), "declares 28x5000 images; sides must be 1 to 4096: replace it with the original file"),
+        (
+            (2051, 2**32 - 1, 4096, 4096),
+            "declares 4294967295 items (72057594021150736 bytes), more than the 2147483648 bytes allowed; "
+            "replace it with the original file",
+        ),
+    ],
+)
+def test_absurd_idx_headers_are_refused_before_decompressing(tmp_path: Path, header: tuple, message: str) -> None:
+    system = write_fashion(tmp_path / "system")
+    (system / "train-images-idx3-ubyte.gz").write_bytes(gzip.compress(struct.pack(">IIII", *header)))
+    with pytest.raises(DataError) as info:
+        load_data(data_config(tmp_path / "data", system))
+    prefix = f"{system / 'train-images-idx3-ubyte.gz'} decompresses to a bad file: train-images-idx3-ubyte "
+    assert str(info.value) == prefix + message
+
+
+@pytest.fixture(scope="module")
+def fashion_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
+    folder = write_fashion(tmp_path_factory.mktemp("fashion"))
+    return {p.name: p.read_bytes() for p in folder.iterdir()}
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    magic=st.sampled_from([2051, 2049, 2052, 0]),
+    count=st.one_of(st.integers(0, 30), st.just(20), st.integers(0, 2**32 - 1)),
+    rows=st.one_of(st.integers(0, 40), st.just(28), st.integers(0, 2**32 - 1)),
+    cols=st.one_of(st.integers(0, 40), st.just(28)),
+    extra=st.integers(-50, 50),
+    damage=st.one_of(st.none(), st.tuples(st.sampled_from(["cut", "flip"]), st.integers(0, 2**16))),
+)
+@example(magic=2051, count=20, rows=28, cols=28, extra=0, damage=None)  # the file as written: it loads
+def test_any_idx_gz_loads_or_gives_a_data_error(
+    fashion_files: dict[str, bytes], magic: int, count: int, rows: int, cols: int, extra: int, damage
+) -> None:
+    header = struct.pack(">IIII", magic, count, rows, cols)
+    promised = count * rows * cols if count * rows * cols < 100_000 else 1000
+    blob = gzip.compress(header + bytes(max(0, promised + extra)))
+    if damage is not None:
+        kind, where = damage
+        where %= len(blob)
+        blob = blob[:where] if kind == "cut" else blob[:where] + bytes([blob[where] ^ 0x55]) + blob[where + 1 :]
+    with tempfile.TemporaryDirectory() as tmp:
+        system = Path(tmp) / "system"
+        system.mkdir()
+        for name, content in fashion_files.items():
+            (system / name).write_bytes(content)
+        (system / "train-images-idx3-ubyte.gz").write_bytes(blob)
+        try:
+            data = load_data(data_config(Path(tmp) / "data", system))
+        except DataError as err:
+            assert "\n" not in str(err)
+            assert not (Path(tmp) / "data").exists()
+        else:
+            assert data.train_images.shape == (count, 1, rows, cols) == (20, 1, 28, 28)

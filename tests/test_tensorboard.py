@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,7 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
+from fmnist_ignite import Config, build_experiment, resume_experiment
 from fmnist_ignite.config import HandlerConfig
 from fmnist_ignite.events import RunEvents
 from fmnist_ignite.handlers import TensorBoard, attach_handler
@@ -147,3 +150,54 @@ def test_the_results_pictures_and_hyperparameters(tmp_path: Path) -> None:
     assert start.hparams["data.batch_size"].number_value == config.data.batch_size
     experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
     assert {m.name.tag for m in experiment.metric_infos} == set(metrics)
+
+
+def test_tensorboard_runs_share_tags_hold_hparams_and_no_step_twice_after_a_resume(
+    make_config: Callable[..., Config],
+) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    explode = "handlers=[{target: 'tests.plugins:ExplodeOnce', kwargs: {epoch: 2}}]"
+    cfg = make_config("trainer.max_epochs=3", "early_stopping.enabled=false", "logging.log_every=1", explode)
+    experiment = build_experiment(cfg)
+    steps = len(experiment.loaders["train"])
+    with pytest.raises(RuntimeError, match="boom"):
+        experiment.run()  # after epoch 2 was logged, before it was saved: the resume trains it again
+    metrics = resume_experiment(cfg.run_dir).run()
+
+    def events(run: str) -> EventAccumulator:
+        accumulator = EventAccumulator(str(cfg.run_dir / "tb" / run), size_guidance={"images": 0, "scalars": 0})
+        return accumulator.Reload()
+
+    train, validation, results = events("train"), events("validation"), events("")
+    assert sorted(p.name for p in (cfg.run_dir / "tb").iterdir() if p.is_dir()) == ["train", "validation"]
+    ends = [e * steps for e in (1, 2, 3)]
+    assert [e.step for e in train.Scalars("batch_loss")] == list(range(1, 3 * steps + 1)), "each step once"
+    history = json.loads((cfg.run_dir / "history.json").read_text())
+    for accumulator, prefix in ((train, "train_"), (validation, "val_")):
+        for tag in ("epoch_loss", "epoch_accuracy"):
+            points = accumulator.Scalars(tag)
+            assert [p.step for p in points] == ends
+            assert [p.value for p in points] == pytest.approx([r[prefix + tag[6:]] for r in history])
+    assert [p.value for p in train.Scalars("epoch_learning_rate")] == pytest.approx([r["lr"] for r in history])
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    hparams = results.PluginTagToContent("hparams")
+    assert set(hparams) == {"_hparams_/experiment", "_hparams_/session_start_info", "_hparams_/session_end_info"}
+    start = plugin_data_pb2.HParamsPluginData.FromString(hparams["_hparams_/session_start_info"]).session_start_info
+    assert start.hparams["optimizer.lr"].number_value == 0.01 and start.hparams["init_from"].string_value == ""
+    experiment_info = plugin_data_pb2.HParamsPluginData.FromString(hparams["_hparams_/experiment"]).experiment
+    assert {m.name.tag for m in experiment_info.metric_infos} == {
+        "test_accuracy",
+        "test_loss",
+        "best_value",
+        "best_epoch",
+        "epochs_trained",
+    }, "the metrics of the HPARAMS tab, written in the same run"
+    assert results.Scalars("test_accuracy")[-1].value == pytest.approx(metrics["test_accuracy"])
+    assert {"history", "confusion_matrix", "predictions"} <= set(results.Tags()["images"])
+    for name in ("history", "confusion_matrix", "predictions"):
+        picture = results.Images(name)[-1]
+        assert picture.encoded_image_string == (cfg.run_dir / f"{name}.png").read_bytes(), "the run's own PNG"
+        with Image.open(cfg.run_dir / f"{name}.png") as image:
+            assert (picture.width, picture.height) == image.size
