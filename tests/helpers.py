@@ -192,3 +192,12 @@ def png(width: int, height: int) -> bytes:
     return (
         b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(bytes(1000))) + chunk(b"IEND", b"")
     )
+
+
+# A sweep's processes, one thread each: two of them share the two cores.
+ONE_THREAD = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
+
+
+def sweep_command(*args: str) -> list[str]:
+    """``python -m fmnist_ignite sweep ARGS`` as a command line."""
+    return [sys.executable, "-m", "fmnist_ignite", "sweep", *args]

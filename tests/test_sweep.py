@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -23,10 +21,10 @@ from fmnist_ignite.app.cli import main
 from fmnist_ignite.sweep.study import HEARTBEAT_VARIABLE
 
 from .conftest import BASE, REPO, small_overrides
+from .helpers import ONE_THREAD, sweep_command
 
 # One thread per training process: these tiny runs gain nothing from two, and on a busy shared
 # machine two threads per process make each step many times slower.
-ONE_THREAD = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
 # A heartbeat every second: a killed trial is taken for dead 3 s after its last one, not 30 s.
 QUICK_HEARTBEAT = {**ONE_THREAD, HEARTBEAT_VARIABLE: "1"}
 
@@ -64,10 +62,6 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 
 def trials_of(sweep: Path, name: str) -> list[optuna.trial.FrozenTrial]:
     return optuna.load_study(study_name=name, storage=f"sqlite:///{sweep / 'study.db'}").get_trials()
-
-
-def sweep_command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "fmnist_ignite", "sweep", *args]
 
 
 def start(*args: str, env: dict[str, str] = ONE_THREAD) -> subprocess.Popen[str]:

@@ -17,7 +17,7 @@ from fmnist_ignite import ConfigError
 from fmnist_ignite.app import workers
 
 from .conftest import BASE, REPO, small_overrides
-from .test_sweep import ONE_THREAD, sweep_command
+from .helpers import ONE_THREAD, sweep_command
 
 
 def test_run_sweep_is_the_programs_and_refuses_no_workers(tmp_path: Path) -> None:
