@@ -22,5 +22,5 @@ def format_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[
         lr-0.1  -
     """
     texts = [[cell(v) for v in row] for row in rows]
-    widths = [max(len(c), *(len(r[i]) for r in texts)) for i, c in enumerate(columns)]
+    widths = [max([len(c), *(len(r[i]) for r in texts)]) for i, c in enumerate(columns)]
     return ["  ".join(v.ljust(w) for v, w in zip(line, widths, strict=True)).rstrip() for line in [columns, *texts]]
