@@ -21,7 +21,7 @@ from ignite.engine import Engine
 from ignite.handlers import Checkpoint, DiskSaver, global_step_from_engine
 
 from .errors import CheckpointError, ConfigError, first_line
-from .fileio import atomic_torch_save, safe_torch_load
+from .fileio import atomic_torch_save, atomic_write, safe_torch_load
 from .monitor import Monitor
 from .rundir import RunDir
 
@@ -62,6 +62,11 @@ class SaveThenRotate(DiskSaver):
         while self._to_remove:
             # A kill before this line leaves one file too many, never one too few.
             (self.dirname / self._to_remove.pop()).unlink(missing_ok=True)
+
+    def _save_func(self, checkpoint: Mapping, path: Path | str, func: Any) -> None:
+        # Through the package's own temporary name (.checkpoint_N.pt.XXXXXXXX.tmp), the only kind a
+        # resume removes; Ignite's would be tmpXXXXXXXX, which a user's file may be called too.
+        atomic_write(Path(path), lambda f: func(checkpoint, f, **self.kwargs))
 
     def remove(self, filename: str) -> None:
         self._to_remove.append(filename)

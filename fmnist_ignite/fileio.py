@@ -16,12 +16,10 @@ import torch
 from .errors import CheckpointError, first_line
 
 
-def temporary_name(name: str) -> str:
-    """The pattern of the temporary files :func:`atomic_write` makes for ``name`` (``.NAME.XXXXXXXX.tmp``), as a regex.
-
-    Only files that match it for a name the package writes are ever removed as leftovers.
-    """
-    return rf"\.{re.escape(name)}\.[a-z0-9_]{{8}}\.tmp"
+def temporary_names(names: str) -> re.Pattern[str]:
+    """The temporary files :func:`atomic_write` makes for the file names ``names`` matches (a regex):
+    ``.NAME.XXXXXXXX.tmp``. Only such files, for names the package writes, are ever removed as leftovers."""
+    return re.compile(rf"\.(?:{names})\.[a-z0-9_]+\.tmp")
 
 
 def atomic_write(path: Path, write: Callable[[IO[bytes]], object], durable: bool = True, replace: bool = True) -> None:

@@ -37,7 +37,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from . import runfiles
 from .errors import CheckpointError, ConfigError, RunDirError, program_name
-from .fileio import atomic_write, atomic_write_json, atomic_write_text, current_umask
+from .fileio import atomic_write, atomic_write_json, atomic_write_text, current_umask, temporary_names
 from .runfiles import InputDescription, Metrics, MlflowRun
 
 if TYPE_CHECKING:
@@ -209,12 +209,14 @@ class RunDir:
         """Check that this is a run directory.
 
         Raises:
-            RunDirError: it does not exist or has no ``config.yaml``.
+            RunDirError: it does not exist, has no ``config.yaml``, or holds a link leaving it
+                (:meth:`refuse_links`).
         """
         if not self.path.is_dir():
             raise RunDirError(f"run directory {self.path} does not exist")
         if not self.config.is_file():
             raise RunDirError(f"{self.path} is not a run directory (no config.yaml); pass the folder a run created")
+        self.refuse_links()
 
     def load_config(self) -> Config:
         """The run's own config, with ``output_dir`` and ``name`` pointing at where the run is now."""
@@ -251,11 +253,45 @@ class RunDir:
             yield
 
     def remove_temporary_files(self) -> None:
-        """Delete what a killed process may have left half-written: never a file a run reads."""
-        leftovers = [*self.path.glob(".*.tmp"), *self.checkpoints.glob(".*.tmp"), *self.checkpoints.glob("tmp*")]
-        for path in leftovers:
-            logger.info("Removing %s, left half-written by an interrupted process", path)
-            path.unlink(missing_ok=True)
+        """Delete what a killed process of this package left half-written, and nothing else.
+
+        Only the package's own temporary names are removed: ``.NAME.XXXXXXXX.tmp`` where ``NAME``
+        is a file the run writes there (:func:`~fmnist_ignite.fileio.temporary_names`); a user's
+        ``tmp_notes`` or ``.draft.tmp`` stays. Links are not followed (see :meth:`refuse_links`).
+        """
+        ours = {
+            self.path: temporary_names("|".join(re.escape(n) for n in sorted(self.file_names()))),
+            self.checkpoints: temporary_names(rf"{CHECKPOINT_RE.pattern[1:-1]}|{re.escape(self.best.name)}"),
+        }
+        for folder, pattern in ours.items():
+            if folder.is_symlink() or not folder.is_dir():
+                continue
+            for path in folder.iterdir():
+                if pattern.fullmatch(path.name) and path.is_file() and not path.is_symlink():
+                    logger.info("Removing %s, left half-written by an interrupted process", path)
+                    path.unlink(missing_ok=True)
+
+    def refuse_links(self) -> None:
+        """Refuse a run directory holding a symbolic link that leaves it (a file or a folder, at any depth).
+
+        A run writes, rotates and cleans up inside its directory; through a link to elsewhere it
+        would write or delete files that are not the run's. Links that stay inside are fine.
+
+        Raises:
+            RunDirError: names the first such link and where it leads.
+        """
+        root = os.path.realpath(self.path)
+        for folder, dirs, files in os.walk(self.path):
+            for name in sorted([*dirs, *files]):
+                entry = Path(folder) / name
+                if not entry.is_symlink():
+                    continue
+                target = os.path.realpath(entry)
+                if os.path.commonpath([root, target]) != root:
+                    raise RunDirError(
+                        f"{entry} is a symbolic link to {target}, outside the run directory; a run only reads and "
+                        "writes inside its own folder: replace the link with the file or folder itself"
+                    )
 
     def weights(self, which: str | Path | None = None) -> Path:
         """The weights file to use: ``best``, ``last`` (the newest checkpoint), a path, or ``None``.
