@@ -29,6 +29,7 @@ ENGINE_EVENTS = sorted(e.name for e in Events if not e.name.startswith(("GET_BAT
 MAX_CONFIG_BYTES = 2**20
 MAX_YAML_DEPTH = 100
 MAX_YAML_VALUES = 100_000
+MAX_YAML_EXPANDED_BYTES = 16 * 2**20  # text, aliases expanded: what printing or validating it would make
 OVERRIDE_KEY = re.compile(r"[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*")
 
 
@@ -41,14 +42,16 @@ class _Loader(yaml.SafeLoader):
 
     It also refuses what only a mistake or an attack writes: a key twice in one mapping, nesting
     deeper than :data:`MAX_YAML_DEPTH` (PyYAML composes recursively) and more than
-    :data:`MAX_YAML_VALUES` values once aliases are expanded (a "billion laughs" would otherwise
-    expand when the config is validated or printed).
+    :data:`MAX_YAML_VALUES` values, or :data:`MAX_YAML_EXPANDED_BYTES` of text, once aliases are
+    expanded (a "billion laughs", or one long string aliased many times, would otherwise expand
+    when the config is validated or printed).
     """
 
     def __init__(self, stream: str) -> None:
         super().__init__(stream)
         self.depth = 0
         self.expanded: dict[int, int] = {}  # id(node) -> values below it, aliases expanded
+        self.expanded_bytes: dict[int, int] = {}  # id(node) -> characters of text below it, aliases expanded
 
     def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
         event = self.peek_event()
@@ -66,10 +69,18 @@ class _Loader(yaml.SafeLoader):
             children = node.value if isinstance(node, yaml.CollectionNode) else ()
             flat = [c for pair in children for c in pair] if isinstance(node, yaml.MappingNode) else children
             self.expanded[id(node)] = 1 + sum(self.expanded[id(child)] for child in flat)
+            text = len(node.value) if isinstance(node, yaml.ScalarNode) else 0
+            self.expanded_bytes[id(node)] = 1 + text + sum(self.expanded_bytes[id(child)] for child in flat)
         if self.expanded[id(node)] > MAX_YAML_VALUES:
             raise _Refused(
                 problem=f"more than {MAX_YAML_VALUES:,} values once YAML aliases (*name) are expanded; "
                 "write the values out or use fewer aliases",
+                problem_mark=node.start_mark,
+            )
+        if self.expanded_bytes[id(node)] > MAX_YAML_EXPANDED_BYTES:
+            raise _Refused(
+                problem=f"more than {MAX_YAML_EXPANDED_BYTES // 2**20} MiB of text once YAML aliases (*name) are "
+                "expanded; write the values out or use fewer aliases",
                 problem_mark=node.start_mark,
             )
         return node

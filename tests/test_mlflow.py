@@ -251,3 +251,31 @@ def test_a_relative_sqlite_uri_is_made_absolute(make_config: Callable[..., Confi
     assert config.logging.mlflow_uri == f"sqlite:///{Path.cwd() / 'stores' / 'mlflow.db'}"
     server = make_config("logging.mlflow_uri=http://127.0.0.1:5000").with_absolute_paths()
     assert server.logging.mlflow_uri == "http://127.0.0.1:5000"
+
+
+def test_a_server_refusing_connections_is_one_line_within_seconds_whatever_mlflow_defaults_to(
+    tmp_path: Path, system_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Class 4 of issue 19: MLflow's own defaults retry a refused connection for minutes; ours try once."""
+    import os
+    import time
+
+    for name in (
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES",
+        "MLFLOW_HTTP_REQUEST_TIMEOUT",
+        "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MLFLOW_LOGGING_LEVEL", "WARNING")
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    uri = f"http://127.0.0.1:{port}"
+    start = time.monotonic()
+    code = main([BASE, *small_overrides(tmp_path, system_dir), *MLFLOW, f"logging.mlflow_uri={uri}"])
+    assert time.monotonic() - start < 30
+    assert code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith(f"error: logging.mlflow_uri={uri}: cannot reach the MLflow tracking store (")
+    assert not (tmp_path / "runs" / "small").exists()
+    assert "MLFLOW_HTTP_REQUEST_MAX_RETRIES" not in os.environ, "set only while our client runs"

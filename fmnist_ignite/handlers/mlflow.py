@@ -10,8 +10,10 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import os
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +36,30 @@ logger = logging.getLogger(__name__)
 NOT_METRICS = ("epoch", "seconds")  # history columns that are the step, or not a metric of the model
 SERVERS = ("http", "https", "databricks")  # URI schemes whose server decides where the files go
 BATCH = 100  # MLflow takes at most 100 parameters (1000 metrics) per request
+
+
+# How long MLflow's HTTP client may try, where the user has not said (MLflow's own defaults retry a
+# refused connection for minutes): reaching the store at start is one try; later requests a few.
+AT_START = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+LATER = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+}
+
+
+@contextmanager
+def bounded_requests(limits: Mapping[str, str]) -> Iterator[None]:
+    """MLflow's retry and timeout settings (environment variables it reads at each request) bounded
+    by ``limits`` while our client runs; a variable the user set is left as it is, and each is
+    restored afterwards."""
+    added = [name for name in limits if name not in os.environ]
+    os.environ.update({name: limits[name] for name in added})
+    try:
+        yield
+    finally:
+        for name in added:
+            os.environ.pop(name, None)
 
 
 def default_tracking_uri(output_dir: str | Path) -> str:
@@ -101,11 +127,21 @@ class MLflow:
         self.logged: dict[str, int] = {}  # metric -> the last step the MLflow run has
 
     def attach(self, engine: Engine, event: Any) -> None:
-        engine.add_event_handler(RunEvents.RUN_STARTED, self.connect)
-        engine.add_event_handler(Events.STARTED, self.open)
-        engine.add_event_handler(event, self)
-        engine.add_event_handler(RunEvents.RUN_FINISHED, self.log_results)
-        engine.add_event_handler(RunEvents.RUN_STOPPED, self.mark_stopped)
+        engine.add_event_handler(RunEvents.RUN_STARTED, self._bounded(lambda _: self.connect(), AT_START))
+        engine.add_event_handler(Events.STARTED, self._bounded(lambda _: self.open(), LATER))
+        engine.add_event_handler(event, self._bounded(self, LATER))
+        engine.add_event_handler(RunEvents.RUN_FINISHED, self._bounded(self.log_results, LATER))
+        engine.add_event_handler(RunEvents.RUN_STOPPED, self._bounded(self.mark_stopped, LATER))
+
+    @staticmethod
+    def _bounded(step: Callable[[Engine], None], limits: Mapping[str, str]) -> Callable[[Engine], None]:
+        """``step`` run with MLflow's requests bounded (:func:`bounded_requests`)."""
+
+        def run(engine: Engine) -> None:
+            with bounded_requests(limits):
+                step(engine)
+
+        return run
 
     def connect(self) -> None:
         """Reach the tracking store and find (or create) the experiment.
