@@ -21,7 +21,7 @@ from ignite.engine import Engine, Events
 
 from ..config import LoggingConfig, flatten
 from ..context import Context
-from ..errors import ConfigError, first_line
+from ..errors import ConfigError, RunDirError, first_line
 from ..events import RunEvents
 from ..interrupt import Interrupted
 from ..registry import HANDLERS
@@ -124,6 +124,7 @@ class MLflow:
         self.experiment_id = ""
         self.run_id: str | None = None
         self.client: MlflowClient | None = None
+        self.saved: Run | None = None  # the MLflow run of mlflow.json, looked up when the run starts
         self.logged: dict[str, int] = {}  # metric -> the last step the MLflow run has
 
     def attach(self, engine: Engine, event: Any) -> None:
@@ -144,10 +145,14 @@ class MLflow:
         return run
 
     def connect(self) -> None:
-        """Reach the tracking store and find (or create) the experiment.
+        """Reach the tracking store, find (or create) the experiment, and look up the run of ``mlflow.json``.
+
+        All of it before the run writes or removes anything, so that a damaged ``mlflow.json``
+        stops a resume while the run directory is still as it was.
 
         Raises:
             ConfigError: the store cannot be reached, or the experiment is deleted.
+            RunDirError: ``mlflow.json`` is damaged, or names a run the store cannot give.
         """
         from mlflow.tracking import MlflowClient
 
@@ -172,13 +177,14 @@ class MLflow:
                 f"('mlflow experiments restore --experiment-id {found.experiment_id}') or name another"
             )
         self.client = client
+        self.saved = self._saved_run(client)
 
     def open(self) -> None:
         """Create the MLflow run, or reopen this run directory's; log the parameters it lacks."""
         if self.run_id is not None:
             return
         client = self._client()
-        run = self._saved_run(client)
+        run = self.saved
         if run is None:
             run = client.create_run(
                 self.experiment_id, run_name=self.context.config.name, tags={"run_dir": str(self.context.run_dir)}
@@ -260,7 +266,10 @@ class MLflow:
             run = client.get_run(run_id)
         except MlflowException as err:
             if err.error_code != "RESOURCE_DOES_NOT_EXIST":
-                raise
+                raise RunDirError(
+                    f"{path}: its MLflow run {run_id!r} cannot be read from {self.uri} ({first_line(err)}); "
+                    "put the file back as the run wrote it, or remove it to log to a new MLflow run"
+                ) from None
         else:
             if run.info.lifecycle_stage != "deleted":
                 return run
