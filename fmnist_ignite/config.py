@@ -29,6 +29,8 @@ ENGINE_EVENTS = sorted(e.name for e in Events if not e.name.startswith(("GET_BAT
 MAX_CONFIG_BYTES = 2**20
 MAX_YAML_DEPTH = 100
 MAX_YAML_VALUES = 100_000
+MAX_YAML_INT_DIGITS = 100  # Python refuses to read more than 4,300 digits, with a traceback
+MAX_NAME_BYTES = 200  # a folder name is at most 255 bytes; room for -k and the staging folder's name
 MAX_YAML_EXPANDED_BYTES = 16 * 2**20  # text, aliases expanded: what printing or validating it would make
 OVERRIDE_KEY = re.compile(r"[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*")
 
@@ -85,6 +87,15 @@ class _Loader(yaml.SafeLoader):
             )
         return node
 
+    def construct_yaml_int(self, node: yaml.ScalarNode) -> int:
+        digits = sum(c.isalnum() for c in str(node.value))
+        if digits > MAX_YAML_INT_DIGITS:
+            raise _Refused(
+                problem=f"an integer of {digits:,} digits; no setting takes more than {MAX_YAML_INT_DIGITS}",
+                problem_mark=node.start_mark,
+            )
+        return int(super().construct_yaml_int(node))
+
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         lines: dict[Any, int] = {}
         for key_node, _ in node.value:
@@ -100,6 +111,7 @@ class _Loader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
+_Loader.add_constructor("tag:yaml.org,2002:int", _Loader.construct_yaml_int)
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
     re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
@@ -186,7 +198,7 @@ class OptimizerConfig(_Section):
     nesterov: bool = Field(
         True, description="Nesterov momentum, for `sgd` with momentum > 0 (other optimizers ignore it)."
     )
-    weight_decay: float = Field(0.0, ge=0, description="L2 penalty (decoupled for adamw).")
+    weight_decay: float = Field(0.0, ge=0, allow_inf_nan=False, description="L2 penalty (decoupled for adamw).")
     kwargs: dict[str, Any] = Field(
         default_factory=dict,
         description="More keyword arguments for the optimizer, e.g. `{betas: [0.9, 0.99]}` for `adam`.",
@@ -421,6 +433,17 @@ class Config(_Section):
         "`RUN_DIR:best` or `RUN_DIR:last` (its newest checkpoint). The optimizer and the schedule start afresh "
         "(fine-tuning, a second phase with another `optimizer.lr`). `--init-from` on the command line sets it.",
     )
+
+    @field_validator("name")
+    @classmethod
+    def _fits_a_folder_name(cls, value: str) -> str:
+        size = len(value.encode("utf-8"))
+        if size > MAX_NAME_BYTES:
+            raise ValueError(
+                f"a run's name becomes its folder's, which file systems limit: at most {MAX_NAME_BYTES} bytes, "
+                f"not {size}"
+            )
+        return value
 
     @property
     def run_dir(self) -> Path:

@@ -288,3 +288,36 @@ def test_a_string_alias_bomb_is_counted_by_its_expanded_bytes(
         "fewer aliases\n"
     )
     assert [p.name for p in tmp_path.iterdir()] == [path.name]
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (
+            "seed=" + "9" * 5000,
+            "error: override of 'seed': an integer of 5,000 digits; no setting takes more than 100\n",
+        ),
+        (
+            "name=" + "n" * 300,
+            "error: the overrides (key=value): 'name': a run's name becomes its folder's, which file systems limit: "
+            "at most 200 bytes, not 300 (got ",
+        ),
+        (
+            "optimizer.weight_decay=.inf",
+            "error: the overrides (key=value): 'optimizer.weight_decay': Input should be a finite number (got inf)\n",
+        ),
+    ],
+)
+def test_values_that_gave_a_traceback_or_a_late_error_are_one_line_at_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], override: str, message: str
+) -> None:
+    """Classes 6 and 7 of issue 19: a 5,000-digit seed, a 300-byte name (ENAMETOOLONG), an infinite weight decay."""
+    from fmnist_ignite.app.cli import main
+
+    from .conftest import BASE
+
+    code = main([str(BASE), f"output_dir={tmp_path / 'runs'}", override, "--print-config"])
+    captured = capsys.readouterr()
+    assert (code, captured.out) == (2, "")
+    assert captured.err.startswith(message) and captured.err.count("\n") == 1
+    assert not (tmp_path / "runs").exists()

@@ -249,3 +249,27 @@ def test_labels_of_the_wrong_shape_are_reported_as_such() -> None:
     with pytest.raises(DataError) as info:
         image_data(train_labels=torch.zeros(4, 1).long())
     assert str(info.value) == "train labels must be one class number per image, shape (N,); got (4, 1)"
+
+
+def a_failing_dataset(config: Any) -> ImageData:
+    raise KeyError("labels")
+
+
+def test_a_plugin_that_raises_is_one_line_naming_the_data_set(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Class 6 of issue 19: a data set plugin's own exception is one line, not a traceback."""
+    from fmnist_ignite.app.cli import main
+
+    from .conftest import BASE
+
+    target = f"{__name__}:a_failing_dataset"
+    config = load_config({"data": {"dataset": target, "val_size": 1}}).data
+    with pytest.raises(DataError) as info:
+        load_data(config)
+    assert str(info.value) == f"data.dataset '{target}': its loader failed (KeyError: 'labels')"
+    code = main([str(BASE), f"data.dataset={target}", f"output_dir={tmp_path / 'runs'}"])
+    captured = capsys.readouterr()
+    assert (code, captured.out) == (1, "")
+    assert captured.err == f"error: data.dataset '{target}': its loader failed (KeyError: 'labels')\n"
+    assert not (tmp_path / "runs").exists()
