@@ -155,7 +155,15 @@ def _build(config: Config, rundir: RunDir, data: ImageData | None, initialize: b
     builtins = builtin_handlers(config, writer)
     for name, spec in [*builtins, *((f"handlers[{i}]", s) for i, s in enumerate(config.handlers))]:
         handlers[name] = attach_handler(context, spec, name)
-    checkpointer = Checkpointer(rundir, context.state, trainer, monitor, config.checkpoint.n_saved, write=writer)
+    checkpointer = Checkpointer(
+        rundir,
+        context.state,
+        trainer,
+        monitor,
+        config.checkpoint.n_saved,
+        write=writer,
+        config=lambda: context.config.to_dict(),
+    )
     experiment = Experiment(config, context, data, loaders, handlers, checkpointer)
     experiment.initial_weights = initial_weights
     return experiment

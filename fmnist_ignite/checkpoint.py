@@ -9,10 +9,11 @@ renamed into place and flushed to disk, and only then is the old one removed.
 from __future__ import annotations
 
 import io
+import json
 import logging
 import os
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,14 +21,16 @@ import torch
 from ignite.engine import Engine
 from ignite.handlers import Checkpoint, DiskSaver, global_step_from_engine
 
-from .errors import CheckpointError, ConfigError, first_line
-from .fileio import atomic_torch_save, safe_torch_load
+from .config import differences, flatten
+from .errors import CheckpointError, ConfigError, RunDirError, first_line
+from .fileio import atomic_torch_save, atomic_write, safe_torch_load
 from .monitor import Monitor
-from .rundir import RunDir
+from .rundir import CHECKPOINT_RE, RunDir
 
 logger = logging.getLogger(__name__)
 
 PLAIN = (str, int, float, bool, type(None))
+RECORD = "record"  # the key of each checkpoint's :class:`RunRecord`
 TORCH_LEAVES = (torch.Tensor, torch.Size, torch.dtype, torch.device)
 
 
@@ -63,8 +66,37 @@ class SaveThenRotate(DiskSaver):
             # A kill before this line leaves one file too many, never one too few.
             (self.dirname / self._to_remove.pop()).unlink(missing_ok=True)
 
+    def _save_func(self, checkpoint: Mapping, path: Path | str, func: Any) -> None:
+        # Through the package's own temporary name (.checkpoint_N.pt.XXXXXXXX.tmp), the only kind a
+        # resume removes; Ignite's would be tmpXXXXXXXX, which a user's file may be called too.
+        atomic_write(Path(path), lambda f: func(checkpoint, f, **self.kwargs))
+
     def remove(self, filename: str) -> None:
         self._to_remove.append(filename)
+
+
+WHERE_A_RUN_LIVES = ("name", "output_dir")  # a run directory may be moved or renamed
+
+
+class RunRecord:
+    """What a checkpoint says of itself: the config it was trained with and its epoch (key ``record``).
+
+    A resume compares them with the run's files (:meth:`Checkpointer.check_record`), so that a
+    hand-edited or truncated ``config.yaml``, or a checkpoint renamed to another epoch, is refused
+    instead of trained with. Checkpoints written before it existed lack it and are checked by
+    their trainer state's epoch alone.
+    """
+
+    def __init__(self, trainer: Engine, config: Callable[[], Mapping[str, Any]]) -> None:
+        self.trainer = trainer
+        self.config = config
+
+    def state_dict(self) -> dict[str, Any]:
+        config = {k: v for k, v in self.config().items() if k not in WHERE_A_RUN_LIVES}
+        return {"config": json.dumps(config, sort_keys=True), "epoch": int(self.trainer.state.epoch)}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Nothing to restore: the record is read by :meth:`Checkpointer.check_record`."""
 
 
 class Checkpointer:
@@ -85,6 +117,11 @@ class Checkpointer:
         n_saved: how many training states to keep.
         write: write files; ``False`` on the processes other than rank 0 of a data-parallel run,
             which hold the same state and load it on resume, but leave the files to rank 0.
+        config: the run's config now, as plain data; each checkpoint records it (:class:`RunRecord`).
+
+    Attributes:
+        changeable: the settings (a key ending in ``.`` for its section) a resume may change, which
+            may differ between ``config.yaml`` and a checkpoint's record; set by a resume.
     """
 
     def __init__(
@@ -95,9 +132,14 @@ class Checkpointer:
         monitor: Monitor,
         n_saved: int,
         write: bool = True,
+        config: Callable[[], Mapping[str, Any]] | None = None,
     ) -> None:
         self.rundir = rundir
         self.state = state
+        self.config = config
+        self.changeable: tuple[str, ...] = ()
+        if config is not None:
+            state[RECORD] = RunRecord(trainer, config)
         self.monitor = monitor
         self.write = write
         self.saver = SaveThenRotate(rundir.checkpoints)
@@ -175,12 +217,17 @@ class Checkpointer:
         candidates = self.rundir.checkpoint_files()
         if not candidates:
             return None
-        to_load = {**self.state, "checkpointer": self.last}
+        to_load = {**{k: v for k, v in self.state.items() if k != RECORD}, "checkpointer": self.last}
         for path in candidates:
             try:
                 saved = safe_torch_load(path, map_location=device)
                 if not isinstance(saved, dict):
                     raise CheckpointError(f"{path} does not hold a training state")
+            except CheckpointError as err:
+                logger.warning("Skipping checkpoint: %s", err)
+                continue
+            self.check_record(path, saved)
+            try:
                 missing = [k for k in to_load if k not in saved]
                 if missing:
                     raise CheckpointError(
@@ -199,6 +246,47 @@ class Checkpointer:
             f"none of the {len(candidates)} checkpoint(s) in {self.rundir.checkpoints} can be used "
             "(see the warnings above); nothing was deleted"
         )
+
+    def check_record(self, path: Path, saved: Mapping[str, Any]) -> None:
+        """Refuse a checkpoint whose name or record disagrees with the run's files.
+
+        Its epoch must be the one its name says, and the config it was trained with must be
+        ``config.yaml``'s, less what a resume may change (:attr:`changeable`) and where the run lives.
+
+        Raises:
+            RunDirError: names the file and the epoch, or ``config.yaml`` and each differing key.
+        """
+        match = CHECKPOINT_RE.match(path.name)
+        record = saved.get(RECORD)
+        trainer = saved.get("trainer")
+        epoch: Any = None
+        if isinstance(record, Mapping):
+            epoch = record.get("epoch")
+        elif isinstance(trainer, Mapping) and trainer.get("epoch_length"):
+            epoch = int(trainer.get("iteration", 0)) // int(trainer["epoch_length"])
+        if match and epoch is not None and int(match.group(1)) != epoch:
+            raise RunDirError(
+                f"{path} holds the training state after epoch {epoch}, not {match.group(1)} as its name says: "
+                f"it was renamed; name it checkpoint_{epoch}.pt again (or move it out of the run)"
+            )
+        if not isinstance(record, Mapping) or self.config is None:
+            return
+        try:
+            trained = json.loads(record["config"])
+        except (KeyError, TypeError, ValueError):
+            raise RunDirError(f"{path}: its record of the config is damaged; move the file out of the run") from None
+        now = {k: v for k, v in self.config().items() if k not in WHERE_A_RUN_LIVES}
+        changed = [k for k in differences(trained, now) if not k.startswith(self.changeable)]
+        if changed:
+            before, after = flatten(trained), flatten(now)
+            shown = "; ".join(
+                f"{k}: {before.get(k, '(missing)')!r} trained, {after.get(k, '(missing)')!r} now" for k in changed
+            )
+            raise RunDirError(
+                f"{self.rundir.config} does not match the config {path.name} was trained with ({shown}); "
+                "put config.yaml back as it was (a resume changes settings only through --resume key=value, "
+                "and only those it allows)"
+            )
 
 
 def _unsafe_leaf(value: Any, where: str) -> str | None:

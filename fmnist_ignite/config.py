@@ -29,6 +29,9 @@ ENGINE_EVENTS = sorted(e.name for e in Events if not e.name.startswith(("GET_BAT
 MAX_CONFIG_BYTES = 2**20
 MAX_YAML_DEPTH = 100
 MAX_YAML_VALUES = 100_000
+MAX_YAML_INT_DIGITS = 100  # Python refuses to read more than 4,300 digits, with a traceback
+MAX_NAME_BYTES = 200  # a folder name is at most 255 bytes; room for -k and the staging folder's name
+MAX_YAML_EXPANDED_BYTES = 16 * 2**20  # text, aliases expanded: what printing or validating it would make
 OVERRIDE_KEY = re.compile(r"[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*")
 
 
@@ -41,14 +44,16 @@ class _Loader(yaml.SafeLoader):
 
     It also refuses what only a mistake or an attack writes: a key twice in one mapping, nesting
     deeper than :data:`MAX_YAML_DEPTH` (PyYAML composes recursively) and more than
-    :data:`MAX_YAML_VALUES` values once aliases are expanded (a "billion laughs" would otherwise
-    expand when the config is validated or printed).
+    :data:`MAX_YAML_VALUES` values, or :data:`MAX_YAML_EXPANDED_BYTES` of text, once aliases are
+    expanded (a "billion laughs", or one long string aliased many times, would otherwise expand
+    when the config is validated or printed).
     """
 
     def __init__(self, stream: str) -> None:
         super().__init__(stream)
         self.depth = 0
         self.expanded: dict[int, int] = {}  # id(node) -> values below it, aliases expanded
+        self.expanded_bytes: dict[int, int] = {}  # id(node) -> characters of text below it, aliases expanded
 
     def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
         event = self.peek_event()
@@ -66,13 +71,30 @@ class _Loader(yaml.SafeLoader):
             children = node.value if isinstance(node, yaml.CollectionNode) else ()
             flat = [c for pair in children for c in pair] if isinstance(node, yaml.MappingNode) else children
             self.expanded[id(node)] = 1 + sum(self.expanded[id(child)] for child in flat)
+            text = len(node.value) if isinstance(node, yaml.ScalarNode) else 0
+            self.expanded_bytes[id(node)] = 1 + text + sum(self.expanded_bytes[id(child)] for child in flat)
         if self.expanded[id(node)] > MAX_YAML_VALUES:
             raise _Refused(
                 problem=f"more than {MAX_YAML_VALUES:,} values once YAML aliases (*name) are expanded; "
                 "write the values out or use fewer aliases",
                 problem_mark=node.start_mark,
             )
+        if self.expanded_bytes[id(node)] > MAX_YAML_EXPANDED_BYTES:
+            raise _Refused(
+                problem=f"more than {MAX_YAML_EXPANDED_BYTES // 2**20} MiB of text once YAML aliases (*name) are "
+                "expanded; write the values out or use fewer aliases",
+                problem_mark=node.start_mark,
+            )
         return node
+
+    def construct_yaml_int(self, node: yaml.ScalarNode) -> int:
+        digits = sum(c.isalnum() for c in str(node.value))
+        if digits > MAX_YAML_INT_DIGITS:
+            raise _Refused(
+                problem=f"an integer of {digits:,} digits; no setting takes more than {MAX_YAML_INT_DIGITS}",
+                problem_mark=node.start_mark,
+            )
+        return int(super().construct_yaml_int(node))
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         lines: dict[Any, int] = {}
@@ -89,6 +111,7 @@ class _Loader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
+_Loader.add_constructor("tag:yaml.org,2002:int", _Loader.construct_yaml_int)
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
     re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
@@ -175,7 +198,7 @@ class OptimizerConfig(_Section):
     nesterov: bool = Field(
         True, description="Nesterov momentum, for `sgd` with momentum > 0 (other optimizers ignore it)."
     )
-    weight_decay: float = Field(0.0, ge=0, description="L2 penalty (decoupled for adamw).")
+    weight_decay: float = Field(0.0, ge=0, allow_inf_nan=False, description="L2 penalty (decoupled for adamw).")
     kwargs: dict[str, Any] = Field(
         default_factory=dict,
         description="More keyword arguments for the optimizer, e.g. `{betas: [0.9, 0.99]}` for `adam`.",
@@ -410,6 +433,17 @@ class Config(_Section):
         "`RUN_DIR:best` or `RUN_DIR:last` (its newest checkpoint). The optimizer and the schedule start afresh "
         "(fine-tuning, a second phase with another `optimizer.lr`). `--init-from` on the command line sets it.",
     )
+
+    @field_validator("name")
+    @classmethod
+    def _fits_a_folder_name(cls, value: str) -> str:
+        size = len(value.encode("utf-8"))
+        if size > MAX_NAME_BYTES:
+            raise ValueError(
+                f"a run's name becomes its folder's, which file systems limit: at most {MAX_NAME_BYTES} bytes, "
+                f"not {size}"
+            )
+        return value
 
     @property
     def run_dir(self) -> Path:

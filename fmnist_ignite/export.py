@@ -21,8 +21,7 @@ from torch import nn
 from .engine import pixel_scaling
 from .errors import ConfigError, ExportError, first_line
 from .evaluation import load_trained_model
-from .fileio import atomic_write
-from .rundir import RunDir
+from .rundir import RunDir, write_output
 
 FORMATS = ("onnx", "torchscript")
 ONNX_OPSET = 17
@@ -62,7 +61,11 @@ class ExportableClassifier(nn.Module):
 
 
 def export_run(
-    run_dir: str | Path, checkpoint: str | None = None, fmt: str = "onnx", output: str | Path | None = None
+    run_dir: str | Path,
+    checkpoint: str | None = None,
+    fmt: str = "onnx",
+    output: str | Path | None = None,
+    force: bool = False,
 ) -> Path:
     """Write the run's model as ``RUN_DIR/model.onnx`` (or ``model.ts``, or ``output``); returns the path.
 
@@ -70,10 +73,13 @@ def export_run(
     (``model.pt``, else the best model), ``best``, ``last`` or a file. The ONNX model takes float32
     pixels (cast uint8 arrays with ``.astype(np.float32)``), has a dynamic batch axis and opset
     :data:`ONNX_OPSET`; the TorchScript model takes uint8 or float pixels. The file is written
-    atomically: an existing one is replaced whole or not at all.
+    atomically by :func:`~fmnist_ignite.rundir.write_output`: the run's own ``model.onnx`` /
+    ``model.ts`` is replaced whole or not at all; an ``output`` that exists is replaced only with
+    ``force``, and never when it is a special file, a folder, a link or another file of a run.
 
     Raises:
-        ConfigError: ``fmt`` is neither ``onnx`` nor ``torchscript``.
+        ConfigError: ``fmt`` is neither ``onnx`` nor ``torchscript``, or the output is refused or
+            cannot be written (one line naming it).
         RunDirError: no such run directory, or no ``data.json`` in it.
         CheckpointError: no usable weights.
         ExportError: the ``onnx`` package is missing, or the model cannot be exported.
@@ -97,9 +103,9 @@ def export_run(
     }
     example = torch.zeros((2, *info.image_shape))
     payload = _onnx_bytes(classifier, example, metadata) if fmt == "onnx" else _torchscript_bytes(classifier, metadata)
-    path = Path(output) if output is not None else RunDir(run_dir).exported(fmt)
-    atomic_write(path, lambda f: f.write(payload))
-    return path
+    own = RunDir(run_dir).exported(fmt)
+    path = Path(output) if output is not None else own
+    return write_output(path, lambda f: f.write(payload), force=force, own=own)
 
 
 def _relative_to(path: Path, run_dir: Path) -> str:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -14,12 +16,20 @@ import torch
 from .errors import CheckpointError, first_line
 
 
-def atomic_write(path: Path, write: Callable[[IO[bytes]], object], durable: bool = True) -> None:
+def temporary_names(names: str) -> re.Pattern[str]:
+    """The temporary files :func:`atomic_write` makes for the file names ``names`` matches (a regex):
+    ``.NAME.XXXXXXXX.tmp``. Only such files, for names the package writes, are ever removed as leftovers."""
+    return re.compile(rf"\.(?:{names})\.[a-z0-9_]+\.tmp")
+
+
+def atomic_write(path: Path, write: Callable[[IO[bytes]], object], durable: bool = True, replace: bool = True) -> None:
     """Write ``path`` through a temporary file in the same folder, then rename it into place.
 
     A reader sees either the old file or the whole new one, even if the process is killed midway.
     ``durable`` also flushes the data to disk before the rename (``fsync``), so that it survives a
-    power cut too; files rewritten every epoch skip that, as checkpoints do.
+    power cut too; files rewritten every epoch skip that, as checkpoints do. With ``replace``
+    false, the file is put in place only where nothing is (a hard link, which never replaces):
+    :class:`FileExistsError` if something appeared there meanwhile.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -30,12 +40,29 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], object], durable: bool
             f.flush()
             if durable:
                 os.fsync(f.fileno())
-        os.replace(tmp, path)
+        if replace:
+            os.replace(tmp, path)
+        else:
+            _place_new(tmp, path)
     except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
         if isinstance(err, OSError) and err.filename is None:
             err.filename = str(path)  # "No space left on device" alone does not say which file
         raise
+
+
+def _place_new(tmp: str, path: Path) -> None:
+    """Put ``tmp`` at ``path`` only if nothing is there, atomically where the file system has hard links."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise
+    except OSError:  # no hard links here (some network and FAT file systems): check, then rename
+        if path.exists() or path.is_symlink():
+            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(path)) from None
+        os.replace(tmp, path)
+    else:
+        os.unlink(tmp)
 
 
 def current_umask() -> int:

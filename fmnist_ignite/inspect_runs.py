@@ -22,7 +22,7 @@ from .errors import ConfigError, DataError, FmnistIgniteError, RunDirError, firs
 from .evaluation import evaluate, load_trained_model
 from .plots import COLORS, Canvas, Curve, line_panel
 from .reports import HISTORY_SIZE, classification_report
-from .rundir import RunDir, SweepDir
+from .rundir import RunDir, SweepDir, write_output
 
 if TYPE_CHECKING:
     from PIL.Image import Image as PILImage
@@ -237,24 +237,26 @@ def compare_figure(histories: Mapping[str, list[dict[str, Any]]]) -> Any:
     return canvas.image()
 
 
-def save_compare_figure(result: Mapping[str, Any], output: str | Path) -> Path:
-    """Write :func:`compare_figure` of a :func:`compare_runs` result to ``output``, a file or a folder.
+def save_compare_figure(result: Mapping[str, Any], output: str | Path, force: bool = False) -> Path:
+    """Write :func:`compare_figure` of a :func:`compare_runs` result to ``output``, a ``.png`` file or a folder.
 
-    A folder (one that exists, or a path ending in ``/``) gets ``compare.png``.
+    A folder (one that exists, or a path ending in ``/``) gets ``compare.png``. The file is
+    written by :func:`~fmnist_ignite.rundir.write_output`: an existing one is replaced only with
+    ``force``, and never a special file, a link or a file of a run.
 
     Returns:
         the file written.
 
     Raises:
-        ConfigError: the file cannot be written.
+        ConfigError: the name is not a ``.png``, or the file is refused or cannot be written.
     """
-    from .reports import save_figure
+    import io
 
     path = Path(output)
     if path.is_dir() or str(output).endswith(("/", os.sep)):
         path = path / "compare.png"
-    try:
-        save_figure(compare_figure(result["histories"]), path)
-    except OSError as err:
-        raise ConfigError(f"--output {output}: cannot write {path}: {err.strerror or err}") from None
-    return path
+    if path.suffix.lower() != ".png":
+        raise ConfigError(f"--output {output}: the figure is a PNG; name a .png file or a folder")
+    buffer = io.BytesIO()
+    compare_figure(result["histories"]).save(buffer, format="PNG", compress_level=1)
+    return write_output(path, lambda f: f.write(buffer.getvalue()), force=force)

@@ -117,4 +117,5 @@ def resume_experiment(run_dir: str | Path, data: ImageData | None = None, overri
     experiment = _build(config, RunDir(config.run_dir), data, initialize=False)
     experiment.resuming = True
     experiment.changes = changes
+    experiment.checkpointer.changeable = CHANGEABLE_ON_RESUME
     return experiment

@@ -28,15 +28,16 @@ import os
 import re
 import shlex
 import shutil
+import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from . import runfiles
-from .errors import CheckpointError, RunDirError, program_name
-from .fileio import atomic_write_json, atomic_write_text, current_umask
+from .errors import CheckpointError, ConfigError, RunDirError, program_name
+from .fileio import atomic_write, atomic_write_json, atomic_write_text, current_umask, temporary_names
 from .runfiles import InputDescription, Metrics, MlflowRun
 
 if TYPE_CHECKING:
@@ -102,6 +103,26 @@ class RunDir:
     tensorboard = property(lambda self: self.path / "tb", doc="TensorBoard's log folder (the results' run).")
     mlflow_run = property(lambda self: self.path / "mlflow.json", doc="``mlflow.json``: the run's MLflow run.")
     lock_file = property(lambda self: self.path / ".lock", doc="The training process's lock.")
+
+    def owns(self, path: str | Path) -> bool:
+        """Whether ``path`` is (or would be) one of this run's own files: a name of its layout above, or
+        anything under ``checkpoints/`` or ``tb/``. Output commands never write there (see :func:`write_output`)."""
+        try:
+            relative = Path(os.path.realpath(path)).relative_to(os.path.realpath(self.path))
+        except ValueError:
+            return False
+        if not relative.parts:
+            return True
+        if relative.parts[0] in (self.checkpoints.name, self.tensorboard.name):
+            return True
+        return len(relative.parts) == 1 and relative.name in self.file_names()
+
+    def file_names(self) -> set[str]:
+        """The names of the files this run writes in its top folder."""
+        files = (self.config, self.data, self.history_json, self.history_csv, self.model, self.metrics, self.report)
+        names = {p.name for p in (*files, self.mlflow_run, self.lock_file)}
+        names |= {self.figure(f).name for f in FIGURES} | {self.exported(f).name for f in ("onnx", "torchscript")}
+        return names
 
     def figure(self, name: str) -> Path:
         """``<name>.png``."""
@@ -188,12 +209,14 @@ class RunDir:
         """Check that this is a run directory.
 
         Raises:
-            RunDirError: it does not exist or has no ``config.yaml``.
+            RunDirError: it does not exist, has no ``config.yaml``, or holds a link leaving it
+                (:meth:`refuse_links`).
         """
         if not self.path.is_dir():
             raise RunDirError(f"run directory {self.path} does not exist")
         if not self.config.is_file():
             raise RunDirError(f"{self.path} is not a run directory (no config.yaml); pass the folder a run created")
+        self.refuse_links()
 
     def load_config(self) -> Config:
         """The run's own config, with ``output_dir`` and ``name`` pointing at where the run is now."""
@@ -230,11 +253,45 @@ class RunDir:
             yield
 
     def remove_temporary_files(self) -> None:
-        """Delete what a killed process may have left half-written: never a file a run reads."""
-        leftovers = [*self.path.glob(".*.tmp"), *self.checkpoints.glob(".*.tmp"), *self.checkpoints.glob("tmp*")]
-        for path in leftovers:
-            logger.info("Removing %s, left half-written by an interrupted process", path)
-            path.unlink(missing_ok=True)
+        """Delete what a killed process of this package left half-written, and nothing else.
+
+        Only the package's own temporary names are removed: ``.NAME.XXXXXXXX.tmp`` where ``NAME``
+        is a file the run writes there (:func:`~fmnist_ignite.fileio.temporary_names`); a user's
+        ``tmp_notes`` or ``.draft.tmp`` stays. Links are not followed (see :meth:`refuse_links`).
+        """
+        ours = {
+            self.path: temporary_names("|".join(re.escape(n) for n in sorted(self.file_names()))),
+            self.checkpoints: temporary_names(rf"{CHECKPOINT_RE.pattern[1:-1]}|{re.escape(self.best.name)}"),
+        }
+        for folder, pattern in ours.items():
+            if folder.is_symlink() or not folder.is_dir():
+                continue
+            for path in folder.iterdir():
+                if pattern.fullmatch(path.name) and path.is_file() and not path.is_symlink():
+                    logger.info("Removing %s, left half-written by an interrupted process", path)
+                    path.unlink(missing_ok=True)
+
+    def refuse_links(self) -> None:
+        """Refuse a run directory holding a symbolic link that leaves it (a file or a folder, at any depth).
+
+        A run writes, rotates and cleans up inside its directory; through a link to elsewhere it
+        would write or delete files that are not the run's. Links that stay inside are fine.
+
+        Raises:
+            RunDirError: names the first such link and where it leads.
+        """
+        root = os.path.realpath(self.path)
+        for folder, dirs, files in os.walk(self.path):
+            for name in sorted([*dirs, *files]):
+                entry = Path(folder) / name
+                if not entry.is_symlink():
+                    continue
+                target = os.path.realpath(entry)
+                if os.path.commonpath([root, target]) != root:
+                    raise RunDirError(
+                        f"{entry} is a symbolic link to {target}, outside the run directory; a run only reads and "
+                        "writes inside its own folder: replace the link with the file or folder itself"
+                    )
 
     def weights(self, which: str | Path | None = None) -> Path:
         """The weights file to use: ``best``, ``last`` (the newest checkpoint), a path, or ``None``.
@@ -312,6 +369,64 @@ class RunDir:
     def resume_hint(self) -> str:
         """How to continue this run, as a command a shell takes whatever the path holds."""
         return f"resume with '{program_name()} --resume {shell_quote(shown(self.path))}'"
+
+
+def enclosing_run(path: str | Path) -> RunDir | None:
+    """The run directory ``path`` lies in (at any depth, links resolved), or ``None``."""
+    folder = Path(os.path.realpath(Path(path).absolute().parent))
+    for candidate in (folder, *folder.parents):
+        if (candidate / "config.yaml").is_file():
+            return RunDir(candidate)
+    return None
+
+
+def write_output(
+    path: str | Path, write: Callable[[IO[bytes]], object], force: bool = False, own: Path | None = None
+) -> Path:
+    """Write the file an output command (``export``, ``compare --output``) was asked for; the one way they write.
+
+    The file is written whole through a temporary file, and it only ever lands where nothing is,
+    or on a regular file the caller was asked to replace (``force``) or owns (``own``: the
+    run's own export slot). Never on a special file (a device, a FIFO, a socket), a symbolic
+    link, a folder, or a file of a run (:meth:`RunDir.owns`), whatever ``force`` says.
+
+    Returns:
+        the path written.
+
+    Raises:
+        ConfigError: one line naming the path and why it is refused or cannot be written.
+    """
+    path = Path(path)
+    mine = own is not None and os.path.realpath(path) == os.path.realpath(own)
+    run = enclosing_run(path)
+    if run is not None and run.owns(path) and not mine:
+        raise ConfigError(
+            f"{path} is a file of the run in {run}; an output is never written over it: name another file"
+        )
+    try:
+        found = os.lstat(path)
+    except FileNotFoundError:
+        found = None
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot be written ({err.strerror or err})") from None
+    if found is not None:
+        if stat.S_ISDIR(found.st_mode):
+            raise ConfigError(f"{path} is a folder; name the file to write")
+        if stat.S_ISLNK(found.st_mode):
+            raise ConfigError(f"{path} is a symbolic link, which an output never replaces; name a file")
+        if not stat.S_ISREG(found.st_mode):
+            raise ConfigError(
+                f"{path} is not a regular file (a device, a FIFO or a socket); an output never replaces one"
+            )
+        if not (force or mine):
+            raise ConfigError(f"{path} exists; pass --force to replace it")
+    try:
+        atomic_write(path, write, replace=found is not None)
+    except FileExistsError:
+        raise ConfigError(f"{path} exists (it appeared while writing); pass --force to replace it") from None
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot be written ({err.strerror or err})") from None
+    return path
 
 
 def shell_quote(path: str | Path) -> str:

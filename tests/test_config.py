@@ -404,3 +404,59 @@ def test_any_yaml_file_gives_a_config_or_a_one_line_config_error(
             assert "duplicate key" in str(err) or not has_duplicate
         else:
             assert isinstance(config, Config) and not has_duplicate
+
+
+def test_a_string_alias_bomb_is_counted_by_its_expanded_bytes(tmp_path: Path) -> None:
+    """Class 4 of issue 19: a 500 kB string aliased 99,000 times is under the 1 MiB and 100,000-value limits,
+    and ``--print-config`` would write ~50 GB; its expanded text is counted when the YAML is read.
+
+    (Checked where the file is read, not through ``--print-config``: a regression then fails here
+    instead of printing 50 GB into the test's captured output.)
+    """
+    import time
+
+    path = tmp_path / "bomb.yaml"
+    path.write_text("model:\n  kwargs:\n    s: &s " + "x" * 500_000 + "\n    l: [" + ", ".join(["*s"] * 99_000) + "]\n")
+    assert path.stat().st_size < 2**20
+    start = time.monotonic()
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert time.monotonic() - start < 30
+    assert str(info.value).startswith(f"{path}:4:")
+    assert str(info.value).endswith(
+        "YAML error: more than 16 MiB of text once YAML aliases (*name) are expanded; write the values out or use "
+        "fewer aliases"
+    )
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (
+            "seed=" + "9" * 5000,
+            "error: override of 'seed': an integer of 5,000 digits; no setting takes more than 100\n",
+        ),
+        (
+            "name=" + "n" * 300,
+            "error: the overrides (key=value): 'name': a run's name becomes its folder's, which file systems limit: "
+            "at most 200 bytes, not 300 (got ",
+        ),
+        (
+            "optimizer.weight_decay=.inf",
+            "error: the overrides (key=value): 'optimizer.weight_decay': Input should be a finite number (got inf)\n",
+        ),
+    ],
+)
+def test_values_that_gave_a_traceback_or_a_late_error_are_one_line_at_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], override: str, message: str
+) -> None:
+    """Classes 6 and 7 of issue 19: a 5,000-digit seed, a 300-byte name (ENAMETOOLONG), an infinite weight decay."""
+    from fmnist_ignite.app.cli import main
+
+    from .conftest import BASE
+
+    code = main([str(BASE), f"output_dir={tmp_path / 'runs'}", override, "--print-config"])
+    captured = capsys.readouterr()
+    assert (code, captured.out) == (2, "")
+    assert captured.err.startswith(message) and captured.err.count("\n") == 1
+    assert not (tmp_path / "runs").exists()

@@ -383,3 +383,27 @@ def test_test_images_of_another_shape_are_refused_before_training(tmp_path: Path
         "train images have shape (C, H, W) (1, 28, 28) but test images (1, 27, 29); the model takes one shape: "
         "replace the files that differ"
     )
+
+
+def a_failing_dataset(config: Any) -> ImageData:
+    raise KeyError("labels")
+
+
+def test_a_plugin_that_raises_is_one_line_naming_the_data_set(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Class 6 of issue 19: a data set plugin's own exception is one line, not a traceback."""
+    from fmnist_ignite.app.cli import main
+
+    from .conftest import BASE
+
+    target = f"{__name__}:a_failing_dataset"
+    config = load_config({"data": {"dataset": target, "val_size": 1}}).data
+    with pytest.raises(DataError) as info:
+        load_data(config)
+    assert str(info.value) == f"data.dataset '{target}': its loader failed (KeyError: 'labels')"
+    code = main([str(BASE), f"data.dataset={target}", f"output_dir={tmp_path / 'runs'}"])
+    captured = capsys.readouterr()
+    assert (code, captured.out) == (1, "")
+    assert captured.err == f"error: data.dataset '{target}': its loader failed (KeyError: 'labels')\n"
+    assert not (tmp_path / "runs").exists()

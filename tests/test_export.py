@@ -207,3 +207,81 @@ def test_missing_onnx_names_the_extra(exported: dict, tmp_path: Path, monkeypatc
         export_run(exported["run"], output=tmp_path / "model.onnx")
     assert str(raised.value) == "exporting to ONNX needs the onnx package: pip install 'fmnist_ignite[export]'"
     assert list(tmp_path.iterdir()) == []
+
+
+def _export_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    from fmnist_ignite.app.cli import main
+
+    code = main(["export", *args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_export_output_never_replaces_a_special_file_a_run_file_or_an_unasked_file(
+    exported: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Class 1 of issue 19: an output lands only where nothing is, or on a regular file with --force."""
+    import os
+
+    run = exported["run"]
+    weights = (run / "model.pt").read_bytes()
+    for victim in (run / "model.pt", run / "config.yaml", run / "checkpoints" / "best_model.pt"):
+        before = victim.read_bytes()
+        code, out, err = _export_cli(capsys, str(run), "--output", str(victim), "--force")
+        assert (code, out) == (2, "") and err == (
+            f"error: {victim} is a file of the run in {run}; an output is never written over it: name another file\n"
+        )
+        assert victim.read_bytes() == before
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    code, _, err = _export_cli(capsys, str(run), "--output", str(fifo), "--force")
+    assert (
+        code == 2
+        and err == f"error: {fifo} is not a regular file (a device, a FIFO or a socket); an output never replaces one\n"
+    )
+    assert fifo.is_fifo()
+    code, _, err = _export_cli(capsys, str(run), "--output", "/dev/null", "--force")
+    assert code == 2 and "/dev/null is not a regular file" in err
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    code, _, err = _export_cli(capsys, str(run), "--output", str(folder))
+    assert code == 2 and err == f"error: {folder} is a folder; name the file to write\n"
+    link = tmp_path / "link.onnx"
+    link.symlink_to(tmp_path / "target.onnx")
+    code, _, err = _export_cli(capsys, str(run), "--output", str(link), "--force")
+    assert code == 2 and "is a symbolic link" in err and not (tmp_path / "target.onnx").exists()
+
+    mine = tmp_path / "mine.onnx"
+    mine.write_text("a file of mine")
+    code, _, err = _export_cli(capsys, str(run), "--output", str(mine))
+    assert code == 2 and err == f"error: {mine} exists; pass --force to replace it\n"
+    assert mine.read_text() == "a file of mine"
+    code, out, _ = _export_cli(capsys, str(run), "--output", str(mine), "--force")
+    assert code == 0 and out == f"{mine}\n" and onnx.load(mine).graph is not None
+    assert (run / "model.pt").read_bytes() == weights
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")], "no temporary file left"
+
+
+def test_export_into_a_read_only_run_is_one_line(
+    exported: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Class 6 of issue 19: the run's own export slot, unwritable, is one line naming the file."""
+    import os
+    import shutil
+    import tempfile
+
+    run = tmp_path / "run"
+    shutil.copytree(exported["run"], run)
+    (run / "model.onnx").unlink(missing_ok=True)
+    run.chmod(0o555)
+    if os.geteuid() == 0:  # root writes into read-only folders: the folder refuses as it would anyone else
+
+        def refused(*args: object, **kwargs: object) -> None:
+            raise PermissionError(13, "Permission denied")
+
+        monkeypatch.setattr(tempfile, "mkstemp", refused)
+    try:
+        code, out, err = _export_cli(capsys, str(run))
+    finally:
+        run.chmod(0o755)
+    assert (code, out) == (2, "") and err == f"error: {run / 'model.onnx'}: cannot be written (Permission denied)\n"

@@ -162,3 +162,33 @@ def test_open_image_converts_and_bounds(tmp_path: Path) -> None:
         DataError, match=re.escape(f"{tmp_path / 'nope.png'}: cannot be read as an image (FileNotFound")
     ):
         open_image(tmp_path / "nope.png", "L")
+
+
+def test_a_fifo_or_a_device_among_the_images_is_refused_without_blocking(tmp_path: Path) -> None:
+    """Class 4 of issue 19: opening a FIFO for reading blocks until a writer comes; it is never opened."""
+    import os
+    import threading
+
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    link = tmp_path / "link.png"
+    link.symlink_to(fifo)
+    answers: dict[str, str] = {}
+
+    def refuse() -> None:
+        for path in (fifo, link, Path("/dev/zero"), tmp_path):
+            try:
+                open_image(path, "L")
+            except DataError as err:
+                answers[str(path)] = str(err)
+
+    worker = threading.Thread(target=refuse, daemon=True)
+    worker.start()
+    worker.join(10)
+    if worker.is_alive():
+        os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)  # frees the reader that blocked
+        pytest.fail("open_image blocked on a FIFO")
+    for path in (fifo, link, Path("/dev/zero"), tmp_path):
+        assert (
+            answers[str(path)] == f"{path}: not a regular file (a FIFO, a device, a folder); only image files are read"
+        )

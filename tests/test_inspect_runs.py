@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -302,3 +303,50 @@ def test_compare_shows_metrics_and_differing_settings(finished: dict, tmp_path: 
     assert second.split()[-1] == "0.05"
     with Image.open(output) as image:
         assert image.size == (1000, 400)
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory: pytest.TempPathFactory, system_dir: Path) -> list[Path]:
+    tmp = tmp_path_factory.mktemp("inspect")
+    runs = []
+    for name in ("one", "two"):
+        overrides = [
+            *small_overrides(tmp, system_dir),
+            "trainer.max_epochs=1",
+            "logging.tensorboard=false",
+            f"name={name}",
+        ]
+        experiment = build_experiment(load_config(BASE, overrides))
+        experiment.run()
+        runs.append(experiment.run_dir)
+    return runs
+
+
+def test_compare_output_never_replaces_a_special_file_a_run_file_or_an_unasked_file(
+    two_runs: list[Path], tmp_path: Path, cli: Callable[..., CLI]
+) -> None:
+    """Class 1 of issue 19: compare --output writes a new .png, or replaces a regular one with --force."""
+    runs = [str(r) for r in two_runs]
+    picture = two_runs[0] / "history.png"
+    before = picture.read_bytes()
+    code, _, err = cli("compare", *runs, "--output", str(picture), "--force")
+    assert code == 2 and f"error: {picture} is a file of the run in {two_runs[0]}" in err
+    assert picture.read_bytes() == before
+    fifo = tmp_path / "fifo.png"
+    os.mkfifo(fifo)
+    code, _, err = cli("compare", *runs, "--output", str(fifo), "--force")
+    assert code == 2 and "is not a regular file" in err and fifo.is_fifo()
+    code, _, err = cli("compare", *runs, "--output", str(tmp_path / "x.pdf"))
+    assert code == 2 and err.endswith("the figure is a PNG; name a .png file or a folder\n")
+    assert not (tmp_path / "x.pdf").exists()
+
+    mine = tmp_path / "mine.png"
+    mine.write_text("a file of mine")
+    code, _, err = cli("compare", *runs, "--output", str(mine))
+    assert code == 2 and err.endswith(f"error: {mine} exists; pass --force to replace it\n")
+    assert mine.read_text() == "a file of mine"
+    code, out, _ = cli("compare", *runs, "--output", str(mine), "--force")
+    assert code == 0 and out.splitlines()[-1] == f"validation curves: {mine}"
+    assert mine.read_bytes().startswith(b"\x89PNG")
+    code, out, _ = cli("compare", *runs, "--output", f"{tmp_path}/")
+    assert code == 0 and (tmp_path / "compare.png").read_bytes().startswith(b"\x89PNG")

@@ -251,3 +251,65 @@ def test_a_relative_sqlite_uri_is_made_absolute(make_config: Callable[..., Confi
     assert config.logging.mlflow_uri == f"sqlite:///{Path.cwd() / 'stores' / 'mlflow.db'}"
     server = make_config("logging.mlflow_uri=http://127.0.0.1:5000").with_absolute_paths()
     assert server.logging.mlflow_uri == "http://127.0.0.1:5000"
+
+
+def test_a_server_refusing_connections_is_one_line_within_seconds_whatever_mlflow_defaults_to(
+    tmp_path: Path, system_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Class 4 of issue 19: MLflow's own defaults retry a refused connection for minutes; ours try once."""
+    import os
+    import time
+
+    for name in (
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES",
+        "MLFLOW_HTTP_REQUEST_TIMEOUT",
+        "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MLFLOW_LOGGING_LEVEL", "WARNING")
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    uri = f"http://127.0.0.1:{port}"
+    start = time.monotonic()
+    code = main([BASE, *small_overrides(tmp_path, system_dir), *MLFLOW, f"logging.mlflow_uri={uri}"])
+    assert time.monotonic() - start < 30
+    assert code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith(f"error: logging.mlflow_uri={uri}: cannot reach the MLflow tracking store (")
+    assert not (tmp_path / "runs" / "small").exists()
+    assert "MLFLOW_HTTP_REQUEST_MAX_RETRIES" not in os.environ, "set only while our client runs"
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        ("{broken", "mlflow.json: not valid JSON"),
+        ('{"run_id": ""}', "mlflow.json: 'run_id' must be the MLflow run's id (text)"),
+        ('{"run_id": "../../etc"}', "mlflow.json: its MLflow run '../../etc' cannot be read from sqlite:///"),
+    ],
+)
+def test_a_damaged_mlflow_json_is_named_and_a_finished_run_loses_nothing(
+    make_config: Callable[..., Config],
+    store: MlflowClient,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    content: str,
+    problem: str,
+) -> None:
+    """Class 5 of issue 19: the file is read before the resume removes or rewrites anything."""
+    monkeypatch.setenv("MLFLOW_LOGGING_LEVEL", "WARNING")
+    experiment = build_experiment(make_config(*MLFLOW, "trainer.max_epochs=1"))
+    experiment.run()
+    run = experiment.run_dir
+    (run / "mlflow.json").write_text(content)
+    files = {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != ".lock"}
+    capsys.readouterr()
+
+    code = main(["--resume", str(run), "trainer.max_epochs=2"])
+
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert err.startswith(f"error: {run}/{problem}")
+    after = {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != ".lock"}
+    assert after == files, "metrics.json and config.yaml are as they were: the run is still finished"

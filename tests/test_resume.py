@@ -190,3 +190,59 @@ def test_kill_9_anywhere_then_resume_gives_the_uninterrupted_history(
     assert values(read_history(run)) == reference
     leftovers = [p.name for p in [*run.iterdir(), *(run / "checkpoints").iterdir()] if "tmp" in p.name]
     assert leftovers == []
+
+
+def test_a_run_record_that_drifted_from_its_checkpoints_is_refused_naming_the_file_and_keys(
+    make_config: Callable[..., Config], cli: Callable[..., CLI]
+) -> None:
+    """Class 3 of issue 19: each checkpoint knows its config and epoch; a resume compares them with the files."""
+    import shutil
+
+    import yaml
+
+    from fmnist_ignite import build_experiment
+
+    cfg = make_config("trainer.max_epochs=2", "seed=7", "logging.tensorboard=false")
+    build_experiment(cfg).run()
+    run = cfg.run_dir
+    pristine = run.parent / "pristine"
+    shutil.copytree(run, pristine)
+    config = run / "config.yaml"
+
+    def refused(*changes: str) -> str:
+        files = {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != ".lock"}
+        code, out, err = cli("--resume", str(run), *changes)
+        assert (code, out) == (2, "") and err.count("\n") == 1, err
+        after = {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != ".lock"}
+        assert after == files, "nothing written, nothing removed"
+        return err
+
+    edited = yaml.safe_load(config.read_text())
+    edited["optimizer"]["lr"] = 0.5
+    config.write_text(yaml.safe_dump(edited))
+    err = refused("trainer.max_epochs=3")
+    assert err.startswith(f"error: {config} does not match the config checkpoint_2.pt was trained with (optimizer.lr: ")
+    assert "0.5 now" in err
+
+    truncated = {k: v for k, v in yaml.safe_load((pristine / "config.yaml").read_text()).items() if k != "seed"}
+    config.write_text(yaml.safe_dump(truncated))
+    err = refused("trainer.max_epochs=3")
+    assert f"(seed: 7 trained, {Config().seed} now)" in err
+
+    shutil.copy(pristine / "config.yaml", config)
+    (run / "checkpoints" / "checkpoint_2.pt").unlink()
+    (run / "checkpoints" / "checkpoint_1.pt").rename(run / "checkpoints" / "checkpoint_9.pt")
+    err = refused("trainer.max_epochs=12")
+    assert err == (
+        f"error: {run / 'checkpoints' / 'checkpoint_9.pt'} holds the training state after epoch 1, not 9 as its name "
+        "says: it was renamed; name it checkpoint_1.pt again (or move it out of the run)\n"
+    )
+
+    shutil.rmtree(run)
+    shutil.copytree(pristine, run)
+    hand = yaml.safe_load(config.read_text())
+    hand["early_stopping"]["patience"] = 9  # what --resume key=value may change goes through that door
+    config.write_text(yaml.safe_dump(hand))
+    code, out, err = cli("--resume", str(run), "trainer.max_epochs=3")
+    assert code == 0, err
+    assert out.startswith(f"Resuming {run} from checkpoint_2.pt (epoch 2), with trainer.max_epochs=3")

@@ -66,8 +66,8 @@ def test_resume_refuses_a_crafted_lock_link_and_truncates_nothing(
     code, _, err = cli("--resume", str(run))
     assert code == 2
     assert err.strip().splitlines() == [
-        f"error: {run}/.lock cannot be opened as a lock (Too many levels of symbolic links); "
-        "it must be a plain file: remove it"
+        f"error: {run}/.lock is a symbolic link to {victim}, outside the run directory; a run only reads and "
+        "writes inside its own folder: replace the link with the file or folder itself"
     ]
     assert victim.read_text() == "precious"
 
@@ -89,11 +89,10 @@ def test_remove_temporary_files_keeps_what_a_run_reads(make_config: Callable[...
     rundir = RunDir(cfg.run_dir)
     rundir.create(cfg)
     rundir.checkpoints.mkdir()
-    keep = [rundir.checkpoint(1), rundir.best, rundir.history_json]
+    keep = [rundir.checkpoint(1), rundir.best, rundir.history_json, rundir.checkpoints / "tmpa"]
     drop = [
         rundir.path / ".history.json.a.tmp",
         rundir.checkpoints / ".best_model.pt.x.tmp",
-        rundir.checkpoints / "tmpa",
     ]
     for path in [*keep, *drop]:
         path.write_text("x")
@@ -239,3 +238,58 @@ def test_the_resume_hint_names_the_program_as_invoked_and_the_path_relative_when
     assert RunDir(tmp_path / "r").resume_hint() == f"resume with 'fmnist-ignite --resume {tmp_path / 'r'}'"
     monkeypatch.chdir(tmp_path)
     assert RunDir(tmp_path / "runs" / "r").resume_hint() == "resume with 'fmnist-ignite --resume runs/r'"
+
+
+@pytest.mark.parametrize("link", ["checkpoints", "history.json", "tb/train"])
+def test_a_run_directory_with_a_link_leaving_it_is_refused_and_nothing_outside_is_touched(
+    make_config: Callable[..., Config], tmp_path: Path, cli: Callable[..., CLI], link: str
+) -> None:
+    """Class 2 of issue 19: one walker refuses links leaving the run, before anything is read, written or deleted."""
+    cfg = make_config()
+    rundir = RunDir(cfg.run_dir)
+    rundir.create(cfg)
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    victims = [outside / "tmp_precious", outside / ".precious.tmp", outside / ".checkpoint_1.pt.abcd1234.tmp"]
+    for victim in victims:
+        victim.write_text("not the run's")
+    entry = rundir.path / link
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    entry.symlink_to(outside if link != "history.json" else victims[0])
+    for command in (["--resume", str(rundir.path), "trainer.max_epochs=9"], ["evaluate", str(rundir.path)]):
+        code, out, err = cli(*command)
+        assert (code, out) == (2, "")
+        assert err == (
+            f"error: {entry} is a symbolic link to {os.path.realpath(entry)}, outside the run directory; a run only "
+            "reads and writes inside its own folder: replace the link with the file or folder itself\n"
+        )
+    assert all(v.read_text() == "not the run's" for v in victims)
+    assert sorted(p.name for p in outside.iterdir()) == sorted(v.name for v in victims)
+    entry.unlink()
+    inside = rundir.path / "latest.yaml"
+    inside.symlink_to(rundir.config)
+    rundir.require()  # a link that stays inside is fine
+
+
+def test_a_resume_deletes_only_the_temporary_files_the_package_made(make_config: Callable[..., Config]) -> None:
+    """Class 2 of issue 19: a user's files inside a run directory survive a resume."""
+    from fmnist_ignite import build_experiment, resume_experiment
+
+    cfg = make_config("trainer.max_epochs=1", "logging.tensorboard=false")
+    build_experiment(cfg).run()
+    rundir = RunDir(cfg.run_dir)
+    users = [
+        rundir.checkpoints / "tmp_anything",
+        rundir.checkpoints / "tmpabcdefgh",
+        rundir.path / ".anything.tmp",
+        rundir.path / ".notes.txt.abcd1234.tmp",
+        rundir.path / "notes.txt",
+    ]
+    ours = [rundir.path / ".history.json.abcd1234.tmp", rundir.checkpoints / ".checkpoint_2.pt.k3j_x9zq.tmp"]
+    for path in [*users, *ours]:
+        path.write_text("x")
+    resume_experiment(rundir.path, overrides=["trainer.max_epochs=2"]).run()
+    assert all(p.read_text() == "x" for p in users)
+    assert not any(p.exists() for p in ours)
+    assert rundir.checkpoint_files()[0].name == "checkpoint_2.pt"
+    assert not [p for p in rundir.checkpoints.iterdir() if p.name.endswith(".tmp")], "checkpoints take our temp names"

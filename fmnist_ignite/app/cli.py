@@ -165,6 +165,7 @@ def _compare_arguments(parser: argparse.ArgumentParser) -> None:
         help="also write a figure overlaying the runs' validation curves: to FILE, or FOLDER/compare.png "
         "(default: no figure)",
     )
+    parser.add_argument("--force", action="store_true", help="replace the --output file if it exists")
 
 
 def _compare(args: argparse.Namespace) -> int:
@@ -175,7 +176,7 @@ def _compare(args: argparse.Namespace) -> int:
         print(f"error: {error}", file=sys.stderr)
     print(format_comparison(result))
     if args.output:
-        print(f"validation curves: {save_compare_figure(result, args.output)}")
+        print(f"validation curves: {save_compare_figure(result, args.output, args.force)}")
     elif args.verbosity >= 0:
         print("(add --output FILE.png for a figure of the validation curves)", file=sys.stderr)
     return 1 if result["errors"] else 0
@@ -185,12 +186,13 @@ def _export_arguments(parser: argparse.ArgumentParser) -> None:
     _run_arguments(parser)
     parser.add_argument("--format", choices=("onnx", "torchscript"), default="onnx", help="file format (default: onnx)")
     parser.add_argument("--output", metavar="PATH", help="where to write it (default: RUN_DIR/model.onnx or model.ts)")
+    parser.add_argument("--force", action="store_true", help="replace the --output file if it exists")
 
 
 def _export(args: argparse.Namespace) -> int:
     from ..export import export_run
 
-    print(export_run(args.run, args.checkpoint, args.format, args.output))
+    print(export_run(args.run, args.checkpoint, args.format, args.output, args.force))
     return 0
 
 

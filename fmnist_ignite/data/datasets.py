@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from ..errors import ConfigError, DataError, first_line
+from ..errors import ConfigError, DataError, FmnistIgniteError, first_line
 from ..registry import DATASETS
 from .sources import prepare_cifar10, read_fashion_mnist
 
@@ -235,10 +235,23 @@ def _cifar_classes(path: Path) -> tuple[str, ...]:
 
 
 def load_data(config: DataConfig) -> ImageData:
-    """Load the configured data set through the registry."""
+    """Load the configured data set through the registry.
+
+    Raises:
+        DataError: the data set's files are damaged or missing (from the built-in loaders), or a
+            plugin's loader raised anything else: one line naming ``data.dataset`` and the error.
+        ConfigError: the loader returned something other than :class:`ImageData`.
+    """
     start = time.perf_counter()
     loader = DATASETS.get(config.dataset)
-    data = loader(config)
+    try:
+        data = loader(config)
+    except (FmnistIgniteError, KeyboardInterrupt, MemoryError):
+        raise
+    except Exception as err:  # a plugin's own failure, whatever its form
+        raise DataError(
+            f"data.dataset '{config.dataset}': its loader failed ({type(err).__name__}: {first_line(err)})"
+        ) from err
     if not isinstance(data, ImageData):
         raise ConfigError(f"data.dataset '{config.dataset}' returned {type(data).__name__}, not ImageData")
     logger.debug("timing: data %.3f s (%s)", time.perf_counter() - start, config.dataset)

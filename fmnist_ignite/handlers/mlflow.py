@@ -10,8 +10,10 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import os
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,7 +21,7 @@ from ignite.engine import Engine, Events
 
 from ..config import LoggingConfig, flatten
 from ..context import Context
-from ..errors import ConfigError, first_line
+from ..errors import ConfigError, RunDirError, first_line
 from ..events import RunEvents
 from ..interrupt import Interrupted
 from ..registry import HANDLERS
@@ -34,6 +36,30 @@ logger = logging.getLogger(__name__)
 NOT_METRICS = ("epoch", "seconds")  # history columns that are the step, or not a metric of the model
 SERVERS = ("http", "https", "databricks")  # URI schemes whose server decides where the files go
 BATCH = 100  # MLflow takes at most 100 parameters (1000 metrics) per request
+
+
+# How long MLflow's HTTP client may try, where the user has not said (MLflow's own defaults retry a
+# refused connection for minutes): reaching the store at start is one try; later requests a few.
+AT_START = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+LATER = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+}
+
+
+@contextmanager
+def bounded_requests(limits: Mapping[str, str]) -> Iterator[None]:
+    """MLflow's retry and timeout settings (environment variables it reads at each request) bounded
+    by ``limits`` while our client runs; a variable the user set is left as it is, and each is
+    restored afterwards."""
+    added = [name for name in limits if name not in os.environ]
+    os.environ.update({name: limits[name] for name in added})
+    try:
+        yield
+    finally:
+        for name in added:
+            os.environ.pop(name, None)
 
 
 def default_tracking_uri(output_dir: str | Path) -> str:
@@ -98,20 +124,35 @@ class MLflow:
         self.experiment_id = ""
         self.run_id: str | None = None
         self.client: MlflowClient | None = None
+        self.saved: Run | None = None  # the MLflow run of mlflow.json, looked up when the run starts
         self.logged: dict[str, int] = {}  # metric -> the last step the MLflow run has
 
     def attach(self, engine: Engine, event: Any) -> None:
-        engine.add_event_handler(RunEvents.RUN_STARTED, self.connect)
-        engine.add_event_handler(Events.STARTED, self.open)
-        engine.add_event_handler(event, self)
-        engine.add_event_handler(RunEvents.RUN_FINISHED, self.log_results)
-        engine.add_event_handler(RunEvents.RUN_STOPPED, self.mark_stopped)
+        engine.add_event_handler(RunEvents.RUN_STARTED, self._bounded(lambda _: self.connect(), AT_START))
+        engine.add_event_handler(Events.STARTED, self._bounded(lambda _: self.open(), LATER))
+        engine.add_event_handler(event, self._bounded(self, LATER))
+        engine.add_event_handler(RunEvents.RUN_FINISHED, self._bounded(self.log_results, LATER))
+        engine.add_event_handler(RunEvents.RUN_STOPPED, self._bounded(self.mark_stopped, LATER))
+
+    @staticmethod
+    def _bounded(step: Callable[[Engine], None], limits: Mapping[str, str]) -> Callable[[Engine], None]:
+        """``step`` run with MLflow's requests bounded (:func:`bounded_requests`)."""
+
+        def run(engine: Engine) -> None:
+            with bounded_requests(limits):
+                step(engine)
+
+        return run
 
     def connect(self) -> None:
-        """Reach the tracking store and find (or create) the experiment.
+        """Reach the tracking store, find (or create) the experiment, and look up the run of ``mlflow.json``.
+
+        All of it before the run writes or removes anything, so that a damaged ``mlflow.json``
+        stops a resume while the run directory is still as it was.
 
         Raises:
             ConfigError: the store cannot be reached, or the experiment is deleted.
+            RunDirError: ``mlflow.json`` is damaged, or names a run the store cannot give.
         """
         from mlflow.tracking import MlflowClient
 
@@ -136,13 +177,14 @@ class MLflow:
                 f"('mlflow experiments restore --experiment-id {found.experiment_id}') or name another"
             )
         self.client = client
+        self.saved = self._saved_run(client)
 
     def open(self) -> None:
         """Create the MLflow run, or reopen this run directory's; log the parameters it lacks."""
         if self.run_id is not None:
             return
         client = self._client()
-        run = self._saved_run(client)
+        run = self.saved
         if run is None:
             run = client.create_run(
                 self.experiment_id, run_name=self.context.config.name, tags={"run_dir": str(self.context.run_dir)}
@@ -224,7 +266,10 @@ class MLflow:
             run = client.get_run(run_id)
         except MlflowException as err:
             if err.error_code != "RESOURCE_DOES_NOT_EXIST":
-                raise
+                raise RunDirError(
+                    f"{path}: its MLflow run {run_id!r} cannot be read from {self.uri} ({first_line(err)}); "
+                    "put the file back as the run wrote it, or remove it to log to a new MLflow run"
+                ) from None
         else:
             if run.info.lifecycle_stage != "deleted":
                 return run
