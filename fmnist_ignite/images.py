@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import os
 import stat
+import threading
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
@@ -17,6 +20,7 @@ from PIL import Image, UnidentifiedImageError
 from .errors import DataError, first_line
 
 MAX_PIXELS = 50_000_000
+_PIL_LIMIT = threading.Lock()  # PIL's limit is one global: lifted by one opening at a time
 
 
 def open_image(path: str | Path, mode: str, max_pixels: int = MAX_PIXELS) -> Image.Image:
@@ -33,24 +37,38 @@ def open_image(path: str | Path, mode: str, max_pixels: int = MAX_PIXELS) -> Ima
             image, is damaged, or is too large.
     """
     try:
-        with warnings.catch_warnings():
-            # PIL warns above its own limit (Image.MAX_IMAGE_PIXELS); the bound here is checked instead.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with _open_regular(path) as file, Image.open(file) as image:
-                width, height = image.size
-                if width * height > max_pixels:
-                    raise DataError(f"{path}: {width}x{height} pixels is more than the {max_pixels:,} allowed")
-                return image.convert(mode)
-    except Image.DecompressionBombError:
-        # PIL refuses, before telling the size, what is over twice its own limit, which is above max_pixels.
-        limit = 2 * (Image.MAX_IMAGE_PIXELS or 0)
-        raise DataError(f"{path}: more than {limit:,} pixels, which is more than the {max_pixels:,} allowed") from None
+        with _open_regular(path) as file, _header(file) as image:
+            width, height = image.size
+            if width * height > max_pixels:
+                raise DataError(f"{path}: {width}x{height} pixels is more than the {max_pixels:,} allowed")
+            return image.convert(mode)
     except UnidentifiedImageError:
         raise DataError(f"{path}: not an image file PIL can read") from None
     except DataError:
         raise
     except Exception as err:  # a damaged file fails inside PIL's decoders in many ways
         raise DataError(f"{path}: cannot be read as an image ({type(err).__name__}: {first_line(err)})") from None
+
+
+@contextmanager
+def _header(file: BinaryIO) -> Iterator[Image.Image]:
+    """The image with only its header read, whatever size it claims: the bound is ``open_image``'s, not PIL's.
+
+    PIL's own limit (``Image.MAX_IMAGE_PIXELS``, checked when a file is opened) would refuse what is
+    over it before telling the size, and would overrule a larger ``max_pixels``; it is lifted for
+    the opening alone, which decodes no pixel.
+    """
+    with _PIL_LIMIT:
+        saved = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = None
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                image = Image.open(file)
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+    with image:
+        yield image
 
 
 def _open_regular(path: str | Path) -> BinaryIO:
