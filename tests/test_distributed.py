@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from fmnist_ignite import train
+from fmnist_ignite.errors import program_name
 
 from .conftest import BASE, CLI, REPO, run_cli, small_overrides, values
 from .helpers import handler_entry, read_history, wait_for
@@ -121,8 +122,7 @@ def test_a_signal_to_one_process_stops_them_all_with_its_exit_code(tmp_path: Pat
     run = tmp_path / "runs" / "small"
     assert result.returncode == 143, result.stderr
     assert result.stderr.splitlines()[-1] == (
-        f"error: SIGTERM received: stopped after epoch 2, which is saved; "
-        f"resume with 'python -m fmnist_ignite --resume {run}'"
+        f"error: SIGTERM received: stopped after epoch 2, which is saved; resume with '{program_name()} --resume {run}'"
     )
     assert [r["epoch"] for r in read_history(run)] == [1, 2]
     assert not (run / "metrics.json").exists()
