@@ -27,7 +27,7 @@ from .experiment import Experiment, RNGState
 from .handlers import attach_handler
 from .history import History
 from .monitor import Monitor
-from .optim import attach_scheduler, make_optimizer
+from .optim import attach_scheduler, make_optimizer, step_after_validation
 from .rundir import RunDir
 
 
@@ -103,7 +103,7 @@ def _build(config: Config, rundir: RunDir, data: ImageData | None, initialize: b
         example, _ = prepare_batch((data.train_images[: config.data.batch_size], data.train_labels[:1]), device, False)
         step_model = compile_for_training(step_model, example)
     share = batch_share(len(train_idx), config.data.batch_size) if processes > 1 else None
-    trainer = create_trainer(step_model, optimizer, device, prepare_batch, share)
+    trainer = create_trainer(step_model, optimizer, device, prepare_batch, share, config.trainer.grad_clip_norm)
     evaluator = create_evaluator(model, device, prepare_batch)
 
     data = to_device(data, device)
@@ -116,13 +116,14 @@ def _build(config: Config, rundir: RunDir, data: ImageData | None, initialize: b
     }
     scheduler = attach_scheduler(config, optimizer, trainer, len(loaders["train"]))
 
-    writer = parallel.is_writer()  # in a data-parallel run, rank 0 alone writes
+    # In a data-parallel run, rank 0 alone writes; a fast_dev_run writes nothing.
+    writer = parallel.is_writer() and not config.trainer.fast_dev_run
     history = History(rundir, trainer, evaluator, optimizer, write=writer)
     monitor = Monitor(model, config.monitor.metric, config.monitor.direction)
     # The run's steps at the end of each epoch, in the order they run; exact resume depends on it:
     #   1. the training step's epoch totals and NaN check (engine.EpochLoss, attached by create_trainer);
     #   2. the run's own steps, here: data order and clock as the epoch starts; then validation, the
-    #      history record, the monitor's best;
+    #      history record, the monitor's best, a schedule decided per epoch (plateau);
     #   3. the handlers, here: the built-ins (the epoch line first), then handlers: from YAML, then those
     #      added in Python (Experiment.add_handler);
     #   4. last, when Experiment.run starts: the processes' consensus, the training status, the
@@ -132,6 +133,8 @@ def _build(config: Config, rundir: RunDir, data: ImageData | None, initialize: b
     trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda: evaluator.run(loaders["val"]))
     trainer.add_event_handler(Events.EPOCH_COMPLETED, history.complete_epoch)
     trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda: monitor.update(history.records))
+    if scheduler is not None:  # a schedule decided by the epoch's result (plateau)
+        trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda: step_after_validation(scheduler, history.records[-1]))
     # What a checkpoint holds: these, then each stateful handler under its name (attach_handler), then
     # the training status (Experiment) and the checkpointer's own bookkeeping.
     core = {"model": model, "optimizer": optimizer, "trainer": trainer, "rng": RNGState(), "scheduler": scheduler}
@@ -259,8 +262,12 @@ def make_loader(
 ) -> Loader:
     """A loader over ``images[indices]`` (all images when ``indices`` is None), shuffled each epoch for training.
 
-    In a data-parallel run each process's loader gives its share (see :class:`~fmnist_ignite.data.loaders.Shard`).
+    In a data-parallel run each process's loader gives its share (see :class:`~fmnist_ignite.data.loaders.Shard`);
+    with ``trainer.fast_dev_run``, each loader gives its first batch only.
     """
     batch_size = config.data.batch_size if train else config.data.eval_batch_size
     shard = Shard(parallel.rank(), parallel.world_size())
-    return TensorLoader(images, labels, batch_size, shuffle=train, seed=config.seed, indices=indices, shard=shard)
+    limit = 1 if config.trainer.fast_dev_run else None
+    return TensorLoader(
+        images, labels, batch_size, shuffle=train, seed=config.seed, indices=indices, shard=shard, limit=limit
+    )

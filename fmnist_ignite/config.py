@@ -223,13 +223,32 @@ class SchedulerConfig(_Section):
     name: str = Field(
         "cosine",
         description="`none`, `cosine` (anneal from `optimizer.lr` to `min_lr` over the run), `step` (multiply by "
-        "`gamma` every `step_size` epochs), a registered plugin, or `package.module:Name`: a function "
+        "`gamma` every `step_size` epochs), `plateau` (multiply by `gamma` when the monitor, `monitor.metric` in "
+        "`monitor.mode`'s direction, has not improved for `patience` epochs; decided once per epoch after "
+        "validation), a registered plugin, or `package.module:Name`: a function "
         "`make(optimizer, config, epoch_length, **kwargs)` returning an Ignite parameter scheduler, a torch "
         "`LRScheduler` (stepped every iteration) or `null`.",
     )
-    min_lr: float = Field(0.0, ge=0, description="Final learning rate of the cosine schedule.")
+    min_lr: float = Field(
+        0.0, ge=0, description="Final learning rate of the cosine schedule; the floor of the plateau schedule."
+    )
     step_size: int = Field(5, ge=1, description="Epochs between decays of the step schedule.")
-    gamma: float = Field(0.1, gt=0, le=1, description="Factor applied at each decay of the step schedule.")
+    gamma: float = Field(
+        0.1, gt=0, le=1, description="Factor applied at each decay of the step schedule and of the plateau schedule."
+    )
+    patience: int = Field(
+        1,
+        ge=0,
+        description="Epochs without improvement of the monitor before the plateau schedule lowers the rate "
+        "(`0`: after every epoch that does not improve).",
+    )
+    warmup_epochs: int = Field(
+        0,
+        ge=0,
+        description="Epochs of linear warm-up, with any schedule: the rate rises every iteration from "
+        "`optimizer.lr` / (warm-up iterations) to `optimizer.lr`, then the schedule starts, over the remaining "
+        "`trainer.max_epochs - warmup_epochs` epochs (`0`: no warm-up).",
+    )
     kwargs: dict[str, Any] = Field(
         default_factory=dict, description="Keyword arguments for a plugin's schedule (the built-ins take none)."
     )
@@ -244,6 +263,17 @@ class TrainerConfig(_Section):
     """The training loop."""
 
     max_epochs: int = Field(10, ge=1, description="Number of epochs to train (early stopping may end sooner).")
+    grad_clip_norm: float | None = Field(
+        None,
+        gt=0,
+        description="Clip the gradients' total norm (over all parameters, the 2-norm) to at most this value in "
+        "every training step, after the processes' gradients are averaged (`null`: no clipping).",
+    )
+    fast_dev_run: bool = Field(
+        False,
+        description="A smoke test of the config: one batch of training, one of validation and one of test, "
+        "with the run's handlers; writes no run directory (and no TensorBoard or MLflow logs) and exits 0.",
+    )
     compile: bool = Field(
         False,
         description="Compile the model for the training step with `torch.compile` (CUDA graphs on GPU); "

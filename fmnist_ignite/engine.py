@@ -111,6 +111,7 @@ def create_trainer(
     device: torch.device,
     prepare_batch: PrepareBatch,
     batch_share: Callable[[Engine, int], float] | None = None,
+    grad_clip_norm: float | None = None,
 ) -> Engine:
     """The training engine: one optimizer step per batch on cross-entropy.
 
@@ -125,8 +126,14 @@ def create_trainer(
     ``DistributedDataParallel`` averages across the ``P`` processes add up to the whole batch's
     mean, even when its last batch does not split evenly (``P * share`` is 1 when it does, and the
     loss is left as it is).
+
+    With ``grad_clip_norm``, the gradients' total 2-norm (over all parameters) is clipped to at
+    most that value before each optimizer step. In a data-parallel run the clipping comes after
+    ``DistributedDataParallel`` has averaged the gradients, so every process clips the same
+    whole-batch gradient the same way, and the run stays the one-process run's.
     """
     stats = EpochLoss(device)
+    parameters = [p for p in model.parameters() if p.requires_grad]
 
     def train_step(engine: Engine, batch: Any) -> torch.Tensor:
         x, y = prepare_batch(batch, device, True)
@@ -141,6 +148,8 @@ def create_trainer(
                 step_loss = loss * scale
         optimizer.zero_grad()
         step_loss.backward()
+        if grad_clip_norm is not None:
+            torch.nn.utils.clip_grad_norm_(parameters, grad_clip_norm)
         optimizer.step()
         stats.record(part.detach(), logits.detach().argmax(1).eq_(y).sum(), len(y))
         return loss.detach()

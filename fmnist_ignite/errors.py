@@ -6,6 +6,9 @@ exit code (:attr:`FmnistIgniteError.exit_code`).
 
 from __future__ import annotations
 
+import os
+import shlex
+import shutil
 import sys
 from pathlib import Path
 
@@ -17,8 +20,30 @@ def first_line(error: BaseException) -> str:
 
 
 def program_name() -> str:
-    """The program as it was invoked, for the hints in messages: ``fmnist-ignite`` or ``python -m fmnist_ignite``."""
-    return "fmnist-ignite" if sys.argv and Path(sys.argv[0]).name == "fmnist-ignite" else "python -m fmnist_ignite"
+    """The program as it was invoked, as a command that works when pasted into a shell.
+
+    ``fmnist-ignite`` under the console script; else ``PYTHON -m fmnist_ignite``, where ``PYTHON``
+    is ``python`` when that is what the shell finds on ``PATH`` (the same path as the running
+    interpreter's, links not followed: a virtual environment's ``python`` links to the system's),
+    else the running interpreter's path, relative to the current folder when it lies inside it
+    (``.venv/bin/python``), shell-quoted.
+    """
+    if sys.argv and Path(sys.argv[0]).name == "fmnist-ignite":
+        return "fmnist-ignite"
+    return f"{python_command()} -m fmnist_ignite"
+
+
+def python_command() -> str:
+    """The running interpreter as a shell command: ``python``, ``.venv/bin/python`` or its quoted absolute path."""
+    if not sys.executable:  # an embedded interpreter that does not know its own path
+        return "python"
+    executable = os.path.abspath(sys.executable)
+    found = shutil.which("python")
+    if found is not None and os.path.abspath(found) == executable:
+        return "python"
+    here = os.getcwd()
+    inside = executable.startswith(here.rstrip(os.sep) + os.sep)
+    return shlex.quote(os.path.relpath(executable, here) if inside else executable)
 
 
 class FmnistIgniteError(Exception):

@@ -212,6 +212,8 @@ class Experiment:
             TrainingError: the loss became NaN, or a handler called ``sys.exit``.
         """
         self._refuse_a_second_run()
+        if self.config.trainer.fast_dev_run:
+            return self._fast_dev_run()
         self.checkpointer.check_resumable()
         self.trainer.fire_event(RunEvents.RUN_STARTED)
         if not self.resuming:
@@ -238,6 +240,27 @@ class Experiment:
                 self.trainer.state.stop_error = err  # type: ignore[attr-defined]
                 self.trainer.fire_event(RunEvents.RUN_STOPPED)
                 raise
+
+    def _fast_dev_run(self) -> dict[str, Any]:
+        """``trainer.fast_dev_run``: one batch of training, validation and test (the loaders give one); no files."""
+        record.info("fast_dev_run: one batch of training, validation and test; no run directory is written")
+        self.trainer.fire_event(RunEvents.RUN_STARTED)
+        seed_everything(self.config.seed)
+        self._attach_last_steps()
+        try:
+            self.trainer.run(self.loaders["train"], max_epochs=1)
+            metrics = self.finish()
+        except BaseException as err:
+            self.trainer.state.stop_error = err  # type: ignore[attr-defined]
+            self.trainer.fire_event(RunEvents.RUN_STOPPED)
+            raise
+        outcome.info(
+            "fast_dev_run passed: train loss %.4f, val accuracy %.4f, test accuracy %.4f; nothing was written",
+            self.history[-1]["train_loss"],
+            self.history[-1]["val_accuracy"],
+            metrics["test_accuracy"],
+        )
+        return metrics
 
     def _refuse_a_second_run(self) -> None:
         """An experiment runs once; a data-parallel config runs in the processes made for it."""

@@ -22,7 +22,19 @@ Ignite's :class:`~ignite.handlers.LRScheduler` and so stepped once per iteration
 periods in iterations: ``epoch_length`` is the number of iterations in an epoch). Its state goes
 into every checkpoint, so a resumed run continues the schedule exactly. It is built from the
 config of the run as it resumes: with a new ``trainer.max_epochs``, a schedule over the whole run
-(``cosine``) is rebuilt over the new total, then given the saved state.
+(``cosine``) is rebuilt over the new total, then given the saved state. So extending a *finished*
+cosine run (``--resume RUN trainer.max_epochs=20``) does not restart the cosine at
+``optimizer.lr``: the curve is stretched over the new total and continues from the same
+iteration, so the rate jumps *up* from the run's final (near ``min_lr``) value to where the
+longer curve is at that point, then anneals again to ``min_lr`` by the new last epoch.
+
+A schedule that is decided by the validation result rather than the iteration (``plateau``)
+also has a method ``epoch_completed(record)``: it is called once per epoch, after validation,
+with the epoch's history record (``{"epoch", "val_accuracy", ...}``).
+
+With ``scheduler.warmup_epochs: N`` any schedule is preceded by a linear warm-up (see
+:class:`Warmup`): the schedule is then made for a run of ``trainer.max_epochs - N`` epochs and
+starts when the warm-up ends.
 """
 
 from __future__ import annotations
@@ -78,6 +90,87 @@ def step(optimizer: torch.optim.Optimizer, config: Config, epoch_length: int) ->
     """The rate multiplied by ``scheduler.gamma`` every ``scheduler.step_size`` epochs."""
     section = config.scheduler
     return torch.optim.lr_scheduler.StepLR(optimizer, step_size=section.step_size * epoch_length, gamma=section.gamma)
+
+
+@SCHEDULERS.register("plateau")
+def plateau(optimizer: torch.optim.Optimizer, config: Config, epoch_length: int) -> Plateau:
+    """The rate times ``scheduler.gamma`` when the monitor has not improved for ``scheduler.patience`` epochs."""
+    section = config.scheduler
+    return Plateau(
+        torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer,
+            mode=config.monitor.direction,
+            factor=section.gamma,
+            patience=section.patience,
+            threshold=0.0,
+            threshold_mode="abs",
+            min_lr=section.min_lr,
+        ),
+        config.monitor.metric,
+    )
+
+
+class Plateau:
+    """Torch's :class:`~torch.optim.lr_scheduler.ReduceLROnPlateau` on the monitored metric, stepped once per epoch.
+
+    Called with the trainer at every iteration (it changes nothing there); ``epoch_completed``
+    gives it the epoch's value of ``metric`` after validation. Its state (the best value, the
+    epochs without improvement) goes into the checkpoints.
+    """
+
+    def __init__(self, scheduler: torch.optim.lr_scheduler.ReduceLROnPlateau, metric: str) -> None:
+        self.scheduler = scheduler
+        self.metric = metric
+
+    def __call__(self, engine: Engine) -> None:
+        """Nothing: the rate changes only when an epoch completes."""
+
+    def epoch_completed(self, record: Mapping[str, Any]) -> None:
+        """Step the schedule with the epoch's value of the monitored metric."""
+        self.scheduler.step(float(record[self.metric]))
+
+    def state_dict(self) -> dict[str, Any]:
+        return dict(self.scheduler.state_dict())
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        self.scheduler.load_state_dict(dict(state_dict))
+
+
+class Warmup:
+    """A linear warm-up of ``iterations`` steps, then ``schedule`` (``None``: the rate stays ``lr``).
+
+    At the ``i``-th iteration of the warm-up (from 1) the rate is ``lr * i / iterations``, so the
+    last one trains at ``lr``; the schedule is called from the next iteration on, as if the run
+    started there. ``epoch_completed`` reaches the schedule only once the warm-up is over.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, lr: float, iterations: int, schedule: Any) -> None:
+        self.optimizer = optimizer
+        self.lr = lr
+        self.iterations = iterations
+        self.schedule = schedule
+        self.done = 0  # warm-up iterations started
+
+    def __call__(self, engine: Engine) -> None:
+        if self.done < self.iterations:
+            self.done += 1
+            for group in self.optimizer.param_groups:
+                group["lr"] = self.lr * self.done / self.iterations
+        elif self.schedule is not None:
+            self.schedule(engine)
+
+    def epoch_completed(self, record: Mapping[str, Any]) -> None:
+        step = getattr(self.schedule, "epoch_completed", None)
+        if self.done >= self.iterations and step is not None:
+            step(record)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"done": self.done, "schedule": self.schedule.state_dict() if self.schedule is not None else None}
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        self.done = int(state_dict["done"])
+        if self.schedule is not None:
+            self.schedule.load_state_dict(state_dict["schedule"])
 
 
 class CosineOverRun(CosineAnnealingScheduler):
@@ -149,23 +242,38 @@ def attach_scheduler(config: Config, optimizer: torch.optim.Optimizer, trainer: 
         raise ConfigError(f"scheduler.name: {err}") from None
     if not callable(make):
         raise ConfigError(f"scheduler.name: '{name}' is {_kind(make)}, not a function")
+    warmup = config.scheduler.warmup_epochs
+    if warmup:  # the schedule runs over the epochs after the warm-up
+        rest = config.trainer.model_copy(update={"max_epochs": max(1, config.trainer.max_epochs - warmup)})
+        config = config.model_copy(update={"trainer": rest})
     try:
         scheduler = make(optimizer, config, epoch_length, **config.scheduler.kwargs)
     except FmnistIgniteError:
         raise
     except Exception as err:  # the schedule's own check of its arguments
         raise ConfigError(f"scheduler: {name} cannot be created: {type(err).__name__}: {first_line(err)}") from None
-    if scheduler is None:
-        return None
     if isinstance(scheduler, torch.optim.lr_scheduler.LRScheduler):
         scheduler = LRScheduler(scheduler)
-    if not callable(scheduler) or not all(hasattr(scheduler, a) for a in ("state_dict", "load_state_dict")):
+    if scheduler is not None and (
+        not callable(scheduler) or not all(hasattr(scheduler, a) for a in ("state_dict", "load_state_dict"))
+    ):
         raise ConfigError(
             f"scheduler.name: '{name}' returned {_kind(scheduler)}, which is not called with the trainer or has no "
             "state_dict/load_state_dict; return an Ignite parameter scheduler or a torch LRScheduler"
         )
+    if warmup:
+        scheduler = Warmup(optimizer, config.optimizer.lr, warmup * epoch_length, scheduler)
+    if scheduler is None:
+        return None
     trainer.add_event_handler(Events.ITERATION_STARTED, scheduler)
     return scheduler
+
+
+def step_after_validation(scheduler: Any, record: Mapping[str, Any]) -> None:
+    """Give a schedule decided per epoch (``plateau``) the epoch's history record; others ignore it."""
+    step = getattr(scheduler, "epoch_completed", None)
+    if step is not None:
+        step(record)
 
 
 def _kind(obj: Any) -> str:

@@ -24,6 +24,7 @@ from PIL import Image
 
 from fmnist_ignite import Config
 from fmnist_ignite.app.cli import build_parser, main
+from fmnist_ignite.errors import program_name
 
 from .conftest import BASE, CLI, REPO, run_cli
 
@@ -169,7 +170,7 @@ def test_a_handler_calling_sys_exit_is_an_error_and_the_run_resumes(
     assert code == 1
     assert err.strip().splitlines()[-1] == (
         "error: a handler called sys.exit(0) during epoch 2; the run stopped there and its last checkpoint is kept: "
-        f"resume with 'python -m fmnist_ignite --resume {run}'"
+        f"resume with '{program_name()} --resume {run}'"
     )
     assert "Traceback" not in err
     assert not (run / "metrics.json").exists()
@@ -199,8 +200,7 @@ def test_an_unexpected_error_is_one_line_with_where_and_the_traceback_with_v(
     last = err.strip().splitlines()[-1]
     assert last.startswith("error: the run stopped on RuntimeError: boom from a user handler (tests/plugins.py:")
     assert last.endswith(
-        f"; its last checkpoint is kept: resume with 'python -m fmnist_ignite --resume {run}' "
-        "(run with -v for the traceback)"
+        f"; its last checkpoint is kept: resume with '{program_name()} --resume {run}' (run with -v for the traceback)"
     )
     assert "Traceback" not in err
     code, _, err = cli("-v", BASE, *small, boom, "name=loud")
@@ -329,3 +329,27 @@ def test_any_command_line_gives_exit_0_or_a_one_line_exit_2(
     if code == 2:
         assert err.count("\n") == 1, err
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_python_without_torch_says_in_one_line_which_interpreter_to_use(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import importlib.util
+
+    from fmnist_ignite import app
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(app.importlib.util, "find_spec", lambda name: None if name == "torch" else real(name))
+    (tmp_path / ".venv" / "bin").mkdir(parents=True)
+    (tmp_path / ".venv" / "bin" / "python").write_text("")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["/repo/fmnist_ignite/__main__.py", "configs/base.yaml"])
+    with pytest.raises(SystemExit) as exit_:
+        app.main()
+    assert exit_.value.code == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == (
+        f"error: this Python ({program_name().removesuffix(' -m fmnist_ignite')}) has no torch; use the "
+        "environment's: .venv/bin/fmnist-ignite (or .venv/bin/python -m fmnist_ignite)\n"
+    )

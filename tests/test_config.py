@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from fmnist_ignite import Config, ConfigError, load_config
-from fmnist_ignite.config import validate_config
+from fmnist_ignite.config import SchedulerConfig, validate_config
 
 from .conftest import CLI
 from .helpers import time_limit
@@ -460,3 +460,26 @@ def test_values_that_gave_a_traceback_or_a_late_error_are_one_line_at_once(
     assert (code, captured.out) == (2, "")
     assert captured.err.startswith(message) and captured.err.count("\n") == 1
     assert not (tmp_path / "runs").exists()
+
+
+def test_fast_dev_run_clipping_plateau_and_warmup_are_settings_with_their_limits() -> None:
+    config = load_config(
+        None,
+        [
+            "trainer.fast_dev_run=true",
+            "trainer.grad_clip_norm=0.5",
+            "scheduler.name=plateau",
+            "scheduler.warmup_epochs=2",
+            "scheduler.patience=0",
+        ],
+    )
+    assert (config.trainer.fast_dev_run, config.trainer.grad_clip_norm) == (True, 0.5)
+    assert (config.scheduler.name, config.scheduler.warmup_epochs, config.scheduler.patience) == ("plateau", 2, 0)
+    for bad in ("trainer.grad_clip_norm=0", "scheduler.warmup_epochs=-1", "scheduler.patience=-1"):
+        with pytest.raises(ConfigError, match=bad.partition("=")[0]):
+            load_config(None, [bad])
+    # The config reference is made from the descriptions: each says what it does.
+    fields = {**Config.model_fields["trainer"].annotation.model_fields, **SchedulerConfig.model_fields}
+    for name in ("fast_dev_run", "grad_clip_norm", "warmup_epochs", "patience"):
+        assert fields[name].description
+    assert "`plateau`" in (SchedulerConfig.model_fields["name"].description or "")

@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from fmnist_ignite import train
+from fmnist_ignite.errors import program_name
 
 from .conftest import BASE, CLI, REPO, run_cli, small_overrides, values
 from .helpers import handler_entry, read_history, wait_for
@@ -121,8 +122,7 @@ def test_a_signal_to_one_process_stops_them_all_with_its_exit_code(tmp_path: Pat
     run = tmp_path / "runs" / "small"
     assert result.returncode == 143, result.stderr
     assert result.stderr.splitlines()[-1] == (
-        f"error: SIGTERM received: stopped after epoch 2, which is saved; "
-        f"resume with 'python -m fmnist_ignite --resume {run}'"
+        f"error: SIGTERM received: stopped after epoch 2, which is saved; resume with '{program_name()} --resume {run}'"
     )
     assert [r["epoch"] for r in read_history(run)] == [1, 2]
     assert not (run / "metrics.json").exists()
@@ -207,3 +207,19 @@ def test_a_nan_loss_stops_every_process_with_one_message(tmp_path: Path, system_
         "error: the training loss became NaN or infinite in epoch 1 at iteration 2 (global iteration 2); "
         "lower optimizer.lr and start a new run"
     ]
+
+
+def test_grad_clipping_plateau_and_warmup_in_two_processes_train_as_one_would(tmp_path: Path, system_dir: Path) -> None:
+    # The clipping comes after the processes' gradients are averaged: every process clips the whole batch's
+    # gradient, as the single process does (a limit far below the gradients' norm, so every step is clipped).
+    knobs = ["trainer.grad_clip_norm=0.01", "scheduler.name=plateau", "scheduler.warmup_epochs=1"]
+    small = [*small_overrides(tmp_path, system_dir), *UNEVEN, *knobs, "trainer.max_epochs=3"]
+    one = train(BASE, *small, "name=one", verbose=-1)
+    two = run_cli(BASE, *small, *GLOO, "name=two")
+    assert two.returncode == 0, two.stderr
+    double = read_history(tmp_path / "runs" / "two")
+    for a, b in zip(one.history, double, strict=True):
+        assert a["lr"] == pytest.approx(b["lr"], rel=1e-6) and a["val_accuracy"] == b["val_accuracy"]
+        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-4)
+    unclipped = train(BASE, *[s for s in small if not s.startswith("trainer.grad_clip")], "name=free", verbose=-1)
+    assert [r["train_loss"] for r in unclipped.history] != pytest.approx([r["train_loss"] for r in one.history])

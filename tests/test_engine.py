@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import logging
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import torch
@@ -343,3 +344,30 @@ def test_nan_loss_keeps_history_and_the_last_good_checkpoint(make_config: Callab
     assert sorted(p.name for p in (run / "checkpoints").glob("checkpoint_*")) == ["checkpoint_1.pt", "checkpoint_2.pt"]
     state = safe_torch_load(run / "checkpoints" / "checkpoint_2.pt")
     assert torch.isfinite(state["model"]["linear.weight"]).all()
+
+
+def gradient_norm(model: nn.Module) -> float:
+    return float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.parameters()])))
+
+
+@pytest.mark.parametrize("limit", [0.05, 1e6])
+def test_grad_clip_norm_clips_the_step_to_the_limit(limit: float) -> None:
+    prepare = make_prepare_batch(0.0, 1.0, False)
+    data = batches((6,))
+    free, clipped = small_model(), small_model()
+    start = copy.deepcopy(clipped.state_dict())
+    create_trainer(free, torch.optim.SGD(free.parameters(), lr=0.1), CPU, prepare).run(data, max_epochs=1)
+    raw = gradient_norm(free)
+    assert raw > 0.05
+    trainer = create_trainer(clipped, torch.optim.SGD(clipped.parameters(), lr=0.1), CPU, prepare, grad_clip_norm=limit)
+    trainer.run(data, max_epochs=1)
+    # The gradients left by the step are the clipped ones, and SGD moved the weights by lr times them.
+    assert gradient_norm(clipped) == pytest.approx(min(raw, limit), rel=1e-5)
+    for name, p in clipped.named_parameters():
+        assert torch.allclose(start[name] - 0.1 * p.grad, p.detach(), atol=1e-7)
+
+
+def test_grad_clip_norm_from_the_command_line(small: list[str], cli: Callable[..., CLI]) -> None:
+    code, _, err = cli(BASE, *small, "trainer.grad_clip_norm=0.001", "trainer.max_epochs=1", "scheduler.name=none")
+    assert code == 0, err
+    assert read_history(next(p for p in (Path(small[2].partition("=")[2])).iterdir()))[0]["epoch"] == 1

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import shlex
+from pathlib import Path
+
 import pytest
 
 import fmnist_ignite
@@ -47,8 +51,11 @@ def test_first_line(error: BaseException, expected: str) -> None:
     ],
 )
 def test_program_name_follows_how_it_was_invoked(
-    monkeypatch: pytest.MonkeyPatch, argv: list[str], expected: str
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, argv: list[str], expected: str
 ) -> None:
+    python = executable(tmp_path / "bin" / "python")
+    monkeypatch.setenv("PATH", str(python.parent))
+    monkeypatch.setattr(errors.sys, "executable", str(python))  # the python a shell finds
     monkeypatch.setattr(errors.sys, "argv", argv)
     assert program_name() == expected
 
@@ -110,3 +117,55 @@ def test_error_messages_use_the_first_line_or_the_type_name() -> None:
     assert first_line(RuntimeError("size mismatch\n\tdetails")) == "size mismatch"
     assert first_line(RuntimeError()) == "RuntimeError"
     assert first_line(KeyError("")) == "''"
+
+
+def executable(path: Path, target: Path | None = None) -> Path:
+    """An executable file at ``path`` (a link to ``target`` when given), its folders made."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if target is not None:
+        path.symlink_to(target)
+    else:
+        path.write_text("#!/bin/sh\n")
+        path.chmod(0o755)
+    return path
+
+
+@pytest.fixture
+def invoked(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """``python -m fmnist_ignite`` in ``tmp_path/work``, with a ``python`` of the system's on PATH."""
+    system = executable(tmp_path / "usr" / "bin" / "python")
+    monkeypatch.setenv("PATH", f"{tmp_path / 'nothing'}{os.pathsep}{system.parent}")
+    monkeypatch.setattr(errors.sys, "argv", ["/repo/fmnist_ignite/__main__.py"])
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    return tmp_path
+
+
+def test_program_name_names_a_venvs_python_inside_the_folder_relatively(
+    monkeypatch: pytest.MonkeyPatch, invoked: Path
+) -> None:
+    # The venv's python links to the system's: the same file, but not what `python` runs in this shell.
+    venv = executable(invoked / "work" / ".venv" / "bin" / "python", target=invoked / "usr" / "bin" / "python")
+    monkeypatch.setattr(errors.sys, "executable", str(venv))
+    assert program_name() == ".venv/bin/python -m fmnist_ignite"
+
+
+def test_program_name_names_an_interpreter_elsewhere_by_its_quoted_path(
+    monkeypatch: pytest.MonkeyPatch, invoked: Path
+) -> None:
+    elsewhere = executable(invoked / "my envs" / "bin" / "python3")
+    monkeypatch.setattr(errors.sys, "executable", str(elsewhere))
+    assert program_name() == f"{shlex.quote(str(elsewhere))} -m fmnist_ignite"
+    assert shlex.split(program_name()) == [str(elsewhere), "-m", "fmnist_ignite"], "a shell reads the path back"
+
+
+def test_program_name_is_python_when_the_shell_finds_the_running_interpreter(
+    monkeypatch: pytest.MonkeyPatch, invoked: Path
+) -> None:
+    monkeypatch.setattr(errors.sys, "executable", str(invoked / "usr" / "bin" / "python"))
+    assert program_name() == "python -m fmnist_ignite"
+    monkeypatch.setattr(errors.sys, "executable", "")
+    assert program_name() == "python -m fmnist_ignite"
+    monkeypatch.setattr(errors.sys, "argv", [str(invoked / "work" / ".venv" / "bin" / "fmnist-ignite")])
+    assert program_name() == "fmnist-ignite"

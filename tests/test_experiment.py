@@ -14,7 +14,7 @@ from fmnist_ignite import Config, ConfigError, RunDirError, build_experiment, re
 from fmnist_ignite.fileio import safe_torch_load
 
 from . import plugins
-from .conftest import values
+from .conftest import BASE, CLI, values
 
 
 def test_run_writes_history_checkpoints_metrics_and_model(make_config: Callable[..., Config]) -> None:
@@ -394,3 +394,29 @@ def test_early_stopping_listed_under_handlers_works_like_the_section(make_config
     assert json.loads((listed.run_dir / "metrics.json").read_text()) == json.loads(
         (section.run_dir / "metrics.json").read_text()
     )
+
+
+def test_fast_dev_run_trains_validates_and_tests_one_batch_and_writes_nothing(
+    tmp_path: Path, small: list[str], cli: Callable[..., CLI]
+) -> None:
+    code, out, err = cli(BASE, *small, "trainer.fast_dev_run=true", "logging.tensorboard=true")
+    assert code == 0, err
+    lines = out.strip().splitlines()
+    assert lines[0] == "fast_dev_run: one batch of training, validation and test; no run directory is written"
+    assert lines[-1].startswith("fast_dev_run passed: train loss ") and lines[-1].endswith("; nothing was written")
+    assert sum(line.startswith("Epoch [") for line in lines) == 1
+    assert not (tmp_path / "runs").exists(), "no run directory, no output folder"
+
+
+def test_fast_dev_run_runs_one_batch_of_each(make_config: Callable[..., Config]) -> None:
+    experiment = build_experiment(make_config("trainer.fast_dev_run=true"))
+    seen = {"train": 0, "val": 0}
+    experiment.trainer.add_event_handler(
+        Events.ITERATION_COMPLETED, lambda: seen.__setitem__("train", seen["train"] + 1)
+    )
+    experiment.evaluator.add_event_handler(Events.ITERATION_COMPLETED, lambda: seen.__setitem__("val", seen["val"] + 1))
+    metrics = experiment.run()
+    assert seen == {"train": 1, "val": 1}
+    assert [r["epoch"] for r in experiment.history] == [1]
+    assert len(experiment.loaders["test"]) == 1 and metrics["epochs_trained"] == 1
+    assert not experiment.run_dir.exists()

@@ -16,6 +16,7 @@ import pytest
 from ignite.engine import Engine, Events
 
 from fmnist_ignite import FmnistIgniteError
+from fmnist_ignite.errors import program_name
 from fmnist_ignite.fileio import safe_torch_load
 from fmnist_ignite.interrupt import SIGNALS, Interrupted, StopRequest, stop_on_signals
 
@@ -141,8 +142,7 @@ def test_first_signal_saves_the_epoch_and_prints_how_to_resume(
     run = tmp_path / "runs" / "small"
     assert result.returncode == code, result.stderr
     assert result.stderr.splitlines()[-1] == (
-        f"error: {name} received: stopped after epoch 2, which is saved; "
-        f"resume with 'python -m fmnist_ignite --resume {run}'"
+        f"error: {name} received: stopped after epoch 2, which is saved; resume with '{program_name()} --resume {run}'"
     )
     assert [r["epoch"] for r in read_history(run)] == [1, 2]
     assert (run / "checkpoints" / "checkpoint_2.pt").is_file()

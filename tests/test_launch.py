@@ -11,6 +11,7 @@ import pytest
 import fmnist_ignite
 from fmnist_ignite import Config, ConfigError, RunDirError, build_experiment
 from fmnist_ignite.app.launch import RunResult, resolve
+from fmnist_ignite.errors import program_name
 
 from .conftest import BASE, CLI, values
 from .helpers import read_history
@@ -125,8 +126,7 @@ def test_user_handler_error_is_one_line_and_the_run_resumes(
     last = err.splitlines()[-1]
     assert last.startswith("error: the run stopped on RuntimeError: boom from a user handler (tests/plugins.py:")
     assert last.endswith(
-        f"; its last checkpoint is kept: resume with 'python -m fmnist_ignite --resume {run}' "
-        "(run with -v for the traceback)"
+        f"; its last checkpoint is kept: resume with '{program_name()} --resume {run}' (run with -v for the traceback)"
     )
     assert (run / "checkpoints" / "checkpoint_2.pt").is_file()
     code, _, err = cli("--resume", str(run))

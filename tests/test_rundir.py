@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from fmnist_ignite import CheckpointError, Config, RunDir, RunDirError, build_experiment, load_config
+from fmnist_ignite.errors import program_name
 
 from .conftest import BASE, CLI, small_overrides
 
@@ -163,8 +164,9 @@ def test_resume_hints_are_one_line_and_a_shell_gives_back_the_path(tmp_path: Pat
 
     path = tmp_path / name / "run"
     hint = RunDir(path).resume_hint()
-    assert "\n" not in hint and hint.startswith("resume with 'python -m fmnist_ignite --resume ")
-    quoted = hint.removeprefix("resume with 'python -m fmnist_ignite --resume ").removesuffix("'")
+    prefix = f"resume with '{program_name()} --resume "
+    assert "\n" not in hint and hint.startswith(prefix)
+    quoted = hint.removeprefix(prefix).removesuffix("'")
     echoed = subprocess.run(["bash", "-c", f"printf %s {quoted}"], capture_output=True, text=True, check=True)
     assert echoed.stdout == str(path)
 

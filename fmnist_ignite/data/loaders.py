@@ -8,6 +8,7 @@ and the processes of a data-parallel run together see exactly the batches one pr
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -103,6 +104,7 @@ class TensorLoader:
         seed: seed of the permutations.
         indices: the images of this split (default: all), on the same device as ``images``.
         shard: this process's share in a data-parallel run (default: everything).
+        limit: give at most this many batches per pass (``trainer.fast_dev_run``: one).
     """
 
     def __init__(
@@ -114,6 +116,7 @@ class TensorLoader:
         seed: int = 0,
         indices: torch.Tensor | None = None,
         shard: Shard = Shard(),
+        limit: int | None = None,
     ):
         self.images = images
         self.labels = labels
@@ -122,6 +125,7 @@ class TensorLoader:
         self.shuffle = shuffle
         self.seed = seed
         self.shard = shard
+        self.limit = limit
         self.epoch = 1
 
     def set_epoch(self, epoch: int) -> None:
@@ -129,7 +133,8 @@ class TensorLoader:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return count_batches(self._size(), self.batch_size, self.shuffle, self.shard)
+        count = count_batches(self._size(), self.batch_size, self.shuffle, self.shard)
+        return count if self.limit is None else min(count, self.limit)
 
     def _size(self) -> int:
         return len(self.labels) if self.indices is None else len(self.indices)
@@ -137,7 +142,8 @@ class TensorLoader:
     def __iter__(self) -> Iterator[Batch]:
         device = self.images.device
         n = self._size()
-        for index in batch_positions(n, self.batch_size, self.shuffle, self.seed, self.epoch, self.shard, self.indices):
+        positions = batch_positions(n, self.batch_size, self.shuffle, self.seed, self.epoch, self.shard, self.indices)
+        for index in itertools.islice(positions, self.limit):
             if isinstance(index, slice):
                 yield self.images[index], self.labels[index]
                 continue
