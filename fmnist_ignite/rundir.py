@@ -499,6 +499,27 @@ class SweepDir:
         with exclusive_lock(self.claims_lock, wait=True):
             yield
 
+    @contextmanager
+    def made(self) -> Iterator[None]:
+        """If the block fails, remove the sweep folder (and those above it) when the block made them.
+
+        Only the files a sweep makes while opening are removed (``.claims.lock``, ``study.db``,
+        ``sweep.json``); a folder that holds anything else stays.
+        """
+        new = [p for p in (self.path, *self.path.parents) if not p.exists()]  # deepest first
+        try:
+            yield
+        except BaseException:
+            if new:
+                for file in (self.claims_lock, self.study_db, self.definition):
+                    file.unlink(missing_ok=True)
+                for folder in new:
+                    try:
+                        folder.rmdir()
+                    except OSError:
+                        break
+            raise
+
 
 @contextmanager
 def exclusive_lock(path: Path, wait: bool) -> Iterator[int | None]:
