@@ -8,13 +8,15 @@ turns errors into ``error: ...`` and an exit code.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sys
+import threading
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Literal
+from typing import Any, Literal
 
 from ..errors import FmnistIgniteError, RunError
 
@@ -87,6 +89,17 @@ def setup_logging(verbosity: int, lines: Literal["stdout", "stderr"] = "stdout",
     logging.getLogger("ignite.engine.engine.Engine").addFilter(
         lambda record: not record.getMessage().startswith("Engine run is terminating due to exception")
     )
+    threading.excepthook = functools.partial(_thread_error, threading.excepthook)
+
+
+def _thread_error(previous: Callable[[threading.ExceptHookArgs], Any], args: threading.ExceptHookArgs) -> None:
+    """TensorBoard's writer thread hands its error (a full disk) to the writer's next call, which reports it:
+    its own traceback goes to ``-v``. Other threads' errors are printed as Python prints them."""
+    if args.thread is not None and type(args.thread).__module__.startswith("tensorboard."):
+        error = args.exc_value or args.exc_type()
+        logging.getLogger(__name__).debug("TensorBoard's writer thread stopped", exc_info=error)
+        return
+    previous(args)
 
 
 @contextmanager
@@ -103,9 +116,11 @@ def logging_restored() -> Iterator[None]:
     engine = logging.getLogger("ignite.engine.engine.Engine")
     filters = engine.filters[:]
     mlflow_level = os.environ.get("MLFLOW_LOGGING_LEVEL")
+    thread_hook = threading.excepthook
     try:
         yield
     finally:
+        threading.excepthook = thread_hook
         for handler in root.handlers:
             if handler not in handlers:
                 handler.close()
