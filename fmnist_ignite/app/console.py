@@ -23,6 +23,12 @@ from ..errors import FmnistIgniteError, RunError
 # The loggers whose levels the console sets (and puts back when it is done).
 LOGGERS = ("fmnist_ignite", "fmnist_ignite.run.outcome", "fmnist_ignite.interrupt", "ignite")
 INTERRUPTED = "interrupted (Ctrl-C)"
+# Ignite's Engine lines that say again what the run says (an error, a stop on a signal or early stopping).
+IGNITE_SAYS_TWICE = (
+    "Engine run is terminating due to exception",
+    "Current run is terminating due to exception",
+    "Terminate signaled",
+)
 
 
 class Console(logging.Handler):
@@ -85,9 +91,9 @@ def setup_logging(verbosity: int, lines: Literal["stdout", "stderr"] = "stdout",
     logging.getLogger("ignite").setLevel(logging.INFO if verbosity > 0 and level < logging.WARNING else logging.WARNING)
     # MLflow configures its own loggers when imported (with logging.mlflow), from this variable.
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "INFO" if verbosity > 0 else "WARNING")
-    # Errors are reported here, once; Ignite's log line about them would say it twice.
+    # Errors and stops are reported here, once; Ignite's log lines about them would say it twice.
     logging.getLogger("ignite.engine.engine.Engine").addFilter(
-        lambda record: not record.getMessage().startswith("Engine run is terminating due to exception")
+        lambda record: not record.getMessage().startswith(IGNITE_SAYS_TWICE)
     )
     threading.excepthook = functools.partial(_thread_error, threading.excepthook)
 
