@@ -243,6 +243,11 @@ class RunDir:
         except BlockingIOError:
             raise RunDirError(f"{self.path} is in use by another training process; wait for it or stop it") from None
         except OSError as err:
+            if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+                raise RunDirError(
+                    f"{self.path} is read-only ({err.strerror}): a run writes its lock, checkpoints and history "
+                    "there; make it writable, or copy the run somewhere writable and resume the copy"
+                ) from None
             raise RunDirError(
                 f"{self.lock_file} cannot be opened as a lock ({err.strerror}); it must be a plain file: remove it"
             ) from None
