@@ -22,7 +22,7 @@ from ignite.engine import Engine
 from ignite.handlers import Checkpoint, DiskSaver, global_step_from_engine
 
 from .config import differences, flatten
-from .errors import CheckpointError, ConfigError, RunDirError, first_line
+from .errors import CheckpointError, ConfigError, RunDirError, all_lines, first_line
 from .fileio import atomic_torch_save, atomic_write, safe_torch_load
 from .monitor import Monitor
 from .rundir import CHECKPOINT_RE, RunDir
@@ -238,7 +238,7 @@ class Checkpointer:
                 logger.warning("Skipping checkpoint: %s", err)
                 continue
             except Exception as err:  # load_state_dict fails in many ways on a state it does not fit
-                logger.warning("Skipping checkpoint: %s does not fit this run: %s", path, first_line(err))
+                logger.warning("Skipping checkpoint: %s does not fit this run: %s", path, all_lines(err))
                 continue
             self.save_best()
             return path

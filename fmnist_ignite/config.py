@@ -703,6 +703,11 @@ def _child(node: Any, part: str, path: str, item: str) -> Any:
 
 
 def _index(node: list[Any], part: str, path: str, item: str) -> int:
+    if not node:
+        parent = path.rpartition(".")[0]
+        raise ConfigError(
+            f"override {item!r}: '{parent}' is an empty list, with no item to change; set it whole: {parent}=[...]"
+        )
     if not part.isdigit() or int(part) >= len(node):
         raise ConfigError(f"override {item!r}: '{path}' needs an index from 0 to {len(node) - 1}")
     return int(part)

@@ -19,6 +19,16 @@ def first_line(error: BaseException) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
+def all_lines(error: BaseException, limit: int = 400) -> str:
+    """An exception's message on one line, its lines joined by ``; `` (cut at ``limit`` characters).
+
+    For errors whose first line is a heading: ``load_state_dict`` says what does not fit on the lines after it.
+    """
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    text = "; ".join(lines) or type(error).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def program_name() -> str:
     """The program as it was invoked, as a command that works when pasted into a shell.
 

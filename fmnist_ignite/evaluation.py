@@ -15,7 +15,7 @@ import torch
 
 from .config import Config
 from .engine import PrepareBatch, create_evaluator, make_prepare_batch
-from .errors import CheckpointError, ConfigError, first_line
+from .errors import CheckpointError, ConfigError, all_lines
 from .fileio import safe_torch_load
 from .registry import MODELS
 from .rundir import RunDir
@@ -65,8 +65,14 @@ def load_weights(model: torch.nn.Module, path: Path) -> None:
         state = state["model"]
     try:
         model.load_state_dict(state)
-    except (RuntimeError, TypeError, AttributeError, ValueError) as err:
-        raise CheckpointError(f"{path} does not hold weights for this run's model: {first_line(err)}") from None
+    except (RuntimeError, TypeError, AttributeError, ValueError) as err:  # what does not fit is after line one
+        raise CheckpointError(f"{path} does not hold weights for this run's model: {all_lines(err)}") from None
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise CheckpointError(
+                f"{path}: '{name}' holds values that are not finite (nan or inf): the training diverged before "
+                "these weights were saved; use an earlier checkpoint, or train again with a lower learning rate"
+            )
     model.eval()
 
 

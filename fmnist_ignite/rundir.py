@@ -243,6 +243,11 @@ class RunDir:
         except BlockingIOError:
             raise RunDirError(f"{self.path} is in use by another training process; wait for it or stop it") from None
         except OSError as err:
+            if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+                raise RunDirError(
+                    f"{self.path} is read-only ({err.strerror}): a run writes its lock, checkpoints and history "
+                    "there; make it writable, or copy the run somewhere writable and resume the copy"
+                ) from None
             raise RunDirError(
                 f"{self.lock_file} cannot be opened as a lock ({err.strerror}); it must be a plain file: remove it"
             ) from None
@@ -498,6 +503,27 @@ class SweepDir:
         self.path.mkdir(parents=True, exist_ok=True)
         with exclusive_lock(self.claims_lock, wait=True):
             yield
+
+    @contextmanager
+    def made(self) -> Iterator[None]:
+        """If the block fails, remove the sweep folder (and those above it) when the block made them.
+
+        Only the files a sweep makes while opening are removed (``.claims.lock``, ``study.db``,
+        ``sweep.json``); a folder that holds anything else stays.
+        """
+        new = [p for p in (self.path, *self.path.parents) if not p.exists()]  # deepest first
+        try:
+            yield
+        except BaseException:
+            if new:
+                for file in (self.claims_lock, self.study_db, self.definition):
+                    file.unlink(missing_ok=True)
+                for folder in new:
+                    try:
+                        folder.rmdir()
+                    except OSError:
+                        break
+            raise
 
 
 @contextmanager

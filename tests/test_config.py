@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from fmnist_ignite import Config, ConfigError, load_config
 from fmnist_ignite.config import SchedulerConfig, validate_config
 
-from .conftest import CLI
+from .conftest import BASE, CLI
 from .helpers import time_limit
 
 REPO = Path(__file__).resolve().parents[1]
@@ -453,8 +453,6 @@ def test_values_that_gave_a_traceback_or_a_late_error_are_one_line_at_once(
     """Classes 6 and 7 of issue 19: a 5,000-digit seed, a 300-byte name (ENAMETOOLONG), an infinite weight decay."""
     from fmnist_ignite.app.cli import main
 
-    from .conftest import BASE
-
     code = main([str(BASE), f"output_dir={tmp_path / 'runs'}", override, "--print-config"])
     captured = capsys.readouterr()
     assert (code, captured.out) == (2, "")
@@ -483,3 +481,12 @@ def test_fast_dev_run_clipping_plateau_and_warmup_are_settings_with_their_limits
     for name in ("fast_dev_run", "grad_clip_norm", "warmup_epochs", "patience"):
         assert fields[name].description
     assert "`plateau`" in (SchedulerConfig.model_fields["name"].description or "")
+
+
+@pytest.mark.parametrize("override", ["handlers.0.every=3", "handlers.0=3"])
+def test_an_index_into_an_empty_list_says_the_list_is_empty(override: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(BASE, [override])  # its handlers: []
+    assert str(caught.value) == (
+        f"override {override!r}: 'handlers' is an empty list, with no item to change; set it whole: handlers=[...]"
+    )

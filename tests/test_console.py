@@ -7,11 +7,15 @@ test needs a real process on a pseudo-terminal.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from fmnist_ignite import load_config
+from fmnist_ignite.app.console import logging_restored, setup_logging
 from fmnist_ignite.data import load_data
 
 from .conftest import BASE, CLI, REPO, run_cli, small_overrides
@@ -113,3 +117,19 @@ def test_on_a_terminal_the_bar_runs_and_no_line_is_glued_to_it(tmp_path: Path, s
         *(line for line in shown if line.startswith("Epoch [2] ")),
     ], "each line whole, on its own line: the bar is cleared first and drawn again after"
     assert shown[-2].startswith("Test (") and shown[-1].startswith(f"Results in {run}: ")
+
+
+def test_ignites_own_lines_about_an_error_or_a_stop_are_not_printed_beside_ours(
+    small: list[str], cli: Callable[..., CLI], capsys: pytest.CaptureFixture[str]
+) -> None:
+    boom = "handlers=[{target: 'tests.plugins:Exploding', kwargs: {epoch: 1}}]"
+    code, out, err = cli(BASE, *small, boom, "trainer.max_epochs=1")
+    assert code == 1 and len(err.splitlines()) == 1 and err.startswith("error: the run stopped on RuntimeError")
+    assert "terminating" not in out + err
+    engine = logging.getLogger("ignite.engine.engine.Engine")
+    with logging_restored():
+        setup_logging(1, "stderr")
+        engine.error("Current run is terminating due to exception: boom")
+        engine.info("Terminate signaled. Engine will stop after current iteration is finished.")
+        engine.info("Engine run starting with max_epochs=1.")
+    assert capsys.readouterr().err == "Engine run starting with max_epochs=1.\n"

@@ -407,3 +407,19 @@ def test_a_plugin_that_raises_is_one_line_naming_the_data_set(
     assert (code, captured.out) == (1, "")
     assert captured.err == f"error: data.dataset '{target}': its loader failed (KeyError: 'labels')\n"
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize(
+    "bad", ["cat\x1b[31mRED\x1b[0m", "two\nlines", "bell\x07", "zero\u200bwidth", "   ", "x" * 101]
+)
+def test_cifar_class_names_with_control_characters_are_refused(cifar_root: Path, bad: str) -> None:
+    names = ["plane", "car", "bird", bad, "deer", "dog", "frog", "horse", "ship", "truck"]
+    path = rewrite_batch(cifar_root, "batches.meta", {"label_names": names})
+    with pytest.raises(DataError) as info:
+        load_cifar10(cifar_config(cifar_root))
+    message = str(info.value)
+    assert message.startswith(f"{path}: class 3 of 'label_names' (")
+    assert message.endswith(
+        "must be 1 to 100 printable characters, without control characters or escapes; replace the file"
+    )
+    assert "\n" not in message and "\x1b" not in message and "\x07" not in message

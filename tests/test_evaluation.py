@@ -79,3 +79,24 @@ def test_evaluate_needs_nothing_but_the_run(finished: Path, make_config: Callabl
     best = history[metrics["best_epoch"] - 1]
     assert result["accuracy"] == pytest.approx(best["val_accuracy"], abs=1e-12)
     assert result["loss"] == pytest.approx(best["val_loss"], rel=1e-5)
+
+
+def test_evaluate_refuses_weights_that_are_not_finite_or_do_not_fit_naming_the_file(
+    finished: Path, tmp_path: Path, cli: Callable
+) -> None:
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(finished, copy)
+    weights = safe_torch_load(copy / "model.pt")
+    name = next(k for k, v in weights.items() if v.is_floating_point())
+    torch.save({**weights, name: torch.full_like(weights[name], float("nan"))}, copy / "model.pt")
+    code, out, err = cli("evaluate", copy)
+    assert code != 0 and out == "" and len(err.splitlines()) == 1
+    assert err.startswith(f"error: {copy / 'model.pt'}: '{name}' holds values that are not finite (nan or inf)")
+
+    torch.save({**weights, name: weights[name][:3]}, copy / "model.pt")
+    code, out, err = cli("evaluate", copy)
+    assert code != 0 and len(err.splitlines()) == 1
+    assert err.startswith(f"error: {copy / 'model.pt'} does not hold weights for this run's model: Error(s) in loading")
+    assert f"size mismatch for {name}: copying a param with shape torch.Size([3" in err

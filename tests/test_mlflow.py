@@ -313,3 +313,16 @@ def test_a_damaged_mlflow_json_is_named_and_a_finished_run_loses_nothing(
     assert err.startswith(f"error: {run}/{problem}")
     after = {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != ".lock"}
     assert after == files, "metrics.json and config.yaml are as they were: the run is still finished"
+
+
+def test_a_file_store_is_accepted(
+    small: list[str], tmp_path: Path, cli: Callable, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    uri = f"file://{tmp_path / 'mlruns'}"
+    code, _, err = cli(BASE, *small, *MLFLOW, "trainer.max_epochs=1", f"logging.mlflow_uri={uri}")
+    assert code == 0, err
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # to read it back with MLflow's own client
+    run = only_run(MlflowClient(uri))
+    assert run.info.status == "FINISHED"
+    assert [step for step, _ in series(MlflowClient(uri), run, "val_accuracy")] == [1]

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -295,3 +297,23 @@ def test_a_resume_deletes_only_the_temporary_files_the_package_made(make_config:
     assert not any(p.exists() for p in ours)
     assert rundir.checkpoint_files()[0].name == "checkpoint_2.pt"
     assert not [p for p in rundir.checkpoints.iterdir() if p.name.endswith(".tmp")], "checkpoints take our temp names"
+
+
+@pytest.mark.parametrize("code", [errno.EACCES, errno.EROFS])
+def test_a_read_only_run_directory_is_called_read_only_not_a_lock_to_remove(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int
+) -> None:
+    run = RunDir(tmp_path / "run")
+    run.path.mkdir()
+    real_open = os.open
+
+    def read_only(path: Any, flags: int, *args: Any) -> int:  # as root, chmod would not stop the test
+        if Path(path) == run.lock_file:
+            raise OSError(code, os.strerror(code), str(path))
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(os, "open", read_only)
+    with pytest.raises(RunDirError) as caught, run.lock():
+        pass
+    message = str(caught.value)
+    assert message.startswith(f"{run.path} is read-only ({os.strerror(code)}): ") and "remove" not in message

@@ -362,3 +362,26 @@ def test_any_idx_gz_loads_or_gives_a_data_error(
             assert not (Path(tmp) / "data").exists()
         else:
             assert data.train_images.shape == (count, 1, rows, cols) == (20, 1, 28, 28)
+
+
+@pytest.mark.parametrize("first", [True, False])
+def test_an_archive_holding_a_batch_twice_is_refused_not_sent_round_again(tmp_path: Path, first: bool) -> None:
+    source = write_cifar_archive(tmp_path / "src", per_batch=2, n_test=3)
+    root = tmp_path / "root"
+    root.mkdir()
+    junk = tarfile.TarInfo(f"{CIFAR_FOLDER}/data_batch_2")
+    junk.size = 5
+    with tarfile.open(source) as full, tarfile.open(root / source.name, "w:gz") as tar:
+        if first:
+            tar.addfile(junk, io.BytesIO(b"junk!"))  # the damaged copy first: it was the one extracted
+        for member in full:
+            tar.addfile(member, full.extractfile(member))
+        if not first:
+            tar.addfile(junk, io.BytesIO(b"junk!"))  # after every batch: it was never looked at
+    with pytest.raises(DataError) as info:
+        prepare_cifar10(root, download=False)
+    assert str(info.value) == (
+        f"{root / source.name} holds {CIFAR_FOLDER}/data_batch_2 twice (which one is the batch?); "
+        "replace it with the original archive"
+    )
+    assert [p.name for p in root.iterdir()] == [source.name]

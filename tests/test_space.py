@@ -77,3 +77,26 @@ def test_the_plan_keeps_what_every_start_must_share() -> None:
         "monitor": "val_accuracy (maximize)",
         "prune": "none",
     }
+
+
+@pytest.mark.parametrize(
+    ("item", "message"),
+    [
+        ("optimizer.lr=interval(-.inf,0.1)", "interval takes two finite numbers (not inf or nan)"),
+        ("optimizer.lr=log(1e-4,.inf)", "log takes two finite numbers (not inf or nan)"),
+        ("seed=interval(.nan,3)", "interval takes two finite numbers (not inf or nan)"),
+        ("optimizer.lr=0.1,0.10", "two of the values are the same"),
+        ("optimizer.lr=1,1.0,2", "two of the values are the same"),
+        ("optimizer.name=choice(sgd,'sgd')", "two of the values are the same"),
+        ("model.kwargs.k=[1,2],[1,2.0]", "two of the values are the same"),
+    ],
+)
+def test_non_finite_bounds_and_values_equal_as_yaml_are_refused(item: str, message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_arguments([item])
+    assert str(caught.value).startswith(f"{item!r}: {message}")
+
+
+def test_values_that_differ_as_yaml_are_not_duplicates() -> None:
+    _, (flag,) = parse_arguments(["data.flag=true,1,'2'"])
+    assert flag.values == ("true", "1", "'2'")

@@ -269,3 +269,31 @@ def test_two_sweeps_on_one_storage_share_the_study_and_run_each_trial_once(small
     assert sorted(t.params["optimizer.lr"] for t in trials) == ["0.01", "0.02", "0.03"]
     assert {t.state.name for t in trials} == {"COMPLETE"}
     assert not (tmp_path / "runs" / "shared" / "study.db").exists()
+
+
+def test_a_huge_grid_is_counted_not_built_and_refused_in_one_line(small: list[str], tmp_path: Path, cli: Any) -> None:
+    ten = ",".join(str(i) for i in range(1, 11))
+    keys = ["seed", "data.batch_size", "trainer.max_epochs", "model.kwargs.a", "model.kwargs.b"]
+    keys += ["model.kwargs.c", "model.kwargs.d", "model.kwargs.e", "model.kwargs.f", "model.kwargs.g"]
+    start = time.monotonic()
+    code, _, err = cli("sweep", BASE, *small, *(f"{k}={ten}" for k in keys))
+    assert time.monotonic() - start < 30
+    assert code == 2
+    assert (
+        err == "error: the grid has 10,000,000,000 points (one trial each), more than 10,000: sweep fewer values, "
+        "or sample them (key=choice(a,b,...) or interval(low,high) with --trials N)\n"
+    )
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("storage", ["mysql://user:secret@localhost/db", "sqlite:////nonexistent/folder/x.db"])
+def test_a_storage_that_cannot_be_opened_leaves_no_folder(
+    small: list[str], tmp_path: Path, cli: Any, storage: str
+) -> None:
+    code, _, err = cli("sweep", BASE, *small, "seed=1,2", "--storage", storage)
+    assert code == 1 and err.startswith("error: cannot open the study storage") and len(err.splitlines()) == 1
+    assert not (tmp_path / "runs").exists()
+    (tmp_path / "runs" / "kept").mkdir(parents=True)
+    (tmp_path / "runs" / "mine.txt").write_text("user file")
+    assert cli("sweep", BASE, *small, "seed=1,2", "--storage", storage)[0] == 1
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["kept", "mine.txt"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 from collections.abc import Callable
@@ -19,6 +20,7 @@ from fmnist_ignite.config import HandlerConfig
 from fmnist_ignite.events import RunEvents
 from fmnist_ignite.handlers import TensorBoard, attach_handler
 
+from .conftest import BASE
 from .helpers import Rig, make_rig, small_config
 
 
@@ -201,3 +203,25 @@ def test_tensorboard_runs_share_tags_hold_hparams_and_no_step_twice_after_a_resu
         assert picture.encoded_image_string == (cfg.run_dir / f"{name}.png").read_bytes(), "the run's own PNG"
         with Image.open(cfg.run_dir / f"{name}.png") as image:
             assert (picture.width, picture.height) == image.size
+
+
+def test_a_full_disk_while_tensorboard_writes_is_one_line_naming_the_folder(
+    small: list[str], tmp_path: Path, cli: Callable, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tensorboard.summary.writer.record_writer import RecordWriter
+
+    write, calls = RecordWriter.write, []
+
+    def fills_up(self: RecordWriter, data: bytes) -> None:  # the writer thread's write to the event file
+        calls.append(len(data))
+        if len(calls) > 6:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        write(self, data)
+
+    monkeypatch.setattr(RecordWriter, "write", fills_up)
+    args = ["train", BASE, *small, "trainer.max_epochs=1", "handlers=[{target: tensorboard, kwargs: {log_every: 1}}]"]
+    code, out, err = cli(*args)
+    tb = tmp_path / "runs" / "small" / "tb"
+    assert code == 1
+    assert err.startswith(f"error: cannot write {tb}: No space left on device (TensorBoard logs); ")
+    assert len(err.splitlines()) == 1 and "Traceback" not in out + err and "Exception in thread" not in out + err

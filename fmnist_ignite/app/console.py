@@ -8,19 +8,27 @@ turns errors into ``error: ...`` and an exit code.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sys
+import threading
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Literal
+from typing import Any, Literal
 
 from ..errors import FmnistIgniteError, RunError
 
 # The loggers whose levels the console sets (and puts back when it is done).
 LOGGERS = ("fmnist_ignite", "fmnist_ignite.run.outcome", "fmnist_ignite.interrupt", "ignite")
 INTERRUPTED = "interrupted (Ctrl-C)"
+# Ignite's Engine lines that say again what the run says (an error, a stop on a signal or early stopping).
+IGNITE_SAYS_TWICE = (
+    "Engine run is terminating due to exception",
+    "Current run is terminating due to exception",
+    "Terminate signaled",
+)
 
 
 class Console(logging.Handler):
@@ -83,10 +91,21 @@ def setup_logging(verbosity: int, lines: Literal["stdout", "stderr"] = "stdout",
     logging.getLogger("ignite").setLevel(logging.INFO if verbosity > 0 and level < logging.WARNING else logging.WARNING)
     # MLflow configures its own loggers when imported (with logging.mlflow), from this variable.
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "INFO" if verbosity > 0 else "WARNING")
-    # Errors are reported here, once; Ignite's log line about them would say it twice.
+    # Errors and stops are reported here, once; Ignite's log lines about them would say it twice.
     logging.getLogger("ignite.engine.engine.Engine").addFilter(
-        lambda record: not record.getMessage().startswith("Engine run is terminating due to exception")
+        lambda record: not record.getMessage().startswith(IGNITE_SAYS_TWICE)
     )
+    threading.excepthook = functools.partial(_thread_error, threading.excepthook)
+
+
+def _thread_error(previous: Callable[[threading.ExceptHookArgs], Any], args: threading.ExceptHookArgs) -> None:
+    """TensorBoard's writer thread hands its error (a full disk) to the writer's next call, which reports it:
+    its own traceback goes to ``-v``. Other threads' errors are printed as Python prints them."""
+    if args.thread is not None and type(args.thread).__module__.startswith("tensorboard."):
+        error = args.exc_value or args.exc_type()
+        logging.getLogger(__name__).debug("TensorBoard's writer thread stopped", exc_info=error)
+        return
+    previous(args)
 
 
 @contextmanager
@@ -103,9 +122,11 @@ def logging_restored() -> Iterator[None]:
     engine = logging.getLogger("ignite.engine.engine.Engine")
     filters = engine.filters[:]
     mlflow_level = os.environ.get("MLFLOW_LOGGING_LEVEL")
+    thread_hook = threading.excepthook
     try:
         yield
     finally:
+        threading.excepthook = thread_hook
         for handler in root.handlers:
             if handler not in handlers:
                 handler.close()

@@ -11,6 +11,7 @@ import io
 import logging
 import pickle
 import time
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -231,6 +232,12 @@ def _cifar_classes(path: Path) -> tuple[str, ...]:
         names = [n.decode("latin1") if isinstance(n, bytes) else n for n in names]
     if not isinstance(names, list) or len(names) != 10 or not all(isinstance(n, str) for n in names):
         raise DataError(f"{path}: 'label_names' must be a list of 10 class names; replace the file")
+    for index, name in enumerate(names):  # they reach the terminal, reports and pictures
+        if not name.strip() or len(name) > 100 or any(unicodedata.category(c).startswith("C") for c in name):
+            raise DataError(
+                f"{path}: class {index} of 'label_names' ({name[:100]!r}) must be 1 to 100 printable characters, "
+                "without control characters or escapes; replace the file"
+            )
     return tuple(names)
 
 

@@ -264,22 +264,25 @@ def _extract_cifar(archive: Path, root: Path) -> None:
     staging = Path(tempfile.mkdtemp(dir=root, prefix=".cifar-extract-"))
     try:
         wanted = {f"{CIFAR_FOLDER}/{name}" for name in CIFAR_FILES}
+        seen: set[str] = set()
         with tarfile.open(archive, "r:gz") as tar:
             # One member at a time, and only the batches, each checked against the size its header declares
             # before any byte of it is written: a small archive can decompress to far more than the disk holds.
-            for member in tar:
+            for member in tar:  # to the end: a batch held twice is refused, whichever copy would win
                 name = os.path.normpath(member.name)
+                if name in seen:
+                    raise DataError(
+                        f"{archive} holds {name} twice (which one is the batch?); replace it with the original archive"
+                    )
                 if name not in wanted:
                     continue
+                seen.add(name)
                 if not member.isfile() or member.size > MAX_CIFAR_FILE:
                     raise DataError(
                         f"{archive}: {name} is not a file of at most {MAX_CIFAR_FILE} bytes ({member.size} bytes); "
                         "replace it with the original archive"
                     )
                 tar.extract(member, staging, filter="data")
-                wanted.discard(name)
-                if not wanted:
-                    break
         extracted = staging / CIFAR_FOLDER
         missing = [name for name in CIFAR_FILES if not (extracted / name).is_file()]
         if missing:

@@ -40,8 +40,11 @@ BATCH = 100  # MLflow takes at most 100 parameters (1000 metrics) per request
 
 # How long MLflow's HTTP client may try, where the user has not said (MLflow's own defaults retry a
 # refused connection for minutes): reaching the store at start is one try; later requests a few.
-AT_START = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+# MLflow 3 refuses its file store (``file://``, a plain path) unless told: it still reads and writes it, and so do we.
+FILE_STORE = {"MLFLOW_ALLOW_FILE_STORE": "true"}
+AT_START = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10", **FILE_STORE}
 LATER = {
+    **FILE_STORE,
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import contextlib
+import functools
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ignite.engine import Engine, Events
 
@@ -27,6 +30,27 @@ HPARAMS = (
     "init_from",
 )
 RESULTS = ("test_accuracy", "test_loss", "best_value", "best_epoch", "epochs_trained")
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _naming_the_folder(method: F) -> F:
+    """An ``OSError`` of TensorBoard's writers (disk full) names the folder they write to.
+
+    The writers write from a thread of their own and hand its error to their next call, without
+    a file name: the run's one line would not say where.
+    """
+
+    @functools.wraps(method)
+    def wrapper(self: TensorBoard, *args: Any) -> Any:
+        try:
+            return method(self, *args)
+        except OSError as err:
+            if err.filename:
+                raise
+            folder = self.context.rundir.tensorboard
+            raise OSError(err.errno, f"{err.strerror or err} (TensorBoard logs)", str(folder)) from err
+
+    return wrapper  # type: ignore[return-value]
 
 
 @HANDLERS.register("tensorboard")
@@ -68,6 +92,7 @@ class TensorBoard:
         engine.add_event_handler(event, self)
         engine.add_event_handler(RunEvents.RUN_FINISHED, self._log_results)
 
+    @_naming_the_folder
     def _open(self, engine: Engine) -> None:
         from torch.utils.tensorboard import SummaryWriter  # imports TensorBoard: only when used
 
@@ -78,11 +103,13 @@ class TensorBoard:
             for name in ("train", "validation")
         }
 
+    @_naming_the_folder
     def _log_iteration(self, engine: Engine) -> None:
         if self.writers:
             loss = float(engine.state.output)  # type: ignore[arg-type]
             self.writers["train"].add_scalar("batch_loss", loss, engine.state.iteration)
 
+    @_naming_the_folder
     def __call__(self, engine: Engine) -> None:
         if not self.writers:
             return
@@ -97,6 +124,7 @@ class TensorBoard:
         for writer in self.writers.values():
             writer.flush()
 
+    @_naming_the_folder
     def _log_results(self, engine: Engine) -> None:
         """At the end of a run: the pictures, and the hyperparameters with the test metrics, in ``tb`` itself.
 
@@ -129,10 +157,18 @@ class TensorBoard:
 
     def _close_and_reraise(self, engine: Engine, error: BaseException) -> None:
         # Ignite stops propagating an exception once any EXCEPTION_RAISED handler exists.
-        self.close()
+        with contextlib.suppress(OSError):  # the disk that failed a write fails the last flush too: report the first
+            self.close()
         raise error
 
+    @_naming_the_folder
     def close(self, *_: Any) -> None:
-        for writer in self.writers.values():
-            writer.close()
-        self.writers = {}
+        writers, self.writers = list(self.writers.values()), {}
+        failed: OSError | None = None
+        for writer in writers:  # each one is closed, even after another failed
+            try:
+                writer.close()
+            except OSError as err:
+                failed = failed or err
+        if failed is not None:
+            raise failed

@@ -22,7 +22,7 @@ from ..errors import ConfigError
 from ..fileio import atomic_write_json
 from ..rundir import SweepDir
 from .results import sweep_results
-from .space import SweepPlan, grid_points, parse_arguments
+from .space import MAX_GRID, SweepPlan, grid_size, parse_arguments
 from .study import Turn, make, open_study, retry_failed
 from .trial import Objective, TrialFailed
 
@@ -58,6 +58,11 @@ def plan_sweep(
         raise ConfigError("--trials and --sampler are for sampled sweeps (interval, log, choice); a grid runs all")
     if trials is not None and trials < 1:
         raise ConfigError("--trials must be at least 1")
+    if not sampled and grid_size(params) > MAX_GRID:  # counted: Optuna's grid sampler would build every point
+        raise ConfigError(
+            f"the grid has {grid_size(params):,} points (one trial each), more than {MAX_GRID:,}: sweep fewer values, "
+            "or sample them (key=choice(a,b,...) or interval(low,high) with --trials N)"
+        )
     params = [replace(p, kind="choice") if sampled and p.kind == "grid" else p for p in params]
     make("sampler", sampler or "tpe")  # an unknown name stops the sweep here, before the config is read
     make("prune", prune)
@@ -87,7 +92,7 @@ def plan_sweep(
         sampler=sampler or "tpe",
         prune=prune,
     )
-    with sweep.lock():
+    with sweep.made(), sweep.lock():  # a storage that cannot be opened leaves no folder behind
         retry_failed(open_study(plan), plan)
         atomic_write_json(sweep.definition, {**plan.definition(), "config": plan.config, "overrides": list(plain)})
     return plan
@@ -95,7 +100,7 @@ def plan_sweep(
 
 def size(plan: SweepPlan) -> int:
     """How many trials the sweep has: its grid's points, or ``trials``."""
-    return len(grid_points(plan.params)) if plan.trials is None else plan.trials
+    return grid_size(plan.params) if plan.trials is None else plan.trials
 
 
 def work(plan: SweepPlan, parent: int | None = None) -> None:

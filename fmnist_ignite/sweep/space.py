@@ -8,6 +8,7 @@ are the overrides' own (:func:`fmnist_ignite.config.split_override`, :func:`~fmn
 from __future__ import annotations
 
 import itertools
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from ..config import parse_value, split_override
 from ..errors import ConfigError
 
 MAX_NAME = 120
+MAX_GRID = 10_000  # points of a grid: each is a trial, and Optuna's grid sampler holds them all in memory
 SAMPLED = re.compile(r"^(interval|log|choice)\((.*)\)$", re.DOTALL)
 NOT_IN_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -101,9 +103,9 @@ def parse_arguments(items: Sequence[str]) -> tuple[list[str], list[Param]]:
             raise ConfigError(f"{key} is swept twice; give its values in one argument: {key}=v1,v2")
         if key in ("name", "output_dir"):
             raise ConfigError(f"{item!r}: a sweep names its trials and puts them in output_dir/NAME; sweep other keys")
-        for value in param.values:
-            parse_value(value, item)
-        if len({_safe(v) for v in param.values}) < len(param.values):
+        parsed = [parse_value(value, item) for value in param.values]
+        same = any(_same(a, b) for i, a in enumerate(parsed) for b in parsed[:i])  # 0.1 and 0.10 are one value
+        if same or len({_safe(v) for v in param.values}) < len(param.values):
             raise ConfigError(f"{item!r}: two of the values are the same, or would name the same trial folder")
         params[key] = param
     return plain, list(params.values())
@@ -138,12 +140,27 @@ def _sampled(key: str, function: str, args: list[str], item: str) -> Param:
     if len(bounds) != 2 or not all(isinstance(b, int | float) and not isinstance(b, bool) for b in bounds):
         raise ConfigError(f"{item!r}: {function} takes two numbers, {function}(low,high)")
     low, high = bounds
+    if not (math.isfinite(low) and math.isfinite(high)):
+        raise ConfigError(f"{item!r}: {function} takes two finite numbers (not inf or nan), {function}(low,high)")
     if not low < high:
         raise ConfigError(f"{item!r}: the low end must be below the high end")
     if function == "log" and low <= 0:
         raise ConfigError(f"{item!r}: log needs a positive low end")
     integer = isinstance(low, int) and isinstance(high, int)
     return Param(key, "interval" if function == "interval" else "log", (), float(low), float(high), integer)
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Whether two values read from YAML are one value to a config (``0.1`` and ``0.10``; ``true`` is not ``1``)."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return a is b
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, int | float) and isinstance(b, int | float):
+        return a == b
+    return type(a) is type(b) and a == b
 
 
 def _safe(text: str) -> str:
@@ -168,6 +185,11 @@ def trial_name(params: Sequence[Param], values: Mapping[str, Any]) -> str:
     ]
     name = "_".join(parts)
     return f"{name[: MAX_NAME - 9]}-{sha1(name.encode()).hexdigest()[:8]}" if len(name) > MAX_NAME else name
+
+
+def grid_size(params: Sequence[Param]) -> int:
+    """How many points a grid over these keys has (counted, not built)."""
+    return math.prod(len(p.values) for p in params)
 
 
 def grid_points(params: Sequence[Param]) -> list[dict[str, str]]:
