@@ -6,6 +6,7 @@ their ``state_dict()``, never by name. Building one is :mod:`fmnist_ignite.build
 
 from __future__ import annotations
 
+import difflib
 import logging
 import random
 import signal
@@ -212,6 +213,7 @@ class Experiment:
             TrainingError: the loss became NaN, or a handler called ``sys.exit``.
         """
         self._refuse_a_second_run()
+        self._check_monitor()
         if self.config.trainer.fast_dev_run:
             return self._fast_dev_run()
         self.checkpointer.check_resumable()
@@ -261,6 +263,19 @@ class Experiment:
             metrics["test_accuracy"],
         )
         return metrics
+
+    def _check_monitor(self) -> None:
+        """``monitor.metric`` names a column the history will have: checked before anything is written."""
+        declared = [c for h in self.handlers.values() for c in getattr(h, "history_columns", ())]
+        columns = self.context.history.columns(declared)
+        metric = self.config.monitor.metric
+        if metric not in columns:
+            close = difflib.get_close_matches(metric, columns, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ConfigError(
+                f"monitor.metric: the history has no column '{metric}'{hint}; choose one of {', '.join(columns)} "
+                "(a handler that writes a metric itself names its column in history_columns)"
+            )
 
     def _refuse_a_second_run(self) -> None:
         """An experiment runs once; a data-parallel config runs in the processes made for it."""

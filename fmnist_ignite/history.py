@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
@@ -70,6 +70,19 @@ class History:
         if self.write:
             self.save()
 
+    def columns(self, declared: Iterable[str] = ()) -> list[str]:
+        """The columns the records will have, known before the first epoch (``epoch`` and ``seconds`` aside).
+
+        They come from the metrics attached to the engines (the training step's ``train_loss`` and
+        ``train_accuracy``, Ignite metrics such as the evaluator's ``loss`` and ``accuracy``), ``lr``,
+        and ``declared``: what handlers that write ``state.metrics`` themselves name in their
+        ``history_columns``. A metric that turns out not to be a scalar gets no column.
+        """
+        names = ["train_loss", "train_accuracy"]
+        for prefix, engine in (("train_", self.trainer), ("val_", self.evaluator)):
+            names += [name if name.startswith(prefix) else prefix + name for name in attached_metrics(engine)]
+        return list(dict.fromkeys([*names, "lr", *declared]))
+
     def save(self) -> None:
         """Write ``history.json`` and ``history.csv``."""
         # Rewritten every epoch and restored from the checkpoint on resume: no fsync needed.
@@ -88,6 +101,25 @@ class History:
         self.records = [dict(r) for r in state["records"]]
         if self.write:
             self.save()
+
+
+def attached_metrics(engine: Engine) -> list[str]:
+    """The names of the Ignite metrics attached to ``engine``, in the order they were attached.
+
+    Ignite keeps no public list of them: each ``Metric.attach`` registers the metric's bound
+    ``completed`` method with the metric's name as its argument (after the engine), which is what
+    is read here.
+    """
+    from ignite.metrics import Metric
+
+    return [
+        name
+        for handlers in engine._event_handlers.values()
+        for handler, args, _ in handlers
+        if isinstance(getattr(handler, "__self__", None), Metric) and handler.__name__ == "completed"
+        for name in args
+        if isinstance(name, str)
+    ]
 
 
 def _scalar(value: Any) -> float | None:

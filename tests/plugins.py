@@ -239,6 +239,8 @@ class Evil:
 class EpochScore:
     """Adds a metric to the evaluator, ``epoch_score`` = -epoch, so the history gets ``val_epoch_score`` (best at 1)."""
 
+    history_columns = ("val_epoch_score",)
+
     def __init__(self, context: Context) -> None:
         self.context = context
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import torch
@@ -139,3 +140,27 @@ def test_a_monitored_column_that_never_appears_is_one_line(small: list[str], cli
             "val_loss, val_accuracy, lr"
         )
     )
+
+
+def test_an_unknown_monitored_column_is_refused_before_anything_is_written(
+    small: list[str], tmp_path: Path, cli: Callable[..., CLI]
+) -> None:
+    code, out, err = cli(BASE, *small, "monitor.metric=val_acc")
+    assert (code, out) == (2, "")
+    assert err == (
+        "error: monitor.metric: the history has no column 'val_acc' (did you mean 'val_accuracy'?); choose one of "
+        "train_loss, train_accuracy, val_loss, val_accuracy, lr (a handler that writes a metric itself names its "
+        "column in history_columns)\n"
+    )
+    assert not (tmp_path / "runs").exists()
+
+
+def test_an_ignite_metric_attached_in_python_can_be_monitored(make_config: Callable[..., Config]) -> None:
+    from ignite.metrics import Precision
+
+    experiment = build_experiment(make_config("monitor.metric=val_precision_mean", "trainer.max_epochs=2"))
+    Precision(average=True, device=experiment.context.device).attach(experiment.evaluator, "precision_mean")
+    assert "val_precision_mean" in experiment.context.history.columns()
+    experiment.run()
+    assert experiment.context.monitor.best_epoch in (1, 2)
+    assert all(0 <= r["val_precision_mean"] <= 1 for r in experiment.history)
