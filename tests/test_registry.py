@@ -50,7 +50,7 @@ def test_the_built_ins_are_registered_like_plugins() -> None:
         (
             SCHEDULERS,
             "cosin",
-            "unknown scheduler 'cosin' (did you mean 'cosine'?); choose one of cosine, none, step or "
+            "unknown scheduler 'cosin' (did you mean 'cosine'?); choose one of cosine, none, plateau, step or "
             "'package.module:Name'",
         ),
         (MODELS, "mlp", "unknown model 'mlp'; choose one of logistic or 'package.module:Name'"),
