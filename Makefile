@@ -21,7 +21,7 @@ lint: setup
 	$(PY) -m pytest -q -p no:cacheprovider tests/test_layers.py   # imports point down, only app/ prints or exits
 
 test: lint
-	$(PY) -m pytest -n 2 --dist loadfile   # two workers, each test file on one of them
+	$(PY) -m pytest -n 2 --dist worksteal   # two workers; an idle one takes tests from the busy one
 	$(MAKE) docs
 
 docs: setup
