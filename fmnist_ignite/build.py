@@ -122,19 +122,13 @@ def _build(config: Config, rundir: RunDir, data: ImageData | None, initialize: b
     monitor = Monitor(model, config.monitor.metric, config.monitor.direction)
     # The run's steps at the end of each epoch, in the order they run; exact resume depends on it:
     #   1. the training step's epoch totals and NaN check (engine.EpochLoss, attached by create_trainer);
-    #   2. the run's own steps, here: data order and clock as the epoch starts; then validation, the
+    #   2. the run's own steps (attach_run_steps): data order and clock as the epoch starts; then validation, the
     #      history record, the monitor's best, a schedule decided per epoch (plateau);
     #   3. the handlers, here: the built-ins (the epoch line first), then handlers: from YAML, then those
     #      added in Python (Experiment.add_handler);
     #   4. last, when Experiment.run starts: the processes' consensus, the training status, the
     #      checkpoint (holding every step's state for the epoch), a stop asked by a signal.
-    trainer.add_event_handler(Events.EPOCH_STARTED, lambda e: loaders["train"].set_epoch(e.state.epoch))
-    trainer.add_event_handler(Events.EPOCH_STARTED, history.start_epoch)
-    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda: evaluator.run(loaders["val"]))
-    trainer.add_event_handler(Events.EPOCH_COMPLETED, history.complete_epoch)
-    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda: monitor.update(history.records))
-    if scheduler is not None:  # a schedule decided by the epoch's result (plateau)
-        trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda: step_after_validation(scheduler, history.records[-1]))
+    attach_run_steps(trainer, evaluator, loaders["train"], loaders["val"], history, monitor, scheduler)
     # What a checkpoint holds: these, then each stateful handler under its name (attach_handler), then
     # the training status (Experiment) and the checkpointer's own bookkeeping.
     core = {"model": model, "optimizer": optimizer, "trainer": trainer, "rng": RNGState(), "scheduler": scheduler}
@@ -170,6 +164,27 @@ def _build(config: Config, rundir: RunDir, data: ImageData | None, initialize: b
     experiment = Experiment(config, context, data, loaders, handlers, checkpointer)
     experiment.initial_weights = initial_weights
     return experiment
+
+
+def attach_run_steps(
+    trainer: Engine,
+    evaluator: Engine,
+    train: Loader,
+    val: Loader,
+    history: History,
+    monitor: Monitor,
+    scheduler: Any = None,
+) -> None:
+    """The run's own steps, before any handler: the epoch's data order and clock as it starts; when it
+    completes, validation, the history record, the monitor's best, and a schedule that follows the
+    epoch's result (``plateau``)."""
+    trainer.add_event_handler(Events.EPOCH_STARTED, lambda e: train.set_epoch(e.state.epoch))
+    trainer.add_event_handler(Events.EPOCH_STARTED, history.start_epoch)
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda: evaluator.run(val))
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, history.complete_epoch)
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda: monitor.update(history.records))
+    if scheduler is not None:
+        trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda: step_after_validation(scheduler, history.records[-1]))
 
 
 def record_processes(config: Config, new_run: bool) -> Config:

@@ -25,9 +25,9 @@ from typing import Any
 
 import pytest
 import torch
-from ignite.engine import Events
 
 from fmnist_ignite import Config, Context, load_config
+from fmnist_ignite.build import attach_run_steps
 from fmnist_ignite.data.loaders import TensorLoader
 from fmnist_ignite.engine import create_evaluator, create_trainer, make_prepare_batch
 from fmnist_ignite.history import History
@@ -93,11 +93,7 @@ def make_rig(
     rundir = RunDir(config.run_dir)
     history = History(rundir, trainer, evaluator, optimizer, write=write)
     monitor = Monitor(model, metric, mode)
-    trainer.add_event_handler(Events.EPOCH_STARTED, lambda e: train.set_epoch(e.state.epoch))
-    trainer.add_event_handler(Events.EPOCH_STARTED, history.start_epoch)
-    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda: evaluator.run(val))
-    trainer.add_event_handler(Events.EPOCH_COMPLETED, history.complete_epoch)
-    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda: monitor.update(history.records))
+    attach_run_steps(trainer, evaluator, train, val, history, monitor)
     context = Context(
         config=config,
         rundir=rundir,
