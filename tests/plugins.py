@@ -371,3 +371,20 @@ def halve_every(
 def stateless_schedule(optimizer: torch.optim.Optimizer, config: Config, epoch_length: int) -> Callable[..., None]:
     """A schedule a resume could not continue: it keeps no state."""
     return lambda engine: None
+
+
+class AbortAtExitOnRank:
+    """On rank ``rank`` of a data-parallel run, aborts the process at interpreter exit, after the run: a crash on
+    the way out, as gloo's teardown sometimes does ("terminate called without an active exception")."""
+
+    def __init__(self, context: Context, rank: int = 1) -> None:
+        import atexit
+        import os
+
+        import ignite.distributed as idist
+
+        if idist.get_rank() == rank:
+            atexit.register(os.abort)
+
+    def __call__(self, engine: Engine) -> None:
+        pass

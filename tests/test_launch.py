@@ -132,3 +132,15 @@ def test_user_handler_error_is_one_line_and_the_run_resumes(
     code, _, err = cli("--resume", str(run))
     assert code == 0, err
     assert values(read_history(run)) == reference
+
+
+def test_a_process_that_crashes_on_its_way_out_after_the_run_does_not_fail_it(
+    small: list[str], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    handler = "handlers=[{target: 'tests.plugins:AbortAtExitOnRank', kwargs: {rank: 1}}]"
+    run = fmnist_ignite.train(
+        BASE, *small, "name=crash", "distributed.backend=gloo", "distributed.nproc_per_node=2", handler, verbose=None
+    )
+    assert run.dir == tmp_path / "runs" / "crash" and (run.dir / "metrics.json").is_file()
+    assert len(run.history) == run.metrics["epochs_trained"] and run.metrics["test_accuracy"] > 0.5
+    assert "process 1 of the data-parallel run crashed while exiting, after the run was complete" in caplog.text

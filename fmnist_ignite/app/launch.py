@@ -328,6 +328,14 @@ def run_in_processes(request: Request) -> RunResult:
             with _quiet_launcher(backend=backend, nproc_per_node=processes, master_port=_free_port()) as parallel:
                 parallel.run(_run_spawned, request, codes, said)
         except (ProcessExitedException, ProcessRaisedException) as err:  # killed, or crashed outside the run
+            if all(codes[i] == 0 for i in range(len(codes))):
+                # Every process had finished its part (rank 0 had written the whole run) when one of them died
+                # on its way out, in the C++ teardown of its process group: the run is complete.
+                logging.getLogger(__name__).warning(
+                    "process %d of the data-parallel run crashed while exiting, after the run was complete",
+                    err.error_index,
+                )
+                return RunResult.read(_said(said))
             if codes[0] > 0:
                 raise ProcessesFailed(_said(said), int(codes[0]), reported=True) from None
             exit_code = getattr(err, "exit_code", 1)
@@ -370,10 +378,11 @@ def _run_spawned(local_rank: int, request: Request, codes: Any, said: Any) -> No
     signal.signal(signal.SIGINT, signal.default_int_handler)  # the launcher ignores Ctrl-C; this process must not
     gc.disable()  # as the command line does: start-up's objects are frozen, not swept (see cli.main_entry)
     outcome: dict[str, Any] = {}
-    codes[rank()] = _train_in_process(request, outcome)
-    if rank() == 0:
+    code = _train_in_process(request, outcome)
+    if rank() == 0:  # said before the code: a code of 0 means the run directory can be read
         text = str(outcome["run"].dir) if "run" in outcome else console.one_line(outcome.get("error", ""))
         said.value = text.encode()[: MESSAGE_BYTES - 1]
+    codes[rank()] = code
 
 
 def _run_here(local_rank: int, request: Request, result: dict[str, Any]) -> None:
