@@ -58,9 +58,10 @@ def plan_sweep(
         raise ConfigError("--trials and --sampler are for sampled sweeps (interval, log, choice); a grid runs all")
     if trials is not None and trials < 1:
         raise ConfigError("--trials must be at least 1")
-    if not sampled and grid_size(params) > MAX_GRID:  # counted: Optuna's grid sampler would build every point
+    points = 0 if sampled else grid_size(params)  # counted: Optuna's grid sampler would build every point
+    if points > MAX_GRID:
         raise ConfigError(
-            f"the grid has {grid_size(params):,} points (one trial each), more than {MAX_GRID:,}: sweep fewer values, "
+            f"the grid has {points:,} points (one trial each), more than {MAX_GRID:,}: sweep fewer values, "
             "or sample them (key=choice(a,b,...) or interval(low,high) with --trials N)"
         )
     params = [replace(p, kind="choice") if sampled and p.kind == "grid" else p for p in params]
