@@ -139,6 +139,13 @@ def logging_restored() -> Iterator[None]:
             os.environ.pop("MLFLOW_LOGGING_LEVEL", None)
 
 
+def current_verbosity() -> int:
+    """The verbosity the package's logging stands at (``-1`` warnings and the outcome, ``0`` the run's record,
+    ``1`` detail), for processes started to do part of the work."""
+    level = logging.getLogger("fmnist_ignite").getEffectiveLevel()
+    return 1 if level <= logging.DEBUG else 0 if level <= logging.INFO else -1
+
+
 def rank_prefix(rank: int) -> str:
     """``rank N: `` before the lines of a data-parallel run's other processes."""
     return f"rank {rank}: " if rank > 0 else ""

@@ -115,8 +115,7 @@ def train(
     with console.logging_restored() if verbose is not None else nullcontext():
         if verbose is not None:
             console.setup_logging(verbose)
-        level = logging.getLogger("fmnist_ignite").getEffectiveLevel()
-        verbosity = verbose if verbose is not None else (1 if level <= logging.DEBUG else 0)
+        verbosity = verbose if verbose is not None else console.current_verbosity()
         with start_up():
             request, launch = _prepare(config, overrides, resume, init_from, verbosity)
             experiment = None if launch else _build(request)

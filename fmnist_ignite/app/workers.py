@@ -76,8 +76,7 @@ def _run_workers(plan: Any, workers: int) -> None:
     twice (a second one stops its trial at once, without saving the epoch).
     """
     context = multiprocessing.get_context("spawn")
-    level = logging.getLogger("fmnist_ignite").getEffectiveLevel()
-    verbosity = 1 if level <= logging.DEBUG else 0 if level <= logging.INFO else -1
+    verbosity = console.current_verbosity()
     threads = max(1, cpu_count() // workers)
     processes = [
         context.Process(target=_worker, args=(plan, verbosity, i + 1, threads), name=f"sweep worker {i + 1}")
