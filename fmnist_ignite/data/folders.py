@@ -21,6 +21,7 @@ import logging
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -170,7 +171,11 @@ def _read_cache(path: Path, classes: tuple[str, ...]) -> FolderImages | None:
 
 def _write_cache(path: Path, images: FolderImages) -> None:
     """Write the cache and remove the folder's older ones; a folder that cannot be written is only warned of."""
-    arrays = {"classes": np.array(images.classes), "train_images": images.train[0], "train_labels": images.train[1]}
+    arrays: dict[str, Any] = {
+        "classes": np.array(images.classes),
+        "train_images": images.train[0],
+        "train_labels": images.train[1],
+    }
     if images.test is not None:
         arrays |= {"test_images": images.test[0], "test_labels": images.test[1]}
     try:

@@ -32,9 +32,9 @@ class BatchTransform:
         seed: the run's seed.
     """
 
-    def __init__(self, entries: Sequence[Mapping[str, Mapping[str, Any]]], seed: int) -> None:
+    def __init__(self, entries: Sequence[Mapping[str, Mapping[str, Any] | None]], seed: int) -> None:
         self.names = [name for entry in entries for name in entry]
-        steps = [make_transform(name, kwargs) for entry in entries for name, kwargs in entry.items()]
+        steps = [make_transform(name, kwargs or {}) for entry in entries for name, kwargs in entry.items()]
         self.transform: Callable[[torch.Tensor], Any] = steps[0] if len(steps) == 1 else _compose(steps)
         self.seed = seed
 
@@ -78,7 +78,7 @@ class BatchTransform:
             )
 
 
-def make_batch_transform(entries: Sequence[Mapping[str, Mapping[str, Any]]], seed: int) -> BatchTransform | None:
+def make_batch_transform(entries: Sequence[Mapping[str, Mapping[str, Any] | None]], seed: int) -> BatchTransform | None:
     """The :class:`BatchTransform` of ``data.transforms``; ``None`` for an empty list (training as without it)."""
     return BatchTransform(entries, seed) if entries else None
 
