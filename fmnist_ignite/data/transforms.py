@@ -12,8 +12,8 @@ data-parallel run together transform each batch as one process would.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -27,6 +27,12 @@ TRANSFORM_STREAM = 0x7472616E  # keeps the transforms' seeds apart from any othe
 class BatchTransform:
     """Apply ``data.transforms`` to each image of a training batch, with randomness that a resume repeats.
 
+    Each transform draws each image's parameters from the image's own seed; images whose
+    parameters came out equal (the same crop offset, flipped or not) are then transformed
+    together, in one call of the transform's kernel. The result is that of calling the transform
+    on each image alone, at a fraction of the cost. A transform that decides in its own
+    ``forward`` (``RandomApply``, ``AutoAugment``, ...) is called on each image alone.
+
     Args:
         entries: ``data.transforms``: one ``{name: kwargs}`` mapping per transform, applied in order.
         seed: the run's seed.
@@ -34,8 +40,7 @@ class BatchTransform:
 
     def __init__(self, entries: Sequence[Mapping[str, Mapping[str, Any] | None]], seed: int) -> None:
         self.names = [name for entry in entries for name in entry]
-        steps = [make_transform(name, kwargs or {}) for entry in entries for name, kwargs in entry.items()]
-        self.transform: Callable[[torch.Tensor], Any] = steps[0] if len(steps) == 1 else _compose(steps)
+        self.steps = [make_transform(name, kwargs or {}) for entry in entries for name, kwargs in entry.items()]
         self.seed = seed
 
     def __call__(self, images: torch.Tensor, epoch: int, batch: int, offset: int = 0) -> torch.Tensor:
@@ -43,17 +48,36 @@ class BatchTransform:
         (counted from 0) of epoch ``epoch`` (a process's share of the batch in a data-parallel run)."""
         seeds = self.image_seeds(epoch, batch, offset, len(images))
         devices = [images.device.index or 0] if images.device.type == "cuda" else []
-        out = torch.empty_like(images)
         with torch.random.fork_rng(devices=devices):
-            for i, image_seed in enumerate(seeds):
-                torch.manual_seed(image_seed)
-                out[i] = self.transform(images[i])
-        return out
+            for number, step in enumerate(self.steps):
+                step_seeds = [(s + number) % 2**63 for s in seeds]
+                kind = _forward_kind(step)
+                if kind is None:
+                    images = _apply_each(step, images, step_seeds)
+                else:
+                    images = _apply_grouped(step, images, step_seeds, coin=kind == "coin")
+        return images
 
     def image_seeds(self, epoch: int, batch: int, offset: int, count: int) -> list[int]:
-        """The seeds of images ``offset .. offset + count - 1`` of a batch: a function of (seed, epoch, batch) alone."""
-        base = np.random.SeedSequence([self.seed, epoch, batch, TRANSFORM_STREAM]).generate_state(1, np.uint64)[0]
-        return [(int(base) + offset + i) % 2**63 for i in range(count)]
+        """The seeds of images ``offset .. offset + count - 1`` of a batch: a function of (seed, epoch, batch) alone.
+
+        Transform ``k`` (from 0) of the list draws image ``i``'s parameters from seed ``seeds[i] + k``.
+        """
+        base = int(np.random.SeedSequence([self.seed, epoch, batch, TRANSFORM_STREAM]).generate_state(1, np.uint64)[0])
+        width = len(self.steps)
+        return [(base + (offset + i) * width) % 2**63 for i in range(count)]
+
+    def reference(self, images: torch.Tensor, seeds: Sequence[int]) -> torch.Tensor:
+        """What :meth:`__call__` gives for images with these :meth:`image_seeds`, by calling each transform on each
+        image alone (the definition that the grouped calls reproduce; used by the tests)."""
+        out = []
+        with torch.random.fork_rng(devices=[]):
+            for image, seed in zip(images, seeds, strict=True):
+                for number, step in enumerate(self.steps):
+                    _seed((seed + number) % 2**63, image.device)
+                    image = step(image)
+                out.append(image)
+        return torch.stack(out)
 
     def check(self, example: torch.Tensor) -> None:
         """Try the transforms on one image ``(C, H, W)``: they must give a uint8 image of the same shape.
@@ -63,7 +87,9 @@ class BatchTransform:
         """
         try:
             with torch.random.fork_rng(devices=[]):
-                out = self.transform(example)
+                out = example
+                for step in self.steps:
+                    out = step(out)
         except Exception as err:  # a transform refuses an input in many ways
             raise ConfigError(
                 f"data.transforms ({', '.join(self.names)}) fail on a {_describe(example)} training image "
@@ -83,10 +109,70 @@ def make_batch_transform(entries: Sequence[Mapping[str, Mapping[str, Any] | None
     return BatchTransform(entries, seed) if entries else None
 
 
-def _compose(steps: list[Any]) -> Any:
-    from torchvision.transforms import v2
+def _seed(seed: int, device: torch.device) -> None:
+    """Seed the generators a transform draws from (``torch.manual_seed`` would also walk every backend: slow)."""
+    torch.default_generator.manual_seed(seed)
+    if device.type == "cuda":
+        torch.cuda.default_generators[device.index or 0].manual_seed(seed)
 
-    return v2.Compose(steps)
+
+def _forward_kind(step: Any) -> str | None:
+    """How ``step`` draws its randomness: ``"plain"`` (all of it in ``make_params``: v2's own ``forward``),
+    ``"coin"`` (first whether to apply it at all, with probability ``p``, then ``make_params``), or ``None``
+    (its own ``forward``: called on each image alone)."""
+    from torchvision.transforms.v2 import Transform
+
+    forward = type(step).forward
+    if forward is Transform.forward:
+        return "plain"
+    try:
+        from torchvision.transforms.v2._transform import _RandomApplyTransform
+    except ImportError:  # a torchvision that moved it: those transforms are called per image
+        return None
+    return "coin" if forward is _RandomApplyTransform.forward else None
+
+
+def _apply_each(step: Any, images: torch.Tensor, seeds: Sequence[int]) -> torch.Tensor:
+    out = []
+    for image, seed in zip(images, seeds, strict=True):
+        _seed(seed, images.device)
+        out.append(step(image))
+    return torch.stack(out)
+
+
+def _apply_grouped(step: Any, images: torch.Tensor, seeds: Sequence[int], coin: bool) -> torch.Tensor:
+    """Each image's parameters drawn as ``step(image)`` would draw them; one kernel call per distinct parameters."""
+    groups: dict[Any, tuple[dict[str, Any], list[int]]] = {}
+    out: list[torch.Tensor | None] = [None] * len(images)
+    for i, (image, seed) in enumerate(zip(images, seeds, strict=True)):
+        _seed(seed, images.device)
+        if coin and torch.rand(1) >= step.p:
+            out[i] = image
+            continue
+        params = step.make_params([image])
+        key = _frozen(params)
+        if key is None:  # tensors among the parameters: applied alone
+            out[i] = step.transform(image, params)
+        else:
+            groups.setdefault(key, (params, []))[1].append(i)
+    for params, members in groups.values():
+        index = torch.tensor(members, device=images.device)
+        for i, result in zip(members, step.transform(images.index_select(0, index), params), strict=True):
+            out[i] = result
+    return torch.stack(cast(list[torch.Tensor], out))
+
+
+def _frozen(value: Any) -> Any:
+    """``value`` (parameters: dicts, lists, numbers) as something hashable; ``None`` when it holds anything else."""
+    if isinstance(value, bool | int | float | str) or value is None:
+        return (type(value).__name__, value)
+    if isinstance(value, list | tuple):
+        items = [_frozen(v) for v in value]
+        return None if any(i is None for i in items) else ("seq", *items)
+    if isinstance(value, dict):
+        pairs = [(k, _frozen(v)) for k, v in sorted(value.items())]
+        return None if any(v is None for _, v in pairs) else ("map", *pairs)
+    return None
 
 
 def _describe(image: torch.Tensor) -> str:
