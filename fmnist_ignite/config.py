@@ -149,7 +149,7 @@ def make_transform(name: str, kwargs: Mapping[str, Any], where: str = "data.tran
         )
     try:
         return getattr(v2, name)(**kwargs)
-    except (TypeError, ValueError) as err:
+    except Exception as err:  # a constructor refuses its arguments in many ways
         message = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise ValueError(f"{where} ({name}): {message}; see torchvision's documentation of {name}") from None
 

@@ -86,8 +86,8 @@ def test_the_shares_of_a_data_parallel_batch_are_transformed_as_the_whole_batch(
         ),
         (
             [{"RandomHorizontalFlip": {}}, {"Normalize": {"mean": [0.5], "std": [0.5]}}],
-            "data.transforms (RandomHorizontalFlip, Normalize) fail on a uint8 (1, 8, 8) training image (TypeError: Input tensor "
-            "should be a float tensor. Got torch.uint8.); use transforms that take uint8 images",
+            "data.transforms (RandomHorizontalFlip, Normalize) fail on a uint8 (1, 8, 8) training image (TypeError: "
+            "Input tensor should be a float tensor. Got torch.uint8.); use transforms that take uint8 images",
         ),
     ],
 )
