@@ -23,8 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from fmnist_ignite import Config, Context, load_config
 from fmnist_ignite.build import attach_run_steps
@@ -176,6 +178,33 @@ def write_fashion(folder: Path, train_side: tuple[int, int] = (28, 28), test_sid
         (folder / f"{prefix}-images-idx3-ubyte.gz").write_bytes(gzip.compress(idx_images(images)))
         (folder / f"{prefix}-labels-idx1-ubyte.gz").write_bytes(gzip.compress(idx_labels(labels)))
     return folder
+
+
+def write_image_folder(
+    root: Path,
+    classes: tuple[str, ...] = ("shirt", "bag", "coat"),
+    per_class: tuple[int, int] = (4, 2),
+    size: tuple[int, int] = (12, 10),
+    color: bool = False,
+    test: bool = True,
+) -> Path:
+    """``root/train/<class>/`` (and ``root/test/<class>/``): class ``k``'s images are filled with ``40 + 60 k``
+    plus noise, PNG and JPEG alternating; colour images have a red tint."""
+    rng = np.random.default_rng(0)
+    splits = [("train", per_class[0])] + ([("test", per_class[1])] if test else [])
+    for split, count in splits:
+        for k, cls in enumerate(sorted(classes)):
+            folder = root / split / cls
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                gray = np.clip(40 + 60 * k + rng.normal(0, 8, size[::-1]), 0, 255).astype(np.uint8)
+                if color:
+                    pixels = np.stack([np.clip(gray.astype(int) + 50, 0, 255).astype(np.uint8), gray, gray], -1)
+                    image = Image.fromarray(pixels, "RGB")
+                else:
+                    image = Image.fromarray(gray, "L")
+                image.save(folder / (f"{i}.png" if i % 2 == 0 else f"{i}.jpg"))
+    return root
 
 
 def png(width: int, height: int) -> bytes:

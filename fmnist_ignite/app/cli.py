@@ -403,7 +403,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_arguments(sys.argv[1:] if argv is None else argv)
     verbosity = args.verbosity
     with console.logging_restored():
-        console.setup_logging(verbosity)
+        # --json: stdout holds the JSON alone, so the log lines (a data set prepared, ...) go to stderr.
+        console.setup_logging(verbosity, lines="stderr" if getattr(args, "json", False) else "stdout")
         return console.reported(lambda: args.command_function(args), verbosity, console.process_rank())
 
 

@@ -162,7 +162,7 @@ def load_image_folder(config: DataConfig) -> ImageData:
         test_images, test_labels = (torch.from_numpy(a) for a in folder.test)
     else:
         if config.val_size * 2 >= len(labels):
-            raise DataError(
+            raise ConfigError(
                 f"{root} has no test/ folder, so data.val_size={config.val_size} of its {len(labels)} training images "
                 "would be held out for testing and as many for validation; add a test/ folder or lower data.val_size"
             )

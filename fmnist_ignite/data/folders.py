@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps
 
-from ..errors import DataError
+from ..errors import ConfigError
 from ..fileio import atomic_write
 from ..images import open_image
 
@@ -61,10 +61,11 @@ def read_image_folder(root: Path, image_size: int | None, channels: int | None) 
             equal everywhere), else 3.
 
     Raises:
-        DataError: one line naming the folder or file and what to do: no ``train/`` folder, no
+        ConfigError: one line naming the folder or file and what to do: no ``train/`` folder, no
             class folders, a class folder without images, a file that is not a PNG or JPEG
             image, test classes other than the training classes, images of different sizes
             without ``data.image_size``.
+        DataError: an image file that cannot be decoded (see :func:`~fmnist_ignite.images.open_image`).
     """
     train = _list_split(root, "train")
     classes = tuple(sorted(train))
@@ -79,13 +80,13 @@ def read_image_folder(root: Path, image_size: int | None, channels: int | None) 
             )
             if part
         )
-        raise DataError(f"{root}: the class folders of test/ must be those of train/ ({what}); make them the same")
+        raise ConfigError(f"{root}: the class folders of test/ must be those of train/ ({what}); make them the same")
     files = {"train": train, **({"test": test} if test is not None else {})}
     key = _cache_key(root, files, image_size, channels)
     cache = root / CACHE_FOLDER / f"image_folder-{key}.npz"
     cached = _read_cache(cache, classes)
     if cached is not None:
-        logger.info("image_folder: %s read from its cache %s", root, cache)
+        logger.debug("image_folder: %s read from its cache %s", root, cache)
         return cached
     count = sum(len(paths) for split in files.values() for paths in split.values())
     logger.info("image_folder: decoding %d images under %s (once; cached in %s)", count, root, cache.parent)
@@ -103,7 +104,7 @@ def _list_split(root: Path, split: str) -> dict[str, list[Path]]:
     folder = root / split
     if not folder.is_dir():
         what = "does not exist" if not root.exists() else f"has no {split}/ folder"
-        raise DataError(
+        raise ConfigError(
             f"data.root {root} {what}; put your images in {root}/train/<class>/ (PNG or JPEG, one folder per class)"
         )
     found: dict[str, list[Path]] = {}
@@ -111,7 +112,7 @@ def _list_split(root: Path, split: str) -> dict[str, list[Path]]:
         if entry.name.startswith("."):
             continue
         if not entry.is_dir():
-            raise DataError(
+            raise ConfigError(
                 f"{entry}: {split}/ holds class folders only; move the file into a folder named after its class"
             )
         _check_class_name(entry)
@@ -120,15 +121,17 @@ def _list_split(root: Path, split: str) -> dict[str, list[Path]]:
             if path.name.startswith("."):
                 continue
             if not path.is_file() or path.suffix.lower() not in IMAGE_SUFFIXES:
-                raise DataError(
+                raise ConfigError(
                     f"{path}: not a PNG or JPEG image (*.png, *.jpg, *.jpeg); remove it from {folder} or convert it"
                 )
             images.append(path)
         if not images:
-            raise DataError(f"{entry}: a class folder with no images; add PNG or JPEG files to it, or remove it")
+            raise ConfigError(f"{entry}: a class folder with no images; add PNG or JPEG files to it, or remove it")
         found[entry.name] = images
     if not found:
-        raise DataError(f"{folder} holds no class folders; put your images in {folder}/<class>/ (one folder per class)")
+        raise ConfigError(
+            f"{folder} holds no class folders; put your images in {folder}/<class>/ (one folder per class)"
+        )
     return found
 
 
@@ -136,7 +139,7 @@ def _check_class_name(folder: Path) -> None:
     """Class names reach the terminal, reports and pictures: printable, at most 100 characters."""
     name = folder.name
     if len(name) > MAX_CLASS_NAME or not name.isprintable():
-        raise DataError(
+        raise ConfigError(
             f"{folder}: a class folder's name must be 1 to {MAX_CLASS_NAME} printable characters; rename it"
         )
 
@@ -202,7 +205,7 @@ def _decode_split(
     first_path, first = images[0]
     for path, array in images:
         if array.shape != first.shape:
-            raise DataError(
+            raise ConfigError(
                 f"{path} is {array.shape[1]}x{array.shape[0]} pixels but {first_path} is "
                 f"{first.shape[1]}x{first.shape[0]}; set data.image_size to convert every image to one size"
             )
@@ -213,7 +216,7 @@ def _check_sizes(decoded: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
     shapes = {name: images.shape[1:3] for name, (images, _) in decoded.items()}
     if len(set(shapes.values())) > 1:
         (h, w), (th, tw) = shapes["train"], shapes["test"]
-        raise DataError(
+        raise ConfigError(
             f"the train/ images are {w}x{h} pixels but the test/ images {tw}x{th}; set data.image_size to convert "
             "every image to one size"
         )
