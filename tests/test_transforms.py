@@ -34,6 +34,19 @@ def test_each_image_draws_its_own_parameters() -> None:
     assert len({tuple(image.flatten().tolist()) for image in cropped}) > 10, "many different crops"
 
 
+def one_by_one(transform: BatchTransform, images: torch.Tensor, seeds: list[int]) -> torch.Tensor:
+    """The definition the grouped calls reproduce: each transform called on each image alone, transform ``k``
+    after seeding with the image's seed + ``k``."""
+    out = []
+    with torch.random.fork_rng(devices=[]):
+        for image, seed in zip(images, seeds, strict=True):
+            for number, step in enumerate(transform.steps):
+                torch.manual_seed(seed + number)
+                image = step(image)
+            out.append(image)
+    return torch.stack(out)
+
+
 def test_grouped_calls_give_what_a_call_per_image_gives() -> None:
     images = torch.randint(0, 256, (50, 1, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
     # own forward (per image), tensor parameters (per image), float parameters (groups of one), grouped ones
@@ -45,7 +58,7 @@ def test_grouped_calls_give_what_a_call_per_image_gives() -> None:
     ]
     transform = BatchTransform(entries, seed=3)
     out = transform(images, epoch=2, batch=5)
-    assert torch.equal(out, transform.reference(images, transform.image_seeds(2, 5, 0, 50)))
+    assert torch.equal(out, one_by_one(transform, images, transform.image_seeds(2, 5, 0, 50)))
     assert out.dtype == torch.uint8 and out.shape == images.shape
 
 

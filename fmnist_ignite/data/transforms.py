@@ -31,7 +31,7 @@ class BatchTransform:
     parameters came out equal (the same crop offset, flipped or not) are then transformed
     together, in one call of the transform's kernel. The result is that of calling the transform
     on each image alone, at a fraction of the cost. A transform that decides in its own
-    ``forward`` (``RandomApply``, ``AutoAugment``, ...) is called on each image alone.
+    ``forward`` (``AutoAugment``, ``TrivialAugmentWide``, ...) is called on each image alone.
 
     Args:
         entries: ``data.transforms``: one ``{name: kwargs}`` mapping per transform, applied in order.
@@ -66,18 +66,6 @@ class BatchTransform:
         base = int(np.random.SeedSequence([self.seed, epoch, batch, TRANSFORM_STREAM]).generate_state(1, np.uint64)[0])
         width = len(self.steps)
         return [(base + (offset + i) * width) % 2**63 for i in range(count)]
-
-    def reference(self, images: torch.Tensor, seeds: Sequence[int]) -> torch.Tensor:
-        """What :meth:`__call__` gives for images with these :meth:`image_seeds`, by calling each transform on each
-        image alone (the definition that the grouped calls reproduce; used by the tests)."""
-        out = []
-        with torch.random.fork_rng(devices=[]):
-            for image, seed in zip(images, seeds, strict=True):
-                for number, step in enumerate(self.steps):
-                    _seed((seed + number) % 2**63, image.device)
-                    image = step(image)
-                out.append(image)
-        return torch.stack(out)
 
     def check(self, example: torch.Tensor) -> None:
         """Try the transforms on one image ``(C, H, W)``: they must give a uint8 image of the same shape.
