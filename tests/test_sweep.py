@@ -6,6 +6,7 @@ import csv
 import json
 import re
 import signal
+import socket
 import subprocess
 import time
 from collections import Counter
@@ -121,8 +122,10 @@ def test_grid_sweep_records_failures_retries_them_and_averages_over_seeds(
     assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == names
     rows = read_csv(sweep / "results.csv")
     assert list(rows[0]) == [
-        "trial", "name", "optimizer.lr", "seed", "status", "epochs", "best_value", "test_accuracy", "error"
+        "trial", "name", "optimizer.lr", "seed", "status", "epochs", "best_value", "test_accuracy", "error", "host",
+        "run_dir",
     ]  # fmt: skip
+    assert {(r["host"], r["run_dir"]) for r in rows} == {(socket.gethostname(), str(sweep / n)) for n in names}
     done = [r for r in rows if r["status"] == "COMPLETE"]
     assert sorted(r["name"] for r in done) == names[:2]
     assert [float(r["best_value"]) for r in done] == sorted((float(r["best_value"]) for r in done), reverse=True)

@@ -2,8 +2,9 @@
 
 Optuna keeps the books: the storage fails a trial whose heartbeat stopped (its process is gone) and
 queues its values again; ``GridSampler`` hands out a grid's points. Ours are two rules Optuna has no
-word for: a failed trial is tried again once per start (:func:`retry_failed`), and this machine's
-processes start trials one at a time (:class:`Turn`).
+word for: a failed trial is tried again once per start (:func:`retry_failed`), and the sweep's
+processes start trials one at a time (:class:`Turn`): this machine's through a lock in the sweep's
+folder, all machines' through a lock in the study's PostgreSQL database (:func:`database_lock`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import logging
 import os
 import re
 import warnings
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
@@ -120,6 +122,37 @@ def _shown(url: str) -> str:
     return re.sub(r"(//[^/:@]*:)[^/@]*@", r"\1***@", url)
 
 
+@contextmanager
+def database_lock(plan: SweepPlan) -> Iterator[None]:
+    """Hold the study's lock in its database while the block runs: for a storage that machines share.
+
+    On PostgreSQL it is an advisory lock named after the study (``pg_advisory_xact_lock``), taken in a
+    transaction of a connection of its own: the end of the block, or of the process (a kill, a lost
+    machine: the server drops its connection), lets it go. Other storages take none: SQLite lives in
+    one machine's folder, where the sweep folder's lock does this.
+
+    Raises:
+        SweepError: the database cannot be reached.
+    """
+    import sqlalchemy  # Optuna's storage is built on it
+
+    if sqlalchemy.make_url(plan.storage).get_backend_name() != "postgresql":
+        yield
+        return
+    engine = sqlalchemy.create_engine(plan.storage, poolclass=sqlalchemy.NullPool)
+    lock = sqlalchemy.text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))")
+    try:
+        with ExitStack() as held:
+            try:
+                connection = held.enter_context(engine.connect())
+                connection.execute(lock, {"key": f"fmnist_ignite sweep {plan.study}"})
+            except sqlalchemy.exc.SQLAlchemyError as err:
+                raise SweepError(f"cannot lock the study in {_shown(plan.storage)}: {first_line(err)}") from None
+            yield
+    finally:
+        engine.dispose()
+
+
 def points(plan: SweepPlan, trials: list[FrozenTrial]) -> dict[str, list[FrozenTrial]]:
     """The study's trials by the name of their values (their run directory), in order (queued ones left out)."""
     found: dict[str, list[FrozenTrial]] = {}
@@ -158,14 +191,15 @@ def startable(study: optuna.Study, plan: SweepPlan) -> bool:
 
 
 class Turn:
-    """The sweep's lock, held from "is a trial left to start?" (:meth:`take`) until the trial that Optuna then
-    asks for has its values (:meth:`release`): this machine's processes start trials one at a time.
+    """The sweep's locks, held from "is a trial left to start?" (:meth:`take`) until the trial that Optuna then
+    asks for has its values (:meth:`release`): the sweep's processes start trials one at a time.
 
     Optuna cannot promise this by itself: ``study.optimize`` asks for a trial as soon as the last
     one ends, so two processes asking at once when one grid point is left get the same point
     (``GridSampler`` hands out running points again once all are started), and a sampled sweep
     gets more than ``trials`` (``MaxTrialsCallback`` counts after a trial, not before the next).
-    Processes on other machines sharing the storage are not covered.
+    The lock in the sweep's folder covers this machine's processes; :func:`database_lock` those of
+    every machine on a PostgreSQL storage (each with an ``output_dir`` of its own).
     """
 
     def __init__(self, plan: SweepPlan, study: optuna.Study) -> None:
@@ -176,6 +210,7 @@ class Turn:
         """Whether a trial is left to start; if so the lock stays held for it."""
         self.release()  # never twice: a second flock of this process would wait for the first
         self.held.enter_context(self.sweep.lock())
+        self.held.enter_context(database_lock(self.plan))
         if startable(self.study, self.plan):
             return True
         self.release()
