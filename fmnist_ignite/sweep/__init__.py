@@ -95,7 +95,7 @@ def plan_sweep(
     )
     with sweep.made(), sweep.lock():  # a storage that cannot be opened leaves no folder behind
         study = open_study(plan)
-        with database_lock(plan):  # machines starting at once queue a failed trial once
+        with database_lock(plan.storage, plan.study):  # machines starting at once queue a failed trial once
             retry_failed(study, plan)
         atomic_write_json(sweep.definition, {**plan.definition(), "config": plan.config, "overrides": list(plain)})
     return plan

@@ -88,27 +88,29 @@ def open_study(plan: SweepPlan) -> optuna.Study:
     optuna = load_optuna()
     beat = int(os.environ.get(HEARTBEAT_VARIABLE) or 10)
     kwargs = {"connect_args": {"timeout": 60}} if plan.storage.startswith("sqlite") else {}
-    try:
-        storage = _quietly(
-            optuna.storages.RDBStorage, plan.storage, kwargs, heartbeat_interval=beat, grace_period=3 * beat,
-            heartbeat_stale_trial_callback=_retry,
-        )  # fmt: skip
-    except Exception as err:  # a bad URL, a missing driver, a server that does not answer
-        raise SweepError(f"cannot open the study storage {_shown(plan.storage)}: {first_line(err)}") from None
+    with database_lock(plan.storage, None):  # machines opening a new database at once: its tables are made once
+        try:
+            storage = _quietly(
+                optuna.storages.RDBStorage, plan.storage, kwargs, heartbeat_interval=beat, grace_period=3 * beat,
+                heartbeat_stale_trial_callback=_retry,
+            )  # fmt: skip
+        except Exception as err:  # a bad URL, a missing driver, a server that does not answer
+            raise SweepError(f"cannot open the study storage {_shown(plan.storage)}: {_driver_hint(err)}") from None
     grid = None
     if plan.trials is None:
         grid = optuna.samplers.GridSampler({p.key: list(p.values) for p in plan.params})
         # In the order given, not shuffled: Optuna shuffles to make two processes less likely to pick the same point,
         # which Turn rules out; the median pruner judges a trial by those before it. (Values by sorted key.)
         grid._all_grids = [tuple(point[k] for k in sorted(point)) for point in grid_points(plan.params)]
-    study = optuna.create_study(
-        storage=storage, sampler=grid or make("sampler", plan.sampler), pruner=make("prune", plan.prune),
-        study_name=plan.study, direction=plan.direction, load_if_exists=True,
-    )  # fmt: skip
-    saved = study.user_attrs.get("sweep")
-    if saved is None:
-        study.set_user_attr("sweep", plan.definition())
-    elif saved != plan.definition():
+    with database_lock(plan.storage, plan.study):  # the first machine to open the study writes its definition
+        study = optuna.create_study(
+            storage=storage, sampler=grid or make("sampler", plan.sampler), pruner=make("prune", plan.prune),
+            study_name=plan.study, direction=plan.direction, load_if_exists=True,
+        )  # fmt: skip
+        saved = study.user_attrs.get("sweep")
+        if saved is None:
+            study.set_user_attr("sweep", plan.definition())
+    if saved is not None and saved != plan.definition():
         space = " ".join(f"{k}={v}" for k, v in saved["space"].items())
         raise ConfigError(
             f"study {plan.study!r} in {_shown(plan.storage)} was started with other settings ({space}, "
@@ -122,35 +124,42 @@ def _shown(url: str) -> str:
     return re.sub(r"(//[^/:@]*:)[^/@]*@", r"\1***@", url)
 
 
-@contextmanager
-def database_lock(plan: SweepPlan) -> Iterator[None]:
-    """Hold the study's lock in its database while the block runs: for a storage that machines share.
+def _driver_hint(err: Exception) -> str:
+    """The error's first line; for a missing PostgreSQL driver, with what to install."""
+    if isinstance(err, ImportError) and "psyco" in str(err):
+        return f"{first_line(err)} (pip install 'fmnist_ignite[postgres]' and write postgresql+psycopg://...)"
+    return first_line(err)
 
-    On PostgreSQL it is an advisory lock named after the study (``pg_advisory_xact_lock``), taken in a
-    transaction of a connection of its own: the end of the block, or of the process (a kill, a lost
-    machine: the server drops its connection), lets it go. Other storages take none: SQLite lives in
-    one machine's folder, where the sweep folder's lock does this.
+
+@contextmanager
+def database_lock(storage: str, study: str | None) -> Iterator[None]:
+    """Hold a lock in the storage's database while the block runs: ``study``'s, or (None) the whole database's.
+
+    On PostgreSQL, which machines share, it is an advisory lock (``pg_advisory_xact_lock``) named after
+    the study, taken in a transaction of a connection of its own: the end of the block, or of the
+    process (a kill, a lost machine: the server drops its connection), lets it go. Other storages
+    take none: SQLite lives in one machine's folder, where the sweep folder's lock does this.
 
     Raises:
-        SweepError: the database cannot be reached.
+        SweepError: the database cannot be reached (or its driver is missing).
     """
-    import sqlalchemy  # Optuna's storage is built on it
-
-    if sqlalchemy.make_url(plan.storage).get_backend_name() != "postgresql":
+    if not re.match(r"postgresql(\+\w+)?://", storage):
         yield
         return
-    engine = sqlalchemy.create_engine(plan.storage, poolclass=sqlalchemy.NullPool)
-    lock = sqlalchemy.text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))")
-    try:
-        with ExitStack() as held:
-            try:
-                connection = held.enter_context(engine.connect())
-                connection.execute(lock, {"key": f"fmnist_ignite sweep {plan.study}"})
-            except sqlalchemy.exc.SQLAlchemyError as err:
-                raise SweepError(f"cannot lock the study in {_shown(plan.storage)}: {first_line(err)}") from None
-            yield
-    finally:
-        engine.dispose()
+    import sqlalchemy  # Optuna's storage is built on it
+
+    with ExitStack() as held:
+        try:
+            engine = sqlalchemy.create_engine(storage, poolclass=sqlalchemy.NullPool)
+            held.callback(engine.dispose)
+            connection = held.enter_context(engine.connect())
+            name = "fmnist_ignite sweeps" if study is None else f"fmnist_ignite sweep {study}"
+            connection.execute(
+                sqlalchemy.text("SELECT pg_advisory_xact_lock(hashtextextended(:name, 0))"), {"name": name}
+            )
+        except Exception as err:  # a server that does not answer, a missing driver
+            raise SweepError(f"cannot open the study storage {_shown(storage)}: {_driver_hint(err)}") from None
+        yield
 
 
 def points(plan: SweepPlan, trials: list[FrozenTrial]) -> dict[str, list[FrozenTrial]]:
@@ -210,7 +219,7 @@ class Turn:
         """Whether a trial is left to start; if so the lock stays held for it."""
         self.release()  # never twice: a second flock of this process would wait for the first
         self.held.enter_context(self.sweep.lock())
-        self.held.enter_context(database_lock(self.plan))
+        self.held.enter_context(database_lock(self.plan.storage, self.plan.study))
         if startable(self.study, self.plan):
             return True
         self.release()
