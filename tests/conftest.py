@@ -123,9 +123,9 @@ def postgres_server() -> Iterator[Any]:
 
     bin_dir = binaries()
     if bin_dir is None:
-        missing("PostgreSQL (Debian's postgresql package)")
+        missing("PostgreSQL", "apt-get install postgresql (Debian)")
     if importlib.util.find_spec("psycopg") is None:
-        missing("psycopg, PostgreSQL's driver")
+        missing("psycopg, PostgreSQL's driver", "pip install 'fmnist_ignite[postgres]'")
     server = Server(bin_dir)
     try:
         server.start()

@@ -27,11 +27,11 @@ def binaries() -> Path | None:
     return Path(initdb).parent if initdb else None
 
 
-def missing(what: str) -> None:
+def missing(what: str, install: str) -> None:
     """Skip on a developer's machine; fail in CI, where the package must be there."""
     if os.environ.get("CI") == "true":
-        pytest.fail(f"{what} is missing in CI: .ci/run installs it")
-    pytest.skip(f"{what} is not installed (Debian: apt-get install postgresql; pip install 'fmnist_ignite[postgres]')")
+        pytest.fail(f"{what} is missing in CI, where .ci/run and make setup install it")
+    pytest.skip(f"{what} is not installed: {install}")
 
 
 def free_port() -> int:
