@@ -289,12 +289,20 @@ def test_a_huge_grid_is_counted_not_built_and_refused_in_one_line(small: list[st
     assert not (tmp_path / "runs").exists()
 
 
-@pytest.mark.parametrize("storage", ["mysql://user:secret@localhost/db", "sqlite:////nonexistent/folder/x.db"])
+@pytest.mark.parametrize(
+    "storage",
+    [
+        "mysql://user:secret@localhost/db",
+        "sqlite:////nonexistent/folder/x.db",
+        "postgresql+psycopg://user:secret@127.0.0.1:1/db",  # no server there: its lock cannot be taken
+    ],
+)
 def test_a_storage_that_cannot_be_opened_leaves_no_folder(
     small: list[str], tmp_path: Path, cli: Any, storage: str
 ) -> None:
     code, _, err = cli("sweep", BASE, *small, "seed=1,2", "--storage", storage)
     assert code == 1 and err.startswith("error: cannot open the study storage") and len(err.splitlines()) == 1
+    assert "secret" not in err
     assert not (tmp_path / "runs").exists()
     (tmp_path / "runs" / "kept").mkdir(parents=True)
     (tmp_path / "runs" / "mine.txt").write_text("user file")
