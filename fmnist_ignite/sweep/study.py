@@ -137,7 +137,8 @@ def database_lock(storage: str, study: str | None) -> Iterator[None]:
 
     On PostgreSQL, which machines share, it is an advisory lock (``pg_advisory_xact_lock``) named after
     the study, taken in a transaction of a connection of its own: the end of the block, or of the
-    process (a kill, a lost machine: the server drops its connection), lets it go. Other storages
+    process (a kill: the server drops its connection), lets it go; a machine lost while it holds the
+    lock is dropped after 25 s of silence (TCP keepalives), not the system's hours. Other storages
     take none: SQLite lives in one machine's folder, where the sweep folder's lock does this.
 
     Raises:
@@ -154,6 +155,11 @@ def database_lock(storage: str, study: str | None) -> Iterator[None]:
             held.callback(engine.dispose)
             connection = held.enter_context(engine.connect())
             name = "fmnist_ignite sweeps" if study is None else f"fmnist_ignite sweep {study}"
+            keepalive = ", ".join(
+                f"set_config('tcp_keepalives_{key}', '{value}', true)"
+                for key, value in (("idle", 10), ("interval", 5), ("count", 3))
+            )
+            connection.execute(sqlalchemy.text(f"SELECT {keepalive}"))
             connection.execute(
                 sqlalchemy.text("SELECT pg_advisory_xact_lock(hashtextextended(:name, 0))"), {"name": name}
             )
