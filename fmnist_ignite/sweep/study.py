@@ -222,14 +222,15 @@ class Turn:
         self.held = ExitStack()
 
     def take(self) -> bool:
-        """Whether a trial is left to start; if so the lock stays held for it."""
+        """Whether a trial is left to start; if so the locks stay held for it (an error lets them go)."""
         self.release()  # never twice: a second flock of this process would wait for the first
-        self.held.enter_context(self.sweep.lock())
-        self.held.enter_context(database_lock(self.plan.storage, self.plan.study))
-        if startable(self.study, self.plan):
-            return True
-        self.release()
-        return False
+        with ExitStack() as held:
+            held.enter_context(self.sweep.lock())
+            held.enter_context(database_lock(self.plan.storage, self.plan.study))
+            if not startable(self.study, self.plan):
+                return False
+            self.held = held.pop_all()
+        return True
 
     def release(self) -> None:
         """Let the next process look: the trial this one started has its values in the study."""
