@@ -68,7 +68,7 @@ class Server:
 
     def stop(self) -> None:
         try:
-            self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
+            self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")  # its data goes too
         finally:
             shutil.rmtree(self.folder, ignore_errors=True)
 
