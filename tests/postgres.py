@@ -56,7 +56,11 @@ class Server:
 
     def _run(self, program: str, *args: str) -> None:
         done = subprocess.run(
-            [*self.as_user, str(self.bin_dir / program), *args], capture_output=True, text=True, timeout=60
+            [*self.as_user, str(self.bin_dir / program), *args],
+            cwd=self.folder,  # one the server's user may enter
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
         if done.returncode:
             raise RuntimeError(f"{program} failed: {done.stdout}{done.stderr}")
