@@ -229,7 +229,10 @@ def _sweep_arguments(parser: argparse.ArgumentParser) -> None:
         "trials at the same epoch; hyperband, ...; none (default)",
     )
     parser.add_argument(
-        "--storage", metavar="URL", help="an Optuna storage several machines share (default: NAME/study.db, SQLite)"
+        "--storage",
+        metavar="URL",
+        help="an Optuna storage several machines share, postgresql+psycopg://USER@HOST/DB, each with its own "
+        "output_dir (default: NAME/study.db, SQLite, for one machine)",
     )
 
 

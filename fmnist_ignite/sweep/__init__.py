@@ -23,7 +23,7 @@ from ..fileio import atomic_write_json
 from ..rundir import SweepDir
 from .results import sweep_results
 from .space import MAX_GRID, SweepPlan, grid_size, parse_arguments
-from .study import Turn, make, open_study, retry_failed
+from .study import Turn, database_lock, make, open_study, retry_failed
 from .trial import Objective, TrialFailed
 
 logger = logging.getLogger(__name__)
@@ -94,7 +94,9 @@ def plan_sweep(
         prune=prune,
     )
     with sweep.made(), sweep.lock():  # a storage that cannot be opened leaves no folder behind
-        retry_failed(open_study(plan), plan)
+        study = open_study(plan)
+        with database_lock(plan.storage, plan.study):  # machines starting at once queue a failed trial once
+            retry_failed(study, plan)
         atomic_write_json(sweep.definition, {**plan.definition(), "config": plan.config, "overrides": list(plain)})
     return plan
 
