@@ -15,11 +15,12 @@ images) is converted by :func:`plain`: the run's channels, resized to its size.
 Example:
     >>> import numpy as np
     >>> from PIL import Image
+    >>> from fmnist_ignite.preprocess import convert
     >>> photo = Image.new("RGB", (300, 200), (250, 248, 240))  # a light background ...
     >>> photo.paste((20, 30, 40), (60, 20, 160, 180))  # ... and a dark garment, 100x160, off-centre
     >>> pixels = convert(photo, "fashion_mnist", (1, 28, 28), background="dark")
     >>> pixels.shape, pixels.dtype, int(pixels[0, 14, 14]), int(pixels[0, 14, 0])
-    ((1, 28, 28), dtype('uint8'), 225, 5)
+    ((1, 28, 28), dtype('uint8'), 227, 7)
     >>> np.nonzero(pixels[0, 14] > 100)[0][[0, -1]].tolist()  # 18 columns wide, centred
     [5, 22]
 """

@@ -23,8 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from fmnist_ignite import Config, Context, load_config
 from fmnist_ignite.build import attach_run_steps
@@ -192,6 +194,21 @@ def png(width: int, height: int) -> bytes:
 
 # A sweep's processes, one thread each: two of them share the two cores.
 ONE_THREAD = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
+
+
+def product_photo(pixels: np.ndarray, rng: np.random.Generator) -> Image.Image:
+    """A product photo of a 28x28 Fashion-MNIST image: its garment dark on a light, slightly tinted
+    background, RGB, upscaled 8 to 12 times (224-336 pixels) and placed off-centre with uneven
+    margins of 10-160 pixels, as a shop's picture of a garment looks."""
+    scale = int(rng.integers(8, 13))
+    side = 28 * scale
+    garment = Image.fromarray(255 - pixels).resize((side, side), Image.Resampling.BICUBIC)
+    left, right, top, bottom = (int(m) for m in rng.integers(10, 161, 4))
+    canvas = Image.new("L", (left + side + right, top + side + bottom), 255)
+    canvas.paste(garment, (left, top))
+    tint = rng.integers(225, 256, 3)
+    rgb = np.asarray(canvas, dtype=np.float64)[:, :, None] / 255 * tint
+    return Image.fromarray(rgb.round().astype(np.uint8), "RGB")
 
 
 def sweep_command(*args: str) -> list[str]:
