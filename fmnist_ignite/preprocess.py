@@ -119,12 +119,10 @@ def border_colour(pixels: np.ndarray) -> tuple[int, int, int]:
 def content_box(picture: Image.Image, colour: tuple[int, int, int]) -> tuple[int, int, int, int]:
     """``(left, top, right, bottom)`` of what differs from ``colour`` by more than :data:`TOLERANCE`
     in some channel; the whole picture when nothing does."""
-    difference = ImageChops.difference(picture, Image.new("RGB", picture.size, colour))
-    far = np.asarray(difference).max(axis=2) > TOLERANCE * 255
-    rows, columns = np.flatnonzero(far.any(axis=1)), np.flatnonzero(far.any(axis=0))
-    if not rows.size:
-        return (0, 0, picture.width, picture.height)
-    return (int(columns[0]), int(rows[0]), int(columns[-1]) + 1, int(rows[-1]) + 1)
+    red, green, blue = ImageChops.difference(picture, Image.new("RGB", picture.size, colour)).split()
+    largest = ImageChops.lighter(ImageChops.lighter(red, green), blue)
+    far = largest.point(lambda value: 255 if value > TOLERANCE * 255 else 0)
+    return far.getbbox() or (0, 0, picture.width, picture.height)
 
 
 def read_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
@@ -145,7 +143,8 @@ def _flatten(image: Image.Image, mode: str) -> Image.Image:
     """``image`` in ``mode``, its transparent parts on white (a product photo's cut-out background)."""
     if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
         rgba = image.convert("RGBA")
-        image = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+        if rgba.getchannel("A").getextrema() != (255, 255):
+            image = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
     return image.convert(mode)
 
 

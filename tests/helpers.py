@@ -211,6 +211,32 @@ def product_photo(pixels: np.ndarray, rng: np.random.Generator) -> Image.Image:
     return Image.fromarray(rgb.round().astype(np.uint8), "RGB")
 
 
+def run_without_torch(code: str, cwd: Path) -> str:
+    """``code`` run by a fresh Python that must not import torch or this package; its output."""
+    check = "\nimport sys\nassert not {'torch', 'fmnist_ignite'} & set(sys.modules), 'torch or the package imported'\n"
+    result = subprocess.run([sys.executable, "-c", code + check], capture_output=True, text=True, cwd=cwd, timeout=300)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def onnx_route_classes(model: Path, files: list[Path]) -> list[str]:
+    """The class of each file as a user without this package gets it: the ``preprocess.py`` that export
+    wrote beside ``model``, imported from there, and ONNX Runtime."""
+    code = f"""
+import json, sys
+import numpy as np
+import onnxruntime as ort
+sys.path.insert(0, {str(model.parent)!r})
+from preprocess import convert, read_image
+session = ort.InferenceSession({str(model)!r})
+meta = {{k: json.loads(v) for k, v in session.get_modelmeta().custom_metadata_map.items()}}
+for name in {[str(f) for f in files]!r}:
+    pixels = convert(read_image(name), meta["dataset"], meta["image_shape"], meta["background"])
+    print(meta["classes"][int(session.run(None, {{"pixels": pixels[None].astype(np.float32)}})[0][0].argmax())])
+"""
+    return run_without_torch(code, model.parent).splitlines()
+
+
 def sweep_command(*args: str) -> list[str]:
     """``python -m fmnist_ignite sweep ARGS`` as a command line."""
     return [sys.executable, "-m", "fmnist_ignite", "sweep", *args]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -29,7 +28,7 @@ from fmnist_ignite.engine import make_prepare_batch
 from fmnist_ignite.export import ExportableClassifier, export_run
 
 from .conftest import CLI, REPO, small_overrides, write_fashion_gz
-from .helpers import product_photo
+from .helpers import onnx_route_classes, product_photo, run_without_torch
 
 N_IMAGES = 1000
 TOLERANCE = 1e-5
@@ -181,14 +180,6 @@ def test_classifier_scales_pixels_as_training_does(normalize: bool) -> None:
         assert torch.equal(classifier(pixels.float()), classifier(pixels))
 
 
-def run_without_torch(code: str, cwd: Path) -> str:
-    """``code`` run by a fresh Python that must not import torch or this package; its output."""
-    check = "\nimport sys\nassert not {'torch', 'fmnist_ignite'} & set(sys.modules), 'torch or the package imported'\n"
-    result = subprocess.run([sys.executable, "-c", code + check], capture_output=True, text=True, cwd=cwd, timeout=120)
-    assert result.returncode == 0, result.stderr
-    return result.stdout
-
-
 def test_serving_snippet_in_the_docs_runs_without_torch(exported: dict, tmp_path: Path) -> None:
     """The docs' onnxruntime example, run as written on a photo, answers as ``predict`` does."""
     text = (REPO / "docs" / "export.rst").read_text()
@@ -222,19 +213,7 @@ def test_the_onnx_route_gives_predict_s_classes_on_the_same_files(exported: dict
     files += [tmp_path / "cutout.png", tmp_path / "dark.png"]
     folder = exported["onnx"].parent
     assert (folder / "preprocess.py").read_bytes() == Path(preprocess.__file__).read_bytes()
-    code = f"""
-import json, sys
-import numpy as np
-import onnxruntime as ort
-sys.path.insert(0, {str(folder)!r})
-from preprocess import convert, read_image
-session = ort.InferenceSession({str(exported["onnx"])!r})
-meta = {{k: json.loads(v) for k, v in session.get_modelmeta().custom_metadata_map.items()}}
-for name in {[str(f) for f in files]!r}:
-    pixels = convert(read_image(name), meta["dataset"], meta["image_shape"], meta["background"])
-    print(meta["classes"][int(session.run(None, {{"pixels": pixels[None].astype(np.float32)}})[0][0].argmax())])
-"""
-    classes = run_without_torch(code, tmp_path).splitlines()
+    classes = onnx_route_classes(exported["onnx"], files)
     assert classes == [answer["prediction"] for answer in predict_images(exported["run"], files)]
     assert len(set(classes)) > 1
 
