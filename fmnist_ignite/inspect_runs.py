@@ -128,7 +128,7 @@ def _picture(image: str | Path | PILImage | torch.Tensor, index: int) -> PILImag
     from .images import open_image
 
     if isinstance(image, str | Path):
-        return open_image(image, "RGBA")
+        return open_image(image, None)  # as preprocess.read_image gives it, for the same answers
     if isinstance(image, Image.Image):
         return image
     try:
