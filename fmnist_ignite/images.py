@@ -18,8 +18,8 @@ from typing import BinaryIO
 from PIL import Image, UnidentifiedImageError
 
 from .errors import DataError, first_line
+from .preprocess import MAX_PIXELS  # one bound, shared with the preprocess.py that export ships
 
-MAX_PIXELS = 50_000_000
 _PIL_LIMIT = threading.Lock()  # PIL's limit is one global: lifted by one opening at a time
 
 

@@ -37,6 +37,7 @@ FASHION_MNIST = "fashion_mnist"
 # Zalando's trimming: a pixel belongs to the border when it is within 5% of the maximum intensity
 # of the border's colour (in every channel here: a JPEG's noise stays well inside).
 TOLERANCE = 0.05
+# The largest image read (width x height): a few bytes of PNG can claim 100000x100000 pixels.
 MAX_PIXELS = 50_000_000
 
 
