@@ -95,7 +95,7 @@ def predict_images(
         except DataError as err:
             answers.append({"file": file, "error": str(err)})
             continue
-        except (TypeError, ValueError) as err:  # a picture in memory in a mode PIL cannot convert
+        except (TypeError, ValueError) as err:  # a picture in a mode PIL cannot convert
             answers.append({"file": file, "error": f"{file or f'image {index}'}: {first_line(err)}"})
             continue
         x = torch.from_numpy(pixels)
