@@ -39,7 +39,7 @@ class InputDescription(_RunFile):
         "std": "a finite number",
         "normalize": "true or false",
         "background": "dark, light or null",
-        "dataset": "a data set's name or null",
+        "dataset": "the data set's name (text) or null",
     }
 
     image_shape: tuple[Side, Side, Side]

@@ -223,6 +223,47 @@ def png(width: int, height: int) -> bytes:
 ONE_THREAD = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
 
 
+def product_photo(pixels: np.ndarray, rng: np.random.Generator) -> Image.Image:
+    """A product photo of a 28x28 Fashion-MNIST image: its garment dark on a light, slightly tinted
+    background, RGB, upscaled 8 to 12 times (224-336 pixels) and placed off-centre with uneven
+    margins of 10-160 pixels, as a shop's picture of a garment looks."""
+    scale = int(rng.integers(8, 13))
+    side = 28 * scale
+    garment = Image.fromarray(255 - pixels).resize((side, side), Image.Resampling.BICUBIC)
+    left, right, top, bottom = (int(m) for m in rng.integers(10, 161, 4))
+    canvas = Image.new("L", (left + side + right, top + side + bottom), 255)
+    canvas.paste(garment, (left, top))
+    tint = rng.integers(225, 256, 3)
+    rgb = np.asarray(canvas, dtype=np.float64)[:, :, None] / 255 * tint
+    return Image.fromarray(rgb.round().astype(np.uint8), "RGB")
+
+
+def run_without_torch(code: str, cwd: Path) -> str:
+    """``code`` run by a fresh Python that must not import torch or this package; its output."""
+    check = "\nimport sys\nassert not {'torch', 'fmnist_ignite'} & set(sys.modules), 'torch or the package imported'\n"
+    result = subprocess.run([sys.executable, "-c", code + check], capture_output=True, text=True, cwd=cwd, timeout=300)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def onnx_route_classes(model: Path, files: list[Path]) -> list[str]:
+    """The class of each file as a user without this package gets it: the ``preprocess.py`` that export
+    wrote beside ``model``, imported from there, and ONNX Runtime."""
+    code = f"""
+import json, sys
+import numpy as np
+import onnxruntime as ort
+sys.path.insert(0, {str(model.parent)!r})
+from preprocess import convert, read_image
+session = ort.InferenceSession({str(model)!r})
+meta = {{k: json.loads(v) for k, v in session.get_modelmeta().custom_metadata_map.items()}}
+for name in {[str(f) for f in files]!r}:
+    pixels = convert(read_image(name), meta["dataset"], meta["image_shape"], meta["background"])
+    print(meta["classes"][int(session.run(None, {{"pixels": pixels[None].astype(np.float32)}})[0][0].argmax())])
+"""
+    return run_without_torch(code, model.parent).splitlines()
+
+
 def sweep_command(*args: str) -> list[str]:
     """``python -m fmnist_ignite sweep ARGS`` as a command line."""
     return [sys.executable, "-m", "fmnist_ignite", "sweep", *args]

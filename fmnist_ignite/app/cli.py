@@ -135,8 +135,8 @@ def _predict_arguments(parser: argparse.ArgumentParser) -> None:
         "--invert",
         choices=("auto", "yes", "no"),
         default="auto",
-        help="invert each image's brightness; auto (default): when its border is light and the training images' "
-        "background dark (Fashion-MNIST), or the other way round",
+        help="negate each image's brightness; auto (default): as the data set's conversion does (Fashion-MNIST: "
+        "a photo whose background is light, as the training images' is dark)",
     )
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
 
@@ -268,8 +268,8 @@ COMMANDS: dict[str, Command] = {
         _evaluate,
     ),
     "predict": Command(
-        "Class and top-K probabilities of image files, converted (and inverted if need be) the way the training "
-        "data was.",
+        "Class and top-K probabilities of image files, each converted into what the run trained on (Fashion-MNIST: "
+        "the data set's own conversion of a product photo).",
         _predict_arguments,
         _predict,
     ),

@@ -24,11 +24,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageOps
 
 from ..errors import ConfigError
 from ..fileio import atomic_write
 from ..images import open_image
+from ..preprocess import fit
 
 logger = logging.getLogger(__name__)
 
@@ -199,7 +199,7 @@ def _decode_split(
         for path in split[cls]:
             image = open_image(path, "RGB")
             if size is not None:
-                image = ImageOps.fit(image, (size, size), Image.Resampling.BILINEAR)
+                image = fit(image, (size, size))  # as predict converts a photo for this run
             images.append((path, np.asarray(image)))
             labels.append(label)
     first_path, first = images[0]
