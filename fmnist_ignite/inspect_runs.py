@@ -176,8 +176,8 @@ def compare_runs(run_dirs: Sequence[str | Path]) -> dict[str, Any]:
     (``mlartifacts/``); a folder that holds some of them is a run, and says what is wrong with it.
 
     Returns:
-        ``{"runs": [one row per run], "differing": [setting names], "histories": {run: history},
-        "errors": [a line per run that cannot be read]}``.
+        ``{"runs": [a row per run], "differing": [names], "histories": {run: history}, "errors": [lines]}``,
+        ``errors`` holding a line for each run that cannot be read.
     """
     expanded = run_paths(run_dirs)
     runs: list[dict[str, Any]] = []
