@@ -77,7 +77,7 @@ class FinishedTrials:
 
     def _finished(self) -> list[optuna.trial.FrozenTrial]:
         trials = [t for trials in points(self.plan, self.study.get_trials(deepcopy=False)).values() for t in trials]
-        ended = [t for t in trials if t.state.name in ("COMPLETE", "PRUNED") or "error" in t.user_attrs]
+        ended = [t for t in trials if t.state.name in ("COMPLETE", "PRUNED") or _failed(t)]
         return sorted(ended, key=lambda t: (t.datetime_complete or datetime.max, t.number))
 
     def new_lines(self) -> list[str]:
@@ -96,12 +96,17 @@ class FinishedTrials:
         attrs = trial.user_attrs
         values = ", ".join(f"{p.key}={p.text(trial.params[p.key])}" for p in self.plan.params)
         where = shown(SweepDir(self.plan.sweep_dir).trial(name).path)
-        if "error" in attrs and trial.state.name == "FAIL":
+        if _failed(trial):
             return f"trial {done}/{self.total} failed: {attrs['error']} ({values}) -> {where}"
         ended = "done" if trial.state.name == "COMPLETE" else f"pruned after epoch {attrs.get('epochs', '?')}"
         value = attrs.get("best_value")
         score = f"{self.plan.monitor}={value:.4f}" if isinstance(value, float | int) else self.plan.monitor + "=-"
         return f"trial {done}/{self.total} {ended}: {score} ({values}) -> {where}"
+
+
+def _failed(trial: optuna.trial.FrozenTrial) -> bool:
+    """Failed with an error (one stopped by a signal failed without one: it is resumed, not finished)."""
+    return trial.state.name == "FAIL" and "error" in trial.user_attrs
 
 
 def results_csv(rows: Sequence[dict[str, Any]], keys: Sequence[str]) -> str:
