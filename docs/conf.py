@@ -23,13 +23,24 @@ extensions = [
     "sphinx.ext.doctest",
     "sphinx.ext.viewcode",
     "reference",
+    "myst_nb",
 ]
 
 html_theme = "furo"
 html_title = f"fmnist_ignite {release}"
 html_static_path = ["_static"]
 html_css_files = ["custom.css"]
-exclude_patterns = ["_build"]
+exclude_patterns = ["_build", "**.ipynb_checkpoints"]
+
+# The notebook (examples/fashion_mnist.ipynb, linked here) is kept without outputs: each build runs it
+# top to bottom on the real data, from this folder (so "../configs" is the repository's), and a cell
+# that fails stops the build. What a run prints on stdout is shown; progress bars (stderr) are not.
+nb_execution_mode = "force"
+nb_execution_raise_on_error = True
+nb_execution_show_tb = True
+nb_execution_timeout = 600
+nb_output_stderr = "remove"
+nb_merge_streams = True
 
 # What a resume may change, in the words of the code that checks it (fmnist_ignite.resume).
 rst_prolog = f".. |resume-changes| replace:: {what_may_change('``')}\n"

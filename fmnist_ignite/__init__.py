@@ -44,6 +44,8 @@ _WHERE = {
     "load_config": "config",
     "Context": "context",
     "ImageData": "data",
+    "load_data": "data",
+    "samples_figure": "reports",
     "Experiment": "experiment",
     "build_experiment": "build",
     "resume_experiment": "resume",
@@ -97,10 +99,12 @@ __all__ = [
     "evaluate_run",
     "export_run",
     "load_config",
+    "load_data",
     "load_trained_model",
     "predict_images",
     "resume_experiment",
     "run_sweep",
+    "samples_figure",
     "train",
 ]
 
@@ -124,7 +128,7 @@ if TYPE_CHECKING:
     from .build import build_experiment
     from .config import Config, load_config
     from .context import Context
-    from .data import ImageData
+    from .data import ImageData, load_data
     from .errors import (
         CheckpointError,
         ConfigError,
@@ -144,5 +148,6 @@ if TYPE_CHECKING:
     from .models import LogisticRegression
     from .monitor import Monitor
     from .registry import DATASETS, HANDLERS, MODELS, OPTIMIZERS, SCHEDULERS, Registry
+    from .reports import samples_figure
     from .resume import resume_experiment
     from .rundir import RunDir, SweepDir

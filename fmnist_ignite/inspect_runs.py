@@ -162,12 +162,16 @@ def compare_runs(run_dirs: Sequence[str | Path]) -> dict[str, Any]:
 
     Settings are compared whole and shown as short scalars (``handlers`` by their targets);
     display-only settings (``logging.*``) and where a run lives (``name``, ``output_dir``) are left out.
-    A sweep's folder stands for the run directories of its trials.
+    A sweep's folder stands for the run directories of its trials, and a folder of runs (``runs``) for
+    the runs and sweeps in it. What is plainly not a run is left out without a word: a file (``mlflow.db``,
+    ``results.csv``, so ``runs/*`` may be given) or a folder holding none of a run's files
+    (``mlartifacts/``); a folder that holds some of them is a run, and says what is wrong with it.
 
     Returns:
-        ``{"runs": [one row per run], "differing": [setting names], "histories": {run: history}}``.
+        ``{"runs": [a row per run], "differing": [names], "histories": {run: history}, "errors": [lines]}``,
+        ``errors`` holding a line for each run that cannot be read.
     """
-    expanded = [t.path for d in run_dirs for t in (SweepDir(d).trials() if SweepDir(d).exists() else [RunDir(d)])]
+    expanded = run_paths(run_dirs)
     runs: list[dict[str, Any]] = []
     errors: list[str] = []
     for run_dir in expanded:
@@ -207,6 +211,37 @@ def compare_runs(run_dirs: Sequence[str | Path]) -> dict[str, Any]:
         "histories": {r["run"]: r["history"] for r in runs},
         "errors": errors,
     }
+
+
+def run_paths(paths: Sequence[str | Path]) -> list[Path]:
+    """The runs that ``paths`` name (see :func:`compare_runs`); if none, the paths themselves, each to say why."""
+    found: list[Path] = []
+    skipped: list[Path] = []
+    for given in paths:
+        for path in _expand(Path(given)):
+            (skipped if _plainly_not_a_run(path) else found).append(path)
+    return found or skipped
+
+
+def _expand(path: Path) -> list[Path]:
+    """A sweep's trials; a folder of runs' runs and sweeps' trials; else the path itself."""
+    if SweepDir(path).exists():
+        return [t.path for t in SweepDir(path).trials()]
+    if path.is_dir() and not _looks_like_a_run(path):
+        children = sorted(path.iterdir())
+        if any(SweepDir(c).exists() or _looks_like_a_run(c) for c in children):
+            return [p for c in children for p in (_expand(c) if SweepDir(c).exists() else [c])]
+    return [path]
+
+
+def _looks_like_a_run(path: Path) -> bool:
+    """Whether a folder holds any of a run's files (a damaged run then says what is wrong)."""
+    return path.is_dir() and any((path / name).exists() for name in (*RunDir(path).file_names(), "checkpoints"))
+
+
+def _plainly_not_a_run(path: Path) -> bool:
+    """A file, or a folder holding none of a run's files: a tracker's database or store, a sweep's results."""
+    return path.is_file() or (path.is_dir() and not _looks_like_a_run(path))
 
 
 def run_labels(runs: Sequence[str]) -> dict[str, str]:

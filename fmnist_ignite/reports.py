@@ -139,9 +139,43 @@ def predictions_figure(
     images: torch.Tensor, labels: Sequence[int], predictions: Sequence[int], classes: Sequence[str], columns: int = 8
 ) -> Image.Image:
     """A grid of images titled ``predicted`` (or, in red, ``predicted (true)``): one picture, not a plot per image."""
+    title = "test predictions (red: wrong, true class in brackets)"
+    return _image_grid(images, labels, predictions, classes, columns, title)
+
+
+def samples_figure(
+    images: torch.Tensor, labels: Sequence[int], classes: Sequence[str], columns: int = 8, title: str = "samples"
+) -> Image.Image:
+    """A grid of images, each titled with its class name: a first look at a data set.
+
+    Args:
+        images: uint8 ``(N, C, H, W)``, as :class:`~fmnist_ignite.data.ImageData` holds them (32 fill the picture).
+        labels: the class of each image.
+        classes: the class names, indexed by label.
+        columns: images per row.
+        title: above the grid.
+
+    Example:
+        >>> import torch
+        >>> from fmnist_ignite import samples_figure
+        >>> picture = samples_figure(torch.zeros(4, 1, 28, 28, dtype=torch.uint8), [0, 1, 0, 1], ["cat", "dog"])
+        >>> picture.size, picture.mode
+        ((1200, 700), 'RGB')
+    """
+    return _image_grid(images, labels, labels, classes, columns, title)
+
+
+def _image_grid(
+    images: torch.Tensor,
+    labels: Sequence[int],
+    predictions: Sequence[int],
+    classes: Sequence[str],
+    columns: int,
+    title: str,
+) -> Image.Image:
     rows = max(1, -(-len(images) // columns))
     canvas = Canvas(*PREDICTIONS_SIZE)
-    canvas.text((PREDICTIONS_SIZE[0] / 2, 20), "test predictions (red: wrong, true class in brackets)", size=14)
+    canvas.text((PREDICTIONS_SIZE[0] / 2, 20), title, size=14)
     cell_width, cell_height = PREDICTIONS_SIZE[0] / columns, (PREDICTIONS_SIZE[1] - 38) / rows
     caption = 30.0
     side = int(min(cell_width - 16, cell_height - caption - 6))
@@ -151,13 +185,13 @@ def predictions_figure(
         picture = Image.fromarray(pixels).resize((side, side), Image.Resampling.NEAREST)
         x = (k % columns) * cell_width + (cell_width - side) / 2
         y = 38 + (k // columns) * cell_height
-        right = predictions[k] == labels[k]
+        right = int(predictions[k]) == int(labels[k])
         middle = x + side / 2
         if right:
-            canvas.text((middle, y + caption - 9), classes[predictions[k]], size=11)
+            canvas.text((middle, y + caption - 9), classes[int(predictions[k])], size=11)
         else:
-            canvas.text((middle, y + caption - 22), classes[predictions[k]], size=11, fill="red")
-            canvas.text((middle, y + caption - 9), f"({classes[labels[k]]})", size=11, fill="red")
+            canvas.text((middle, y + caption - 22), classes[int(predictions[k])], size=11, fill="red")
+            canvas.text((middle, y + caption - 9), f"({classes[int(labels[k])]})", size=11, fill="red")
         canvas.paste(picture, (x, y + caption))
     return canvas.image()
 

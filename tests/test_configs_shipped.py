@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -24,3 +25,13 @@ def test_the_image_folder_example_trains_on_a_folder_of_class_subfolders(tmp_pat
     assert experiment.data.image_shape == (3, 28, 28) and experiment.data.classes == ("bag", "coat", "shirt")
     metrics = experiment.run()
     assert 0 <= metrics["test_accuracy"] <= 1 and len(experiment.history) == 1
+
+
+def test_the_notebook_is_shipped_without_outputs_and_rendered_by_the_docs() -> None:
+    """The docs build runs it (docs/conf.py: myst-nb, execution forced, errors raise) and shows what it made."""
+    notebook = REPO / "examples" / "fashion_mnist.ipynb"
+    cells = json.loads(notebook.read_text())["cells"]
+    code = [cell for cell in cells if cell["cell_type"] == "code"]
+    assert code and all(cell["outputs"] == [] and cell["execution_count"] is None for cell in code)
+    assert (REPO / "docs" / "fashion_mnist.ipynb").resolve() == notebook.resolve()
+    assert "   fashion_mnist\n" in (REPO / "docs" / "index.rst").read_text()

@@ -201,6 +201,42 @@ def test_compare_answers_the_good_runs_and_names_the_bad_file(
     assert out.splitlines()[1].split()[0] == str(good), "the readable run is still compared"
 
 
+def test_compare_over_a_folder_with_tracker_files_takes_its_runs_and_sweeps_and_skips_the_rest_quietly(
+    finished: dict, tmp_path: Path, cli: Callable[..., CLI]
+) -> None:
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    _copy(finished, runs, "base")
+    sweep = runs / "base-sweep"
+    sweep.mkdir()
+    (sweep / "sweep.json").write_text("{}")
+    _copy(finished, sweep, "seed-1")
+    for name in ("study.db", "results.csv", "results.png"):
+        (sweep / name).write_text("not a run")
+    (runs / "mlflow.db").write_text("not a run")
+    (runs / "mlartifacts" / "1" / "abc" / "artifacts").mkdir(parents=True)
+    (runs / "mlartifacts" / "1" / "abc" / "artifacts" / "history.png").write_text("an artifact")
+    expected = [str(runs / "base"), str(sweep / "seed-1")]
+
+    for arguments in ([str(runs)], sorted(map(str, runs.iterdir()))):  # compare runs, and compare runs/*
+        code, out, err = cli("compare", *arguments)
+        assert code == 0 and "error" not in err and "warning" not in err, err
+        assert [line.split()[0] for line in out.splitlines() if line.startswith(str(runs))] == expected, out
+
+    broken = runs / "broken"
+    broken.mkdir()
+    (broken / "history.json").write_text("[]")
+    code, out, err = cli("compare", str(runs))
+    assert code == 1
+    assert [line for line in err.splitlines() if line.startswith("error")] == [
+        f"error: {broken} is not a run directory (no config.yaml); pass the folder a run created"
+    ]
+    assert [line.split()[0] for line in out.splitlines() if line.startswith(str(runs))] == expected, out
+
+    code, _, err = cli("compare", str(runs / "mlflow.db"))
+    assert (code, err.splitlines()) == (2, [f"error: run directory {runs / 'mlflow.db'} does not exist"])
+
+
 def test_compare_with_only_bad_runs_is_one_line(finished: dict, tmp_path: Path, cli: Callable[..., CLI]) -> None:
     bad = _copy(finished, tmp_path, "bad")
     (bad / "history.json").write_text("[")

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -144,3 +146,34 @@ def test_a_process_that_crashes_on_its_way_out_after_the_run_does_not_fail_it(
     assert run.dir == tmp_path / "runs" / "crash" and (run.dir / "metrics.json").is_file()
     assert len(run.history) == run.metrics["epochs_trained"] and run.metrics["test_accuracy"] > 0.5
     assert "process 1 of the data-parallel run crashed while exiting, after the run was complete" in caplog.text
+
+
+def _pixels(picture: Any) -> bytes:
+    return bytes(picture.convert("RGB").tobytes())
+
+
+def test_a_run_result_gives_a_notebook_its_history_as_a_frame_and_its_pictures_as_images(finished: dict) -> None:
+    from PIL import Image
+
+    result = RunResult.read(finished["run"])
+    frame = result.history_frame()
+    assert list(frame.index) == [1, 2, 3, 4] and frame.index.name == "epoch"
+    assert frame["val_accuracy"].tolist() == [r["val_accuracy"] for r in result.history]
+    for method, file in (
+        (result.history_figure, "history.png"),
+        (result.confusion_figure, "confusion_matrix.png"),
+        (result.predictions_figure, "predictions.png"),
+    ):
+        picture = method()
+        assert isinstance(picture, Image.Image) and hasattr(picture, "_repr_png_"), "Jupyter shows it inline"
+        with Image.open(finished["run"] / file) as written:
+            assert picture.size == written.size and _pixels(picture) == _pixels(written), file
+    report = result.report()
+    assert report["accuracy"] == pytest.approx(finished["metrics"]["test_accuracy"])
+    assert list(report["per_class"]) == list(finished["data"].classes)
+
+
+def test_history_frame_without_pandas_says_what_to_install(finished: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "pandas", None)  # as if it were not installed
+    with pytest.raises(ImportError, match=r"^history_frame\(\) needs pandas: pip install pandas$"):
+        RunResult.read(finished["run"]).history_frame()

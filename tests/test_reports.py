@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from fmnist_ignite.data import FASHION_CLASSES
-from fmnist_ignite.reports import classification_report, predictions_figure
+from fmnist_ignite.reports import classification_report, predictions_figure, samples_figure
 
 
 @pytest.mark.parametrize(
@@ -99,3 +99,17 @@ def test_tensorboard_has_train_and_validation_runs_figures_and_hparams(finished:
     assert results.PluginTagToContent("hparams"), "the hyperparameters, with the test metrics beside them"
     assert results.Scalars("test_accuracy")[-1].value == pytest.approx(finished["metrics"]["test_accuracy"])
     assert sorted(p.name for p in (finished["run"] / "tb").iterdir() if p.is_dir()) == ["train", "validation"]
+
+
+def test_samples_picture_shows_each_image_large_under_its_class_name_in_black() -> None:
+    images = torch.full((32, 1, 28, 28), 128, dtype=torch.uint8)
+    labels = torch.arange(32) % 10
+    picture = samples_figure(images, labels, FASHION_CLASSES)
+    assert picture.size == (1200, 700) and picture.mode == "RGB"
+    pixels = np.asarray(picture).astype(int)
+    assert (pixels == 128).all(axis=2).sum() >= 32 * 120 * 120, "each 28x28 image is shown at least 120 pixels wide"
+    red = (pixels[..., 0] > 180) & (pixels[..., 1] < 100) & (pixels[..., 2] < 100)
+    assert not red.any(), "a class name, not a mistake"
+    dark = (pixels.max(axis=2) < 80).sum()
+    assert dark > 32 * 40, "every image has its caption"
+    assert picture.tobytes() != samples_figure(images, (labels + 1) % 10, FASHION_CLASSES).tobytes(), "names differ"

@@ -1,13 +1,14 @@
-"""A sweep's results from its rows, in this process: the CSV, mean ± std over seeds, the table and the picture."""
+"""A sweep's results: the CSV, mean ± std over seeds, the table, the picture, and the line said as each trial ends."""
 
 from __future__ import annotations
 
 import csv
 import io
+from pathlib import Path
 from typing import Any
 
-from fmnist_ignite.sweep.results import format_sweep, results_csv, seed_statistics, sweep_figure
-from fmnist_ignite.sweep.space import parse_arguments
+from fmnist_ignite.sweep.results import FinishedTrials, format_sweep, results_csv, seed_statistics, sweep_figure
+from fmnist_ignite.sweep.space import SweepPlan, parse_arguments
 
 
 def row(trial: int, lr: str, seed: str, status: str, best: float | None, test: float | None, error: str = "") -> dict:
@@ -79,3 +80,42 @@ def test_the_picture_has_a_panel_per_swept_key_numbers_or_not() -> None:
     _, named = parse_arguments(["optimizer.name=sgd,adam"])
     assert sweep_figure([{**ROWS[0], "optimizer.name": "adam"}], named, "val_accuracy", "s").size == (420, 364)
     assert sweep_figure([], params, "val_accuracy", "s").size == (840, 364), "no trial finished yet"
+
+
+def test_finished_trials_are_said_once_each_when_they_end_and_earlier_ones_only_counted(tmp_path: Path) -> None:
+    import optuna
+
+    _, params = parse_arguments(["optimizer.lr=0.01,0.02,0.03,0.04"])
+    plan = SweepPlan(
+        config=None, overrides=(), params=tuple(params), sweep_dir=str(tmp_path / "s"), storage="", study="s",
+        monitor="val_accuracy", direction="maximize",
+    )  # fmt: skip
+    study = optuna.create_study(direction="maximize")
+    space = {"optimizer.lr": optuna.distributions.CategoricalDistribution(["0.01", "0.02", "0.03", "0.04"])}
+
+    def start(lr: str) -> Any:
+        study.enqueue_trial({"optimizer.lr": lr})
+        return study.ask(space)
+
+    before = start("0.01")
+    before.set_user_attr("best_value", 0.5)
+    study.tell(before, 0.5)
+    finished = FinishedTrials(plan, study)
+    assert finished.new_lines() == [], "a trial that ended before is counted, not said"
+
+    failing, done, pruned = start("0.02"), start("0.03"), start("0.04")
+    failing.set_user_attr("error", "RuntimeError: no")  # recorded before the trial is told it failed
+    assert finished.new_lines() == [], "still running"
+    done.set_user_attr("best_value", 0.85)
+    study.tell(done, 0.85)
+    where = tmp_path / "s"
+    assert finished.new_lines() == [f"trial 2/4 done: val_accuracy=0.8500 (optimizer.lr=0.03) -> {where / 'lr-0.03'}"]
+    study.tell(failing, state=optuna.trial.TrialState.FAIL)
+    pruned.set_user_attr("best_value", 0.1)
+    pruned.set_user_attr("epochs", 2)
+    study.tell(pruned, state=optuna.trial.TrialState.PRUNED)
+    assert finished.new_lines() == [
+        f"trial 3/4 failed: RuntimeError: no (optimizer.lr=0.02) -> {where / 'lr-0.02'}",
+        f"trial 4/4 pruned after epoch 2: val_accuracy=0.1000 (optimizer.lr=0.04) -> {where / 'lr-0.04'}",
+    ]
+    assert finished.new_lines() == []

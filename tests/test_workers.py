@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-import re
+import os
+import pty
 import signal
 import subprocess
 import time
@@ -44,12 +45,69 @@ def test_ctrl_c_stops_every_worker_after_its_epoch_and_the_same_command_resumes_
     _, err = process.communicate(timeout=120)
     assert process.returncode == 130, err
     assert "error: SIGINT received: the sweep stopped and each trial it was running keeps its last saved epoch" in err
-    assert re.search(r"^worker [12]: Trial \d seed-\d: training$", err, re.MULTILINE), err
+    assert sorted(line for line in err.splitlines() if "worker" in line) == [
+        f"warning: worker {k}: SIGINT received: stopping after this epoch is saved (send it again to stop at once)"
+        for k in (1, 2)
+    ], "the workers say they stop, and nothing of their runs"
     assert not any((run / "metrics.json").exists() for run in runs), "stopped after an epoch, not at the end"
 
     again = subprocess.run(sweep_command(*args), cwd=REPO, env=ONE_THREAD, capture_output=True, text=True)
     assert again.returncode == 0, again.stderr
-    assert again.stderr.count("from checkpoint_") == 2, again.stderr
+    assert sorted(again.stderr.splitlines()) == [
+        f"trial {k}/2 done: val_accuracy={_best(run)} (seed={run.name[-1]}) -> {run}"
+        for k, run in zip((1, 2), sorted(runs, key=_finished_at), strict=True)
+    ], again.stderr
     for run in runs:
         assert [r["epoch"] for r in json.loads((run / "history.json").read_text())] == [1, 2, 3, 4]
     assert Counter(line.split()[0] for line in trace.read_text().splitlines()) == {"seed-1": 2, "seed-2": 2}
+
+
+def _best(run: Path) -> str:
+    return f"{json.loads((run / 'metrics.json').read_text())['best_value']:.4f}"
+
+
+def _finished_at(run: Path) -> int:
+    return (run / "metrics.json").stat().st_mtime_ns
+
+
+def test_workers_on_a_terminal_say_one_line_per_trial_and_leave_each_runs_record_in_its_directory(
+    tmp_path: Path, system_dir: Path
+) -> None:
+    refuse = "handlers=[{target: 'tests.sweep_plugins:RefuseLr', event: EPOCH_STARTED, kwargs: {lr: 0.02}}]"
+    args = [BASE, *small_overrides(tmp_path, system_dir), "trainer.max_epochs=2", "logging.progress_bar=auto"]
+    args += [refuse, "optimizer.lr=0.01,0.02,0.03", "--workers", "2"]
+    master, terminal = pty.openpty()  # stderr a terminal: where the runs would draw their progress bars
+    process = subprocess.Popen(
+        sweep_command(*args), cwd=tmp_path, env=ONE_THREAD, stdout=subprocess.PIPE, stderr=terminal, text=True
+    )
+    os.close(terminal)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # every process that had the terminal has ended
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(master)
+    out = process.communicate(timeout=60)[0]
+    err = shown.decode().replace("\r\n", "\n")
+    assert process.returncode == 1, err
+    sweep = Path("runs") / "small-sweep"
+    lines = err.splitlines()
+    assert lines[-1] == "error: 1 of 3 trials failed (see above)"
+    assert [line.split(" ", 2)[:2] for line in lines[:-1]] == [["trial", "1/3"], ["trial", "2/3"], ["trial", "3/3"]]
+    assert sorted(line.split(" ", 2)[2] for line in lines[:-1]) == [
+        f"done: val_accuracy={_best(tmp_path / sweep / 'lr-0.01')} (optimizer.lr=0.01) -> {sweep / 'lr-0.01'}",
+        f"done: val_accuracy={_best(tmp_path / sweep / 'lr-0.03')} (optimizer.lr=0.03) -> {sweep / 'lr-0.03'}",
+        f"failed: RuntimeError: lr 0.02 is refused (optimizer.lr=0.02) -> {sweep / 'lr-0.02'}",
+    ]
+    assert "FAIL" in out and out.count("COMPLETE") == 2
+    for name in ("lr-0.01", "lr-0.03"):
+        run = tmp_path / sweep / name
+        assert [r["epoch"] for r in json.loads((run / "history.json").read_text())] == [1, 2]
+        assert json.loads((run / "report.json").read_text())["per_class"].keys() >= {"T-shirt/top", "Ankle boot"}
+        assert {"history.csv", "confusion_matrix.png", "predictions.png", "metrics.json"} <= {
+            p.name for p in run.iterdir()
+        }

@@ -158,7 +158,9 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _compare_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories, or a sweep's folder")
+    parser.add_argument(
+        "runs", nargs="+", metavar="RUN_DIR", help="run directories, sweep folders, or folders of runs (runs/, runs/*)"
+    )
     parser.add_argument(
         "--output",
         metavar="FILE|FOLDER",

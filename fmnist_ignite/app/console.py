@@ -37,7 +37,7 @@ class Console(logging.Handler):
     What a run says is its record (logger ``fmnist_ignite.run``: its directory, one line per epoch,
     the report, and from ``fmnist_ignite.run.outcome`` the test line and where the results are)
     and the notes around it (where a data set was downloaded or extracted). Warnings are
-    prefixed ``warning:``. Each line is written with ``tqdm.write``, which clears a progress bar
+    prefixed ``warning:``. Each line is written as ``tqdm.write`` writes, which clears a progress bar
     (drawn on stderr) first and draws it again after, so no line is ever glued into the bar.
 
     Args:
@@ -58,8 +58,11 @@ class Console(logging.Handler):
                 text = f"warning: {text}"
             from tqdm import tqdm
 
-            tqdm.write(text, file=stream)
-            stream.flush()
+            # As tqdm.write, but each line in one write: the lines of a sweep's workers, which share the
+            # stream, are never glued together.
+            with tqdm.external_write_mode(file=stream):
+                stream.write(text + "\n")
+                stream.flush()
         except Exception:
             self.handleError(record)
 

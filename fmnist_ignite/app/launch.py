@@ -29,13 +29,17 @@ from ..errors import ConfigError, FmnistIgniteError, RunError, first_line
 from . import console
 
 if TYPE_CHECKING:
+    import pandas
+    from PIL.Image import Image as PILImage
+
     from ..config import Config, DistributedConfig
     from ..experiment import Experiment
 
 
 @dataclass(frozen=True)
 class RunResult:
-    """What a training call leaves: where the run is, its history, and its test metrics.
+    """What a training call leaves: where the run is, its history, and its test metrics; and, for a notebook,
+    the history as a ``DataFrame`` and the run's pictures as PIL images (Jupyter shows them inline).
 
     Attributes:
         dir: the run directory (``output_dir/name``, or ``name-k`` when that was taken).
@@ -61,6 +65,50 @@ class RunResult:
             json.loads(rundir.metrics.read_text()),
             rundir.load_config(),
         )
+
+    def history_frame(self) -> pandas.DataFrame:
+        """The history as a pandas ``DataFrame``: one row per epoch, indexed by ``epoch``.
+
+        Raises:
+            ImportError: pandas is not installed; the message says ``pip install pandas``.
+        """
+        try:
+            import pandas
+        except ImportError:
+            raise ImportError("history_frame() needs pandas: pip install pandas") from None
+        return pandas.DataFrame(self.history).set_index("epoch")
+
+    def history_figure(self) -> PILImage:
+        """Loss and accuracy against epoch, train and validation, the best epoch marked (as ``history.png``).
+
+        A PIL image: Jupyter shows it where it is the cell's value; ``.save("history.png")`` writes it.
+        """
+        from ..reports import history_figure
+
+        return history_figure(self.history, self.metrics.get("best_epoch") or None)
+
+    def confusion_figure(self) -> PILImage:
+        """The test confusion matrix (as ``confusion_matrix.png``), from the run's ``report.json``; a PIL image."""
+        from ..reports import confusion_figure
+
+        report = self.report()
+        return confusion_figure(report["confusion"], list(report["per_class"]))
+
+    def predictions_figure(self) -> PILImage:
+        """The run's ``predictions.png``: test images with their predicted class, mistakes in red; a PIL image."""
+        from PIL import Image
+
+        from ..rundir import RunDir
+
+        with Image.open(RunDir(self.dir).figure("predictions")) as picture:
+            picture.load()
+            return picture.copy()
+
+    def report(self) -> dict[str, Any]:
+        """The run's ``report.json``: precision, recall, F1 and support per class, the most confused pairs."""
+        from ..rundir import RunDir
+
+        return dict(json.loads(RunDir(self.dir).report.read_text()))
 
 
 @dataclass(frozen=True)

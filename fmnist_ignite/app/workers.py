@@ -1,5 +1,10 @@
 """A sweep as the command line runs it: plan it, run :func:`fmnist_ignite.sweep.work` in this process or in
-worker processes (signals passed on once, lines prefixed ``worker N:``), return the table."""
+worker processes, return the table.
+
+With worker processes, this process says one line as each trial ends (``trial 3/16 done: ...``, see
+:class:`~fmnist_ignite.sweep.results.FinishedTrials`); the workers say only their warnings and errors, each
+line prefixed ``worker N:`` (with ``-v``, their runs' records too). Each run's record (its epochs, report and
+pictures) is in its run directory. Signals are passed on to the workers once."""
 
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ from . import console
 from .launch import cpu_count, signals_passed_on
 
 logger = logging.getLogger(__name__)
+POLL_SECONDS = 0.5  # how often the main process looks for trials that ended
 
 
 def run_sweep(
@@ -52,8 +58,8 @@ def run_sweep(
 
     if workers < 1:
         raise ConfigError("--workers must be at least 1")
-    plan = plan_sweep(config, arguments, name, trials, sampler, prune, storage)
     _quiet_optuna()
+    plan = plan_sweep(config, arguments, name, trials, sampler, prune, storage)
     workers = min(workers, size(plan))
     try:
         if workers == 1:
@@ -86,16 +92,30 @@ def _run_workers(plan: Any, workers: int) -> None:
     def alive() -> list[int]:
         return [p.pid for p in processes if p.pid is not None and p.is_alive()]
 
+    from ..sweep.results import FinishedTrials
+    from ..sweep.study import open_study
+
+    finished = FinishedTrials(plan, open_study(plan))
     with signals_passed_on(alive, passed=(signal.SIGINT, signal.SIGTERM)) as received:
         for process in processes:
             process.start()
         for process in processes:
+            while process.is_alive() and not received:
+                process.join(POLL_SECONDS)
+                _say(finished)
             process.join()
+        if not received:
+            _say(finished)
     if received:
         raise Interrupted(f"{signal.Signals(received[0]).name} received", received[0])
     for process in processes:
         if process.exitcode:
             logger.warning("%s stopped with exit code %s", process.name, process.exitcode)
+
+
+def _say(finished: Any) -> None:
+    for line in finished.new_lines():
+        logger.info("%s", line)
 
 
 def _worker(plan: Any, verbosity: int, number: int, threads: int) -> None:
@@ -104,7 +124,10 @@ def _worker(plan: Any, verbosity: int, number: int, threads: int) -> None:
 
     if hasattr(os, "setpgid"):
         os.setpgid(0, 0)
-    console.setup_logging(verbosity, lines="stderr")
+    console.setup_logging(verbosity if verbosity > 0 else -1, lines="stderr")
+    if verbosity <= 0:  # the main process says how each trial ended; the run's record is in its run directory
+        logging.getLogger("fmnist_ignite.run.outcome").setLevel(logging.WARNING)
+        logging.getLogger("fmnist_ignite.sweep.trial").setLevel(logging.ERROR)
     for handler in logging.getLogger().handlers:
         handler.setFormatter(logging.Formatter(f"worker {number}: %(message)s"))
     _quiet_optuna()

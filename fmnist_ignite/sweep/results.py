@@ -7,6 +7,7 @@ import io
 import socket
 import statistics
 from collections.abc import Sequence
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from PIL import Image
@@ -15,9 +16,9 @@ from ..config import parse_value
 from ..fileio import atomic_write_text
 from ..plots import COLORS, Canvas, Marks, scatter_panel
 from ..reports import save_figure
-from ..rundir import SweepDir
+from ..rundir import SweepDir, shown
 from ..tables import format_table
-from .space import Param, SweepPlan
+from .space import Param, SweepPlan, grid_size, trial_name
 from .study import points
 
 if TYPE_CHECKING:
@@ -61,6 +62,56 @@ def sweep_results(study: optuna.Study, plan: SweepPlan) -> dict[str, Any]:
         "seeds": seed_statistics(rows, keys), "failed": sum(r["status"] == "FAIL" for r in rows),
         "csv": str(sweep.results_csv), "figure": str(sweep.results_figure),
     }  # fmt: skip
+
+
+class FinishedTrials:
+    """The trials of a sweep that end from now on, each said once in a line: what a sweep's main process shows
+    while its worker processes run them (their runs' records stay in the run directories).
+
+    A line reads ``trial 3/16 done: val_accuracy=0.8512 (optimizer.lr=0.01, seed=2) -> runs/sweep/lr-0.01_seed-2``
+    (``pruned after epoch N`` or ``failed: <error>`` in place of ``done``); ``3`` counts the sets of values
+    finished so far, earlier starts of the sweep included. A trial stopped by a signal is not a finished one:
+    the next start of the sweep resumes it.
+    """
+
+    def __init__(self, plan: SweepPlan, study: optuna.Study) -> None:
+        self.plan, self.study = plan, study
+        self.total = grid_size(plan.params) if plan.trials is None else plan.trials
+        self.said = {t.number for t in self._finished()}
+        self.names = {trial_name(plan.params, t.params) for t in self._finished()}
+
+    def _finished(self) -> list[optuna.trial.FrozenTrial]:
+        trials = [t for trials in points(self.plan, self.study.get_trials(deepcopy=False)).values() for t in trials]
+        ended = [t for t in trials if t.state.name in ("COMPLETE", "PRUNED") or _failed(t)]
+        return sorted(ended, key=lambda t: (t.datetime_complete or datetime.max, t.number))
+
+    def new_lines(self) -> list[str]:
+        """A line for each trial that ended since the last call."""
+        lines = []
+        for trial in self._finished():
+            if trial.number in self.said:
+                continue
+            self.said.add(trial.number)
+            name = trial_name(self.plan.params, trial.params)
+            self.names.add(name)
+            lines.append(self._line(trial, name, min(len(self.names), self.total)))
+        return lines
+
+    def _line(self, trial: optuna.trial.FrozenTrial, name: str, done: int) -> str:
+        attrs = trial.user_attrs
+        values = ", ".join(f"{p.key}={p.text(trial.params[p.key])}" for p in self.plan.params)
+        where = shown(SweepDir(self.plan.sweep_dir).trial(name).path)
+        if _failed(trial):
+            return f"trial {done}/{self.total} failed: {attrs['error']} ({values}) -> {where}"
+        ended = "done" if trial.state.name == "COMPLETE" else f"pruned after epoch {attrs.get('epochs', '?')}"
+        value = attrs.get("best_value")
+        score = f"{self.plan.monitor}={value:.4f}" if isinstance(value, float | int) else self.plan.monitor + "=-"
+        return f"trial {done}/{self.total} {ended}: {score} ({values}) -> {where}"
+
+
+def _failed(trial: optuna.trial.FrozenTrial) -> bool:
+    """Failed with an error (one stopped by a signal failed without one: it is resumed, not finished)."""
+    return trial.state.name == "FAIL" and "error" in trial.user_attrs
 
 
 def results_csv(rows: Sequence[dict[str, Any]], keys: Sequence[str]) -> str:
