@@ -58,9 +58,9 @@ def build_experiment(config: Config, data: ImageData | None = None) -> Experimen
     """
     config = config.with_absolute_paths()
     requested = config.run_dir
-    name = RunDir.next_free(requested).path.name if parallel.is_writer() else ""
-    name = parallel.agree_on_name(name)  # in a data-parallel run, rank 0's choice
-    config = config.model_copy(update={"name": name})
+    chosen = RunDir.next_free(requested).path if parallel.is_writer() else requested
+    chosen = parallel.agree_on_run_dir(chosen)  # in a data-parallel run, rank 0's choice
+    config = config.model_copy(update={"output_dir": str(chosen.parent), "name": chosen.name})
     return _build(config, RunDir(config.run_dir, requested), data, initialize=True)
 
 
@@ -188,21 +188,31 @@ def attach_run_steps(
 
 
 def record_processes(config: Config, new_run: bool) -> Config:
-    """A new data-parallel run records how many processes it has on this machine (``torchrun``'s or its own);
-    a resumed one must have as many as it had.
+    """A new data-parallel run records how many machines it has and how many processes on each (``torchrun``'s or
+    its own); a resumed one must have as many as it had.
 
     Raises:
-        ConfigError: a resume with another number of processes (it would not continue exactly).
+        ConfigError: a resume with other numbers (it would not continue exactly).
     """
-    here, saved = parallel.processes_here(), config.distributed.nproc_per_node
-    if saved == here:
+    here, machines = parallel.processes_here(), parallel.machines()
+    saved = config.distributed
+    if (saved.nproc_per_node, saved.nnodes) == (here, machines):
         return config
     if not new_run:
         raise ConfigError(
-            f"this run trained in {saved} processes per machine and is resumed in {here}: it would not continue "
-            f"exactly; resume it with {saved} (torchrun --nproc_per_node {saved})"
+            f"this run trained in {layout(saved.nproc_per_node, saved.nnodes)} and is resumed in "
+            f"{layout(here, machines)}: it would not continue exactly; resume it in as many "
+            f"(torchrun --nnodes {saved.nnodes} --nproc_per_node {saved.nproc_per_node})"
         )
-    return config.model_copy(update={"distributed": config.distributed.model_copy(update={"nproc_per_node": here})})
+    return config.model_copy(
+        update={"distributed": saved.model_copy(update={"nproc_per_node": here, "nnodes": machines})}
+    )
+
+
+def layout(processes: int | None, machines: int) -> str:
+    """``2 processes on one machine``, or ``2 machines, 1 process on each``."""
+    each = f"{processes} process{'es' if processes != 1 else ''}"
+    return f"{each} on one machine" if machines == 1 else f"{machines} machines, {each} on each"
 
 
 def batch_share(n_train: int, batch_size: int) -> Callable[[Engine, int], float]:

@@ -3,6 +3,8 @@ test_distributed.py)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -10,7 +12,7 @@ from fmnist_ignite import ConfigError
 from fmnist_ignite.interrupt import StopRequest
 from fmnist_ignite.parallel import (
     EpochConsensus,
-    agree_on_name,
+    agree_on_run_dir,
     barrier,
     check_batch,
     in_parallel_context,
@@ -32,7 +34,7 @@ def test_a_single_process_is_rank_0_of_1_and_writes(monkeypatch: pytest.MonkeyPa
         False,
         False,
     )
-    assert agree_on_name("base-2") == "base-2"
+    assert agree_on_run_dir(Path("runs/base-2")) == Path("runs/base-2")
     barrier()  # nothing to wait for
 
 
