@@ -200,7 +200,7 @@ def record_processes(config: Config, new_run: bool) -> Config:
         return config
     if not new_run:
         raise ConfigError(
-            f"this run trained in {layout(saved.nproc_per_node, saved.nnodes)} and is resumed in "
+            f"this run trained on {layout(saved.nproc_per_node, saved.nnodes)} and is resumed on "
             f"{layout(here, machines)}: it would not continue exactly; resume it in as many "
             f"(torchrun --nnodes {saved.nnodes} --nproc_per_node {saved.nproc_per_node})"
         )
@@ -210,9 +210,8 @@ def record_processes(config: Config, new_run: bool) -> Config:
 
 
 def layout(processes: int | None, machines: int) -> str:
-    """``2 processes on one machine``, or ``2 machines, 1 process on each``."""
-    each = f"{processes} process{'es' if processes != 1 else ''}"
-    return f"{each} on one machine" if machines == 1 else f"{machines} machines, {each} on each"
+    """``1 machine × 2 processes``, ``2 machines × 1 process``."""
+    return f"{machines} machine{'s' if machines != 1 else ''} × {processes} process{'es' if processes != 1 else ''}"
 
 
 def batch_share(n_train: int, batch_size: int) -> Callable[[Engine, int], float]:

@@ -18,6 +18,8 @@ from fmnist_ignite.parallel import (
     in_parallel_context,
     is_writer,
     launched_by_torchrun,
+    lost_contact,
+    machines,
     rank,
     world_size,
     wrap_model,
@@ -75,3 +77,32 @@ def test_one_process_trains_the_model_itself_and_agrees_on_nothing() -> None:
     terminate = trainer.terminate
     EpochConsensus(StopRequest()).attach(trainer)
     assert trainer.terminate == terminate  # a stop is not deferred to an epoch's end without other processes
+
+
+def test_a_lost_process_is_told_from_other_errors_by_torch_distributed_and_gloo(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import ignite.distributed as idist
+
+    gloo = RuntimeError(
+        "[/x/gloo/transport/tcp/pair.cc:561] Connection closed by peer [10.0.0.2]:41234. This is typically caused "
+        "by a remote worker crashing. Check the logs of the remote worker before reporting an error."
+    )
+    assert lost_contact(gloo) is None, "one process has no other to lose"
+    monkeypatch.setattr(idist, "get_world_size", lambda: 2)
+    assert lost_contact(gloo) == "Connection closed by peer [10.0.0.2]:41234"
+    reset = RuntimeError("[../pair.cc:534] Read error [10.0.0.2]:5: Connection reset by peer")
+    assert lost_contact(reset) == "Read error [10.0.0.2]:5: Connection reset by peer"
+    assert lost_contact(torch.distributed.DistNetworkError("timed out joining")) == "timed out joining"
+    assert lost_contact(RuntimeError("mat1 and mat2 shapes cannot be multiplied")) is None
+
+
+def test_machines_are_the_processes_over_those_on_this_machine(monkeypatch: pytest.MonkeyPatch) -> None:
+    import ignite.distributed as idist
+
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert machines() == 1
+    monkeypatch.setattr(idist, "get_world_size", lambda: 8)
+    assert machines() == 1, "processes started here: all on this machine"
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    assert machines() == 2
