@@ -74,11 +74,18 @@ def _build(config: Config, rundir: RunDir, data: ImageData | None, initialize: b
         if device.type == "cuda":
             device = torch.device("cuda", parallel.local_rank())
     if data is None:
-        # Rank 0 first: it may download or extract the data set into data.root, which the others then read.
-        if not parallel.is_writer():
+        # Rank 0 first: it may download or extract the data set into data.root, which the others then read;
+        # then the first process of each other machine, for its own data.root; then the rest.
+        first = parallel.is_writer()
+        first_here = not first and parallel.local_rank() == 0
+        if not first:
+            parallel.barrier()
+        if not (first or first_here):
             parallel.barrier()
         data = load_data(config.data)
-        if parallel.is_writer():
+        if first:
+            parallel.barrier()
+        if first or first_here:
             parallel.barrier()
     if config.data.val_size >= len(data.train_labels):
         raise ConfigError(

@@ -105,9 +105,9 @@ def agree_on_run_dir(path: Path) -> Path:
 def lost_contact(error: BaseException) -> str | None:
     """Why the processes of a data-parallel run lost contact, if ``error`` says they did (else ``None``).
 
-    ``torch.distributed``'s own errors, and gloo's, raised from a collective operation (the
-    gradients' all-reduce inside the backward pass reaches the run as a plain ``RuntimeError``)
-    when another process or its machine went away.
+    ``torch.distributed``'s network and store errors, and gloo's words for a closed connection,
+    raised from a collective operation (the gradients' all-reduce inside the backward pass reaches
+    the run as a plain ``RuntimeError``) when another process or its machine went away.
     """
     if world_size() == 1:
         return None
@@ -115,7 +115,7 @@ def lost_contact(error: BaseException) -> str | None:
 
     text = " ".join(str(error).split())
     peer_gone = any(sign in text for sign in LOST_CONTACT_SIGNS)
-    if not (isinstance(error, dist.DistError) or peer_gone):
+    if not (isinstance(error, (dist.DistNetworkError, dist.DistStoreError)) or peer_gone):
         return None
     # gloo's lines start with its source file ("[.../pair.cc:561] ") and end with advice for its own bugs.
     return re.sub(r"^\[[^\]]*\]\s*", "", text).split(". ")[0]

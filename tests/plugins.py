@@ -320,6 +320,7 @@ class TerminateOnRank:
 
     def __init__(self, context: Context, rank: int, epoch: int) -> None:
         self.context = context
+        self.rank = rank
         self.epoch = epoch
 
     def __call__(self, engine: Engine) -> None:

@@ -94,6 +94,7 @@ def test_a_lost_process_is_told_from_other_errors_by_torch_distributed_and_gloo(
     reset = RuntimeError("[../pair.cc:534] Read error [10.0.0.2]:5: Connection reset by peer")
     assert lost_contact(reset) == "Read error [10.0.0.2]:5: Connection reset by peer"
     assert lost_contact(torch.distributed.DistNetworkError("timed out joining")) == "timed out joining"
+    assert lost_contact(torch.distributed.DistBackendError("NCCL error: invalid usage")) is None
     assert lost_contact(RuntimeError("mat1 and mat2 shapes cannot be multiplied")) is None
 
 
