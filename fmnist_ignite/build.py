@@ -59,9 +59,9 @@ def build_experiment(config: Config, data: ImageData | None = None) -> Experimen
     """
     config = config.with_absolute_paths()
     requested = config.run_dir
-    name = RunDir.next_free(requested).path.name if parallel.is_writer() else ""
-    name = parallel.agree_on_name(name)  # in a data-parallel run, rank 0's choice
-    config = config.model_copy(update={"name": name})
+    chosen = RunDir.next_free(requested).path if parallel.is_writer() else requested
+    chosen = parallel.agree_on_run_dir(chosen)  # in a data-parallel run, rank 0's choice
+    config = config.model_copy(update={"output_dir": str(chosen.parent), "name": chosen.name})
     return _build(config, RunDir(config.run_dir, requested), data, initialize=True)
 
 
@@ -75,11 +75,18 @@ def _build(config: Config, rundir: RunDir, data: ImageData | None, initialize: b
         if device.type == "cuda":
             device = torch.device("cuda", parallel.local_rank())
     if data is None:
-        # Rank 0 first: it may download or extract the data set into data.root, which the others then read.
-        if not parallel.is_writer():
+        # Rank 0 first: it may download or extract the data set into data.root, which the others then read;
+        # then the first process of each other machine, for its own data.root; then the rest.
+        first = parallel.is_writer()
+        first_here = not first and parallel.local_rank() == 0
+        if not first:
+            parallel.barrier()
+        if not (first or first_here):
             parallel.barrier()
         data = load_data(config.data)
-        if parallel.is_writer():
+        if first:
+            parallel.barrier()
+        if first or first_here:
             parallel.barrier()
     if config.data.val_size >= len(data.train_labels):
         raise ConfigError(
@@ -189,21 +196,30 @@ def attach_run_steps(
 
 
 def record_processes(config: Config, new_run: bool) -> Config:
-    """A new data-parallel run records how many processes it has on this machine (``torchrun``'s or its own);
-    a resumed one must have as many as it had.
+    """A new data-parallel run records how many machines it has and how many processes on each (``torchrun``'s or
+    its own); a resumed one must have as many as it had.
 
     Raises:
-        ConfigError: a resume with another number of processes (it would not continue exactly).
+        ConfigError: a resume with other numbers (it would not continue exactly).
     """
-    here, saved = parallel.processes_here(), config.distributed.nproc_per_node
-    if saved == here:
+    here, machines = parallel.processes_here(), parallel.machines()
+    saved = config.distributed
+    if (saved.nproc_per_node, saved.nnodes) == (here, machines):
         return config
     if not new_run:
         raise ConfigError(
-            f"this run trained in {saved} processes per machine and is resumed in {here}: it would not continue "
-            f"exactly; resume it with {saved} (torchrun --nproc_per_node {saved})"
+            f"this run trained on {layout(saved.nproc_per_node, saved.nnodes)} and is resumed on "
+            f"{layout(here, machines)}: it would not continue exactly; resume it in as many "
+            f"(torchrun --nnodes {saved.nnodes} --nproc_per_node {saved.nproc_per_node})"
         )
-    return config.model_copy(update={"distributed": config.distributed.model_copy(update={"nproc_per_node": here})})
+    return config.model_copy(
+        update={"distributed": saved.model_copy(update={"nproc_per_node": here, "nnodes": machines})}
+    )
+
+
+def layout(processes: int | None, machines: int) -> str:
+    """``1 machine × 2 processes``, ``2 machines × 1 process``."""
+    return f"{machines} machine{'s' if machines != 1 else ''} × {processes} process{'es' if processes != 1 else ''}"
 
 
 def batch_share(n_train: int, batch_size: int) -> Callable[[Engine, int], float]:

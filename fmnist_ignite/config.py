@@ -414,6 +414,12 @@ class DistributedConfig(_Section):
         description="Processes to start on this machine; `null`: one per GPU with `nccl`, 2 with `gloo`. "
         "Needs `backend`. Under `torchrun`, `torchrun`'s `--nproc_per_node` decides, and the run records it here.",
     )
+    nnodes: int = Field(
+        1,
+        ge=1,
+        description="Machines the run trains on, `nproc_per_node` processes on each. More than 1 only under "
+        "`torchrun` (`--nnodes`), which decides, and the run records it here; a resume must have as many.",
+    )
 
     @model_validator(mode="after")
     def _needs_a_backend(self) -> DistributedConfig:
@@ -421,6 +427,10 @@ class DistributedConfig(_Section):
             raise ValueError(
                 f"nproc_per_node={self.nproc_per_node} needs a backend: "
                 "set distributed.backend=gloo (CPUs) or nccl (GPUs)"
+            )
+        if self.nnodes > 1 and self.backend is None:
+            raise ValueError(
+                f"nnodes={self.nnodes} needs a backend: set distributed.backend=gloo (CPUs) or nccl (GPUs)"
             )
         return self
 

@@ -99,3 +99,11 @@ class RunError(FmnistIgniteError):
 
     The original exception is its ``__cause__`` (the command line shows its traceback with ``-v``).
     """
+
+
+class LostContact(RunError):
+    """The processes of a data-parallel run lost contact with one another: a process or a machine of the run
+    stopped, or the network between them failed.
+
+    Every process that is left says it, not rank 0 alone: rank 0 may be the one that stopped.
+    """

@@ -302,10 +302,11 @@ class Experiment:
         if self.writer:
             self.config = self.context.config = self.rundir.create(self.config)
             self.rundir.write_input(self.input_description())
-        name = parallel.agree_on_name(self.config.name)  # waits for rank 0 in a data-parallel run
-        if name != self.config.name:
-            self.rundir.path = self.rundir.path.with_name(name)
-            self.config = self.context.config = self.config.model_copy(update={"name": name})
+        path = parallel.agree_on_run_dir(self.config.run_dir)  # waits for rank 0 in a data-parallel run
+        if path != self.config.run_dir:
+            self.rundir.path = path
+            update = {"output_dir": str(path.parent), "name": path.name}
+            self.config = self.context.config = self.config.model_copy(update=update)
 
     def _train(self) -> None:
         start, first = time.perf_counter(), self.trainer.state.epoch

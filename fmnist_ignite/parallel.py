@@ -15,7 +15,9 @@ ends training on every rank after the same epoch, so no process waits forever fo
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
 from .errors import ConfigError
@@ -65,6 +67,11 @@ def processes_here() -> int:
     return int(os.environ.get("LOCAL_WORLD_SIZE", world_size()))
 
 
+def machines() -> int:
+    """How many machines the run trains on (``torchrun --nnodes``; 1 without ``torchrun``)."""
+    return max(1, world_size() // processes_here())
+
+
 def check_batch(batch_size: int, processes: int) -> None:
     """The effective batch must split evenly between the processes.
 
@@ -81,13 +88,40 @@ def check_batch(batch_size: int, processes: int) -> None:
         )
 
 
-def agree_on_name(name: str) -> str:
-    """Rank 0's choice of run directory name, on every rank."""
+def agree_on_run_dir(path: Path) -> Path:
+    """Rank 0's run directory, on every rank.
+
+    Rank 0 chooses the name (the next free one), and its path is the run's on every machine, where
+    the other processes name it in their messages (they write nothing there; on another machine,
+    with another current folder, their own ``output_dir`` may be another folder or none).
+    """
     import ignite.distributed as idist
 
     if world_size() == 1:
-        return name
-    return str(idist.broadcast(name, src=0, safe_mode=True))
+        return path
+    return Path(str(idist.broadcast(str(path.absolute()), src=0, safe_mode=True)))
+
+
+def lost_contact(error: BaseException) -> str | None:
+    """Why the processes of a data-parallel run lost contact, if ``error`` says they did (else ``None``).
+
+    ``torch.distributed``'s network and store errors, and gloo's words for a closed connection,
+    raised from a collective operation (the gradients' all-reduce inside the backward pass reaches
+    the run as a plain ``RuntimeError``) when another process or its machine went away.
+    """
+    if world_size() == 1:
+        return None
+    import torch.distributed as dist
+
+    text = " ".join(str(error).split())
+    peer_gone = any(sign in text for sign in LOST_CONTACT_SIGNS)
+    if not (isinstance(error, (dist.DistNetworkError, dist.DistStoreError)) or peer_gone):
+        return None
+    # gloo's lines start with its source file ("[.../pair.cc:561] ") and end with advice for its own bugs.
+    return re.sub(r"^\[[^\]]*\]\s*", "", text).split(". ")[0]
+
+
+LOST_CONTACT_SIGNS = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "Socket Timeout")
 
 
 def barrier() -> None:

@@ -35,7 +35,7 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from . import runfiles
+from . import parallel, runfiles
 from .errors import CheckpointError, ConfigError, RunDirError, program_name
 from .fileio import atomic_write, atomic_write_json, atomic_write_text, current_umask, temporary_names
 from .runfiles import InputDescription, Metrics, MlflowRun
@@ -375,7 +375,16 @@ class RunDir:
         atomic_write_json(self.mlflow_run, run.model_dump(mode="json"))
 
     def resume_hint(self) -> str:
-        """How to continue this run, as a command a shell takes whatever the path holds."""
+        """How to continue this run, as a command a shell takes whatever the path holds.
+
+        A run across machines resumes as it started, under ``torchrun`` on each machine; the path is
+        absolute, for the machines whose current folder is another.
+        """
+        if parallel.machines() > 1:
+            return (
+                "resume with the torchrun command that started the run, on each machine, ending in "
+                f"'-m fmnist_ignite --resume {shell_quote(str(self.path.absolute()))}'"
+            )
         return f"resume with '{program_name()} --resume {shell_quote(shown(self.path))}'"
 
 

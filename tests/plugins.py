@@ -125,11 +125,15 @@ class Stall:
 
     ``train``: after the 3rd training iteration; ``validation``: after the 1st validation batch;
     ``checkpoint``: halfway through writing the checkpoint; ``history``: halfway through writing
-    history.json. The test then kills the process with SIGKILL.
+    history.json. The test then kills the process with SIGKILL. With ``rank``, only that process of a
+    data-parallel run freezes (the others go on to wait for it).
     """
 
-    def __init__(self, context: Context, where: str, epoch: int, marker: str) -> None:
+    def __init__(self, context: Context, where: str, epoch: int, marker: str, rank: int | None = None) -> None:
+        import ignite.distributed as idist
+
         self.context = context
+        self.frozen_here = rank is None or idist.get_rank() == rank
         self.where = where
         self.epoch = epoch
         self.marker = Path(marker)
@@ -161,7 +165,7 @@ class Stall:
             history.atomic_write_json = stalling_write
 
     def _due(self) -> bool:
-        return self.context.trainer.state.epoch == self.epoch and not self.marker.exists()
+        return self.frozen_here and self.context.trainer.state.epoch == self.epoch and not self.marker.exists()
 
     def attach(self, engine: Engine, event: Any) -> None:
         if self.where == "train":

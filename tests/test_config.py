@@ -83,6 +83,7 @@ def test_config_is_immutable() -> None:
         (["handlers=[{event: STARTED}]"], "'handlers[0].target' is required"),
         (["seed=1.5"], "'seed': Input should be a valid integer"),
         (["distributed.nproc_per_node=3"], "nproc_per_node=3 needs a backend: set distributed.backend=gloo"),
+        (["distributed.nnodes=2"], "nnodes=2 needs a backend: set distributed.backend=gloo"),
         (["distributed.backend=mpi"], "'distributed.backend': Input should be 'gloo' or 'nccl'"),
         (["data.channels=2"], "'data.channels': Input should be 1 or 3 (got 2)"),
         (["data.image_size=0"], "'data.image_size': Input should be greater than or equal to 1 (got 0)"),

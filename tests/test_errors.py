@@ -84,7 +84,7 @@ def test_exit_codes_and_base_class(cls: type[FmnistIgniteError], code: int) -> N
 def test_usage_errors_are_the_only_ones_with_exit_code_2() -> None:
     classes = [c for c in vars(errors).values() if isinstance(c, type) and issubclass(c, FmnistIgniteError)]
     assert {c.__name__ for c in classes if c.exit_code == 2} == {"ConfigError", "RunDirError"}
-    assert len(classes) == 9  # RunError too
+    assert len(classes) == 10  # RunError and LostContact too
 
 
 def test_errors_are_the_same_objects_from_the_package() -> None:

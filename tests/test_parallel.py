@@ -3,6 +3,8 @@ test_distributed.py)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -10,12 +12,14 @@ from fmnist_ignite import ConfigError
 from fmnist_ignite.interrupt import StopRequest
 from fmnist_ignite.parallel import (
     EpochConsensus,
-    agree_on_name,
+    agree_on_run_dir,
     barrier,
     check_batch,
     in_parallel_context,
     is_writer,
     launched_by_torchrun,
+    lost_contact,
+    machines,
     rank,
     world_size,
     wrap_model,
@@ -32,7 +36,7 @@ def test_a_single_process_is_rank_0_of_1_and_writes(monkeypatch: pytest.MonkeyPa
         False,
         False,
     )
-    assert agree_on_name("base-2") == "base-2"
+    assert agree_on_run_dir(Path("runs/base-2")) == Path("runs/base-2")
     barrier()  # nothing to wait for
 
 
@@ -73,3 +77,33 @@ def test_one_process_trains_the_model_itself_and_agrees_on_nothing() -> None:
     terminate = trainer.terminate
     EpochConsensus(StopRequest()).attach(trainer)
     assert trainer.terminate == terminate  # a stop is not deferred to an epoch's end without other processes
+
+
+def test_a_lost_process_is_told_from_other_errors_by_torch_distributed_and_gloo(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import ignite.distributed as idist
+
+    gloo = RuntimeError(
+        "[/x/gloo/transport/tcp/pair.cc:561] Connection closed by peer [10.0.0.2]:41234. This is typically caused "
+        "by a remote worker crashing. Check the logs of the remote worker before reporting an error."
+    )
+    assert lost_contact(gloo) is None, "one process has no other to lose"
+    monkeypatch.setattr(idist, "get_world_size", lambda: 2)
+    assert lost_contact(gloo) == "Connection closed by peer [10.0.0.2]:41234"
+    reset = RuntimeError("[../pair.cc:534] Read error [10.0.0.2]:5: Connection reset by peer")
+    assert lost_contact(reset) == "Read error [10.0.0.2]:5: Connection reset by peer"
+    assert lost_contact(torch.distributed.DistNetworkError("timed out joining")) == "timed out joining"
+    assert lost_contact(torch.distributed.DistBackendError("NCCL error: invalid usage")) is None
+    assert lost_contact(RuntimeError("mat1 and mat2 shapes cannot be multiplied")) is None
+
+
+def test_machines_are_the_processes_over_those_on_this_machine(monkeypatch: pytest.MonkeyPatch) -> None:
+    import ignite.distributed as idist
+
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert machines() == 1
+    monkeypatch.setattr(idist, "get_world_size", lambda: 8)
+    assert machines() == 1, "processes started here: all on this machine"
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    assert machines() == 2

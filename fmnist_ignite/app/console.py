@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, Literal
 
-from ..errors import FmnistIgniteError, RunError
+from ..errors import FmnistIgniteError, LostContact, RunError
 
 # The loggers whose levels the console sets (and puts back when it is done).
 LOGGERS = ("fmnist_ignite", "fmnist_ignite.run.outcome", "fmnist_ignite.interrupt", "ignite")
@@ -163,7 +163,8 @@ def reported(command: Callable[[], int], verbosity: int, rank: int = 0) -> int:
     """Run ``command``; an error of the package becomes one ``error:`` line on stderr and its exit code.
 
     With ``verbosity`` 1 the traceback of the error's cause comes first. In a data-parallel run,
-    rank 0 says what went wrong; the other processes only with ``-v``. Ctrl-C is exit code 130.
+    rank 0 says what went wrong; the other processes only with ``-v``, or when they lost contact with
+    the others (rank 0 may be gone). Ctrl-C is exit code 130.
     """
     quiet = rank > 0 and verbosity <= 0
     try:
@@ -171,6 +172,7 @@ def reported(command: Callable[[], int], verbosity: int, rank: int = 0) -> int:
     except FmnistIgniteError as err:
         if getattr(err, "reported", False):
             return err.exit_code  # a process of the run said it already
+        quiet = quiet and not isinstance(err, LostContact)
         if verbosity > 0 and err.__cause__ is not None:
             traceback.print_exception(err.__cause__)
         elif isinstance(err, RunError):

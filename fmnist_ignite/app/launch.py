@@ -25,7 +25,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ConfigError, FmnistIgniteError, RunError, first_line
+from ..errors import ConfigError, FmnistIgniteError, LostContact, RunError, first_line
 from . import console
 
 if TYPE_CHECKING:
@@ -213,7 +213,7 @@ def _prepare(
     request = Request(resolved, None if resume is None else str(resume), tuple(changed), verbosity)
     launch = resolved.distributed.backend is not None and not in_parallel_context()
     if launch:
-        check_launch(resolved.distributed)
+        check_launch(resolved.distributed, resume)
         if not launched_by_torchrun():
             check_batch(resolved.data.batch_size, processes_to_start(resolved.distributed))
         if resume is not None:
@@ -237,6 +237,8 @@ def _build(request: Request) -> Experiment:
 
 def _run(experiment: Experiment) -> RunResult:
     """Run a built experiment; an error that is not the package's becomes a one-line :class:`RunError`."""
+    from ..parallel import lost_contact
+
     try:
         metrics = experiment.run()
     except (FmnistIgniteError, KeyboardInterrupt):
@@ -248,6 +250,13 @@ def _run(experiment: Experiment) -> RunResult:
             f"free space or fix the folder, then {experiment.resume_hint()}"
         ) from err
     except Exception as err:
+        reason = lost_contact(err)
+        if reason is not None:
+            raise LostContact(
+                f"the processes of the data-parallel run lost contact during epoch {experiment.trainer.state.epoch} "
+                f"({reason}): a process or machine of the run stopped, or the network between them failed; "
+                f"the last checkpoint is kept on rank 0's machine: {experiment.resume_hint()}"
+            ) from err
         # A bug or a user handler's error: one line saying where, then how to go on.
         kept = experiment.rundir.exists() and not experiment.rundir.finished
         then = f"; its last checkpoint is kept: {experiment.resume_hint()}" if kept else ""
@@ -304,16 +313,26 @@ def processes_to_start(config: DistributedConfig) -> int:
     return 2
 
 
-def check_launch(config: DistributedConfig) -> None:
-    """Refuse a backend this machine cannot run.
+def check_launch(config: DistributedConfig, resume: str | Path | None = None) -> None:
+    """Refuse a backend this machine cannot run, and a run across machines that ``torchrun`` did not start.
 
     Raises:
-        ConfigError: ``nccl`` without CUDA, or more ``nccl`` processes than GPUs.
+        ConfigError: ``nccl`` without CUDA, more ``nccl`` processes than GPUs, or ``nnodes`` above 1
+            without ``torchrun`` (the message says the command to run on each machine).
     """
     import torch
 
     from ..parallel import launched_by_torchrun
+    from ..rundir import shell_quote
 
+    if config.nnodes > 1 and not launched_by_torchrun():
+        arguments = f"--resume {shell_quote(str(Path(resume).absolute()))}" if resume is not None else "CONFIG ..."
+        raise ConfigError(
+            f"distributed.nnodes={config.nnodes}: the run trains on {config.nnodes} machines, which only torchrun "
+            f"starts; run on each machine 'torchrun --nnodes {config.nnodes} --nproc_per_node "
+            f"{config.nproc_per_node or 'N'} --rdzv-backend c10d --rdzv-endpoint HOST:PORT --rdzv-id ID "
+            f"-m fmnist_ignite {arguments}' (HOST: the first machine's address)"
+        )
     if config.backend == "nccl":
         if not torch.cuda.is_available():
             raise ConfigError(
