@@ -20,6 +20,7 @@ from typing import Any
 from ..config import NAME_PATTERN, load_config
 from ..errors import ConfigError
 from ..fileio import atomic_write_json
+from ..handlers.mlflow import finish_sweep_run, open_sweep_run
 from ..rundir import SweepDir
 from .results import sweep_results
 from .space import MAX_GRID, SweepPlan, grid_size, parse_arguments
@@ -94,7 +95,10 @@ def plan_sweep(
         prune=prune,
     )
     with sweep.made(), sweep.lock():  # a storage that cannot be opened leaves no folder behind
-        retry_failed(open_study(plan), plan)
+        study = open_study(plan)
+        retry_failed(study, plan)
+        if base.logging.mlflow:  # the trials are child runs of the sweep's
+            open_sweep_run(study, base, sweep.path)
         atomic_write_json(sweep.definition, {**plan.definition(), "config": plan.config, "overrides": list(plain)})
     return plan
 
@@ -144,5 +148,10 @@ def work(plan: SweepPlan, parent: int | None = None) -> None:
 
 
 def results(plan: SweepPlan) -> dict[str, Any]:
-    """Write ``results.csv`` and ``results.png`` from the study; the rows (see :func:`.results.sweep_results`)."""
-    return sweep_results(open_study(plan), plan)
+    """Write ``results.csv`` and ``results.png`` from the study; the rows (see :func:`.results.sweep_results`).
+
+    The sweep's MLflow run, if it has one, is marked finished.
+    """
+    study = open_study(plan)
+    finish_sweep_run(study)
+    return sweep_results(study, plan)
