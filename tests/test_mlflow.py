@@ -491,36 +491,27 @@ def test_mlflow_models_serve_answers_with_the_same_classes(
     assert np.allclose(served, loaded, atol=1e-6)
 
 
-def test_a_registered_model_gets_a_version_per_run(
-    tracking_server: str, server_run: dict[str, Any], small: list[str], cli: Callable
+def test_a_sweep_is_a_parent_run_with_a_child_run_per_trial_each_a_registered_version(
+    tracking_server: str, server_run: dict[str, Any], small: list[str], tmp_path: Path, cli: Callable
 ) -> None:
     client = MlflowClient(tracking_server)
     first = client.get_model_version("served", "1")
     assert first.run_id == server_run["run_id"]
     assert first.source.startswith("models:/m-")
 
-    tracked = (*MLFLOW, f"logging.mlflow_uri={tracking_server}", "logging.mlflow_experiment=served")
-    code, _, err = cli(BASE, *small, *tracked, "logging.mlflow_register=served", "trainer.max_epochs=1")
-    assert code == 0, err
-    versions = sorted(client.search_model_versions("name = 'served'"), key=lambda v: int(v.version))
-    second_run = saved_run_id(Path(small[2].removeprefix("output_dir=")) / "small")
-    assert [(v.version, v.run_id) for v in versions] == [("1", server_run["run_id"]), ("2", second_run)]
-
-
-def test_a_sweep_is_a_parent_run_with_a_child_run_per_trial(
-    tracking_server: str, small: list[str], tmp_path: Path, cli: Callable
-) -> None:
     tracked = (*MLFLOW, f"logging.mlflow_uri={tracking_server}", "logging.mlflow_experiment=swept")
-    code, _, err = cli("sweep", BASE, *small, *tracked, "trainer.max_epochs=1", "seed=1,2", "--name", "sw")
+    register = "logging.mlflow_register=swept"
+    code, _, err = cli("sweep", BASE, *small, *tracked, register, "trainer.max_epochs=1", "seed=1,2", "--name", "sw")
     assert code == 0, err
-    client = MlflowClient(tracking_server)
     experiment = client.get_experiment_by_name("swept")
     assert experiment is not None
     runs = client.search_runs([experiment.experiment_id])
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     assert [(r.info.run_name, r.info.status) for r in parents] == [("sw", "FINISHED")]
     assert parents[0].data.tags["sweep_dir"] == str(tmp_path / "runs" / "sw")
-    children = sorted((r for r in runs if r not in parents), key=lambda r: r.info.run_name)
+    children = sorted((r for r in runs if r not in parents), key=lambda r: r.info.start_time)
     assert [r.info.run_name for r in children] == ["seed-1", "seed-2"]
     assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
     assert {r.info.status for r in children} == {"FINISHED"}
+    versions = sorted(client.search_model_versions("name = 'swept'"), key=lambda v: int(v.version))
+    assert [(v.version, v.run_id) for v in versions] == [("1", children[0].info.run_id), ("2", children[1].info.run_id)]
