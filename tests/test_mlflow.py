@@ -29,6 +29,7 @@ from mlflow.tracking import MlflowClient
 import fmnist_ignite
 from fmnist_ignite import Config, Context, build_experiment, resume_experiment
 from fmnist_ignite.app.cli import main
+from fmnist_ignite.events import RunEvents
 
 from . import plugins
 from .conftest import BASE, N_TEST, REPO, small_overrides, synthetic_images
@@ -492,12 +493,19 @@ def test_mlflow_models_serve_answers_with_the_same_classes(
 
 
 def test_a_sweep_is_a_parent_run_with_a_child_run_per_trial_each_a_registered_version(
-    tracking_server: str, server_run: dict[str, Any], small: list[str], tmp_path: Path, cli: Callable
+    tracking_server: str,
+    server_run: dict[str, Any],
+    small: list[str],
+    tmp_path: Path,
+    cli: Callable,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    import mlflow.pyfunc
+
     client = MlflowClient(tracking_server)
     first = client.get_model_version("served", "1")
     assert first.run_id == server_run["run_id"]
-    assert first.source.startswith("models:/m-")
+    assert first.source.startswith(f"mlflow-artifacts:/{first.source.split('/')[1]}/models/m-")  # the model's files
 
     tracked = (*MLFLOW, f"logging.mlflow_uri={tracking_server}", "logging.mlflow_experiment=swept")
     register = "logging.mlflow_register=swept"
@@ -515,3 +523,59 @@ def test_a_sweep_is_a_parent_run_with_a_child_run_per_trial_each_a_registered_ve
     assert {r.info.status for r in children} == {"FINISHED"}
     versions = sorted(client.search_model_versions("name = 'swept'"), key=lambda v: int(v.version))
     assert [(v.version, v.run_id) for v in versions] == [("1", children[0].info.run_id), ("2", children[1].info.run_id)]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_server)
+    assert mlflow.pyfunc.load_model("models:/swept/2").metadata.run_id == children[1].info.run_id
+
+
+@pytest.mark.parametrize("package", ["mlflow", "onnx"])
+def test_a_missing_package_is_one_line_before_anything_is_written(
+    small: list[str], tmp_path: Path, cli: Callable, monkeypatch: pytest.MonkeyPatch, package: str
+) -> None:
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == package else find_spec(name, *a))
+    code, _, err = cli(BASE, *small, *MLFLOW)
+    assert (code, err) == (
+        2,
+        f"error: logging.mlflow: the {package} package is not installed; "
+        "pip install 'fmnist_ignite[mlflow]' installs it\n",
+    )
+    assert not (tmp_path / "runs").exists()
+
+
+class FailAtTheEndOnce:
+    """Fails the run after MLflow logged its end, the first time (until ``marker`` exists): the run is not finished."""
+
+    def __init__(self, context: Context, marker: str) -> None:
+        self.marker = Path(marker)
+
+    def attach(self, engine: Engine, event: Any) -> None:
+        engine.add_event_handler(RunEvents.RUN_FINISHED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        if not self.marker.exists():
+            self.marker.touch()
+            raise RuntimeError("disk full")
+
+
+def test_a_run_resumed_after_its_model_was_logged_keeps_one_model_and_one_version(
+    make_config: Callable[..., Config], store: MlflowClient, tmp_path: Path
+) -> None:
+    experiment = build_experiment(make_config(*MLFLOW, "trainer.max_epochs=1", "logging.mlflow_register=once"))
+    experiment.add_handler(FailAtTheEndOnce, marker=str(tmp_path / "failed"))
+    with pytest.raises(RuntimeError, match="disk full"):
+        experiment.run()
+    assert not (experiment.run_dir / "metrics.json").exists()
+    resumed = resume_experiment(experiment.run_dir)
+    resumed.add_handler(FailAtTheEndOnce, marker=str(tmp_path / "failed"))
+    resumed.run()
+
+    run = only_run(store)
+    assert run.info.status == "FINISHED"
+    models = store.search_logged_models([run.info.experiment_id])
+    assert [(m.name, m.source_run_id, m.status.to_int()) for m in models] == [
+        ("model", run.info.run_id, models[0].status.READY.to_int())
+    ]
+    versions = store.search_model_versions("name = 'once'")
+    assert [(str(v.version), v.run_id) for v in versions] == [("1", run.info.run_id)]

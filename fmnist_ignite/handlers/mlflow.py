@@ -427,8 +427,10 @@ class MLflow:
         except MlflowException as err:
             if err.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
+        # The model's own files as the source: a database store would look a ``models:/`` source up
+        # through MLflow's process-wide tracking URI, not this client's.
         version = client.create_model_version(
-            name, f"models:/{logged.model_id}", run_id=self.run_id, model_id=logged.model_id
+            name, logged.artifact_location, run_id=self.run_id, model_id=logged.model_id
         )
         logger.info("MLflow: registered model '%s' version %s", name, version.version)
 
