@@ -509,7 +509,10 @@ def test_a_sweep_is_a_parent_run_with_a_child_run_per_trial_each_a_registered_ve
 
     tracked = (*MLFLOW, f"logging.mlflow_uri={tracking_server}", "logging.mlflow_experiment=swept")
     register = "logging.mlflow_register=swept"
-    code, _, err = cli("sweep", BASE, *small, *tracked, register, "trainer.max_epochs=1", "seed=1,2", "--name", "sw")
+    sweep = ("sweep", BASE, *small, *tracked, register, "trainer.max_epochs=1", "seed=1,2", "--name", "sw")
+    code, _, err = cli(*sweep)
+    assert code == 0, err
+    code, _, err = cli(*sweep)  # started again (or on another machine): the same parent, no trial run twice
     assert code == 0, err
     experiment = client.get_experiment_by_name("swept")
     assert experiment is not None

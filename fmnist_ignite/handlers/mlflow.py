@@ -17,7 +17,9 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as package_version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -105,16 +107,15 @@ def source_tags() -> dict[str, str]:
     """Where a run comes from: the command line, the git commit (in a checkout) and the versions of the packages."""
     import ignite
 
-    from .. import __version__
-
     tags = {
         "mlflow.source.name": program_name(),
         "mlflow.source.type": "LOCAL",
         "command": " ".join([program_name(), *map(shlex.quote, sys.argv[1:])]),
         "version.torch": torch.__version__,
         "version.ignite": ignite.__version__,
-        "version.fmnist_ignite": __version__,
     }
+    with suppress(PackageNotFoundError):  # not when run from a folder on PYTHONPATH, never installed
+        tags["version.fmnist_ignite"] = package_version("fmnist_ignite")
     commit = git_commit()
     if commit is not None:
         tags["mlflow.source.git.commit"] = commit
@@ -180,6 +181,7 @@ def open_sweep_run(study: optuna.Study, config: Config, sweep_dir: str | Path) -
         if saved is not None:
             try:
                 if client.get_run(saved["run_id"]).info.lifecycle_stage != "deleted":
+                    client.update_run(saved["run_id"], status="RUNNING")  # until the sweep writes its results
                     return
             except MlflowException:  # the store lost it: the sweep gets a new one
                 pass
