@@ -55,14 +55,14 @@ SWEEP_RUN = "mlflow_run"  # the Optuna study's user attribute holding the sweep'
 # refused connection for minutes): reaching the store at start is one try; later requests a few.
 # MLflow 3 refuses its file store (``file://``, a plain path) unless told: it still reads and writes it, and so do we.
 # The run's output is ours: no progress bars of MLflow's downloads, no links printed on stdout when a run ends.
-FILE_STORE = {
+ALWAYS = {
     "MLFLOW_ALLOW_FILE_STORE": "true",
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
     "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
 }
-AT_START = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10", **FILE_STORE}
+AT_START = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10", **ALWAYS}
 LATER = {
-    **FILE_STORE,
+    **ALWAYS,
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
@@ -71,8 +71,8 @@ LATER = {
 
 @contextmanager
 def bounded_requests(limits: Mapping[str, str]) -> Iterator[None]:
-    """MLflow's retry and timeout settings (environment variables it reads at each request) bounded
-    by ``limits`` while our client runs; a variable the user set is left as it is, and each is
+    """MLflow's settings (environment variables it reads at each request: retries, timeouts, its output)
+    as ``limits`` says while our client runs; a variable the user set is left as it is, and each is
     restored afterwards."""
     added = [name for name in limits if name not in os.environ]
     os.environ.update({name: limits[name] for name in added})
