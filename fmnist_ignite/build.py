@@ -20,6 +20,7 @@ from .config import Config, HandlerConfig
 from .context import Context
 from .data import ImageData, Loader, load_data, split_indices
 from .data.loaders import Shard, TensorLoader
+from .data.transforms import make_batch_transform
 from .engine import compile_for_training, create_evaluator, create_trainer, make_prepare_batch, resolve_device
 from .errors import CheckpointError, ConfigError, RunDirError
 from .evaluation import build_model, load_weights
@@ -283,10 +284,25 @@ def make_loader(
 
     In a data-parallel run each process's loader gives its share (see :class:`~fmnist_ignite.data.loaders.Shard`);
     with ``trainer.fast_dev_run``, each loader gives its first batch only.
+    The training loader applies ``data.transforms`` to its batches (checked first on one of ``images``).
+
+    Raises:
+        ConfigError: the transforms fail on the images or change their shape or type.
     """
     batch_size = config.data.batch_size if train else config.data.eval_batch_size
     shard = Shard(parallel.rank(), parallel.world_size())
     limit = 1 if config.trainer.fast_dev_run else None
+    transform = make_batch_transform(config.data.transforms, config.seed) if train else None
+    if transform is not None and len(images):
+        transform.check(images[0])
     return TensorLoader(
-        images, labels, batch_size, shuffle=train, seed=config.seed, indices=indices, shard=shard, limit=limit
+        images,
+        labels,
+        batch_size,
+        shuffle=train,
+        seed=config.seed,
+        indices=indices,
+        shard=shard,
+        limit=limit,
+        transform=transform,
     )

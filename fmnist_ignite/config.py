@@ -26,6 +26,7 @@ DEVICE_PATTERN = r"^(auto|cpu|mps|cuda(:[0-9]+)?)$"
 ENGINE_EVENTS = sorted(e.name for e in Events if not e.name.startswith(("GET_BATCH", "DATALOADER")))
 
 
+MAX_IMAGE_SIDE = 4096
 MAX_CONFIG_BYTES = 2**20
 MAX_YAML_DEPTH = 100
 MAX_YAML_VALUES = 100_000
@@ -123,6 +124,36 @@ def _parse_yaml(text: str) -> Any:
     return yaml.load(text, Loader=_Loader)  # _Loader is a SafeLoader: Python tags are refused
 
 
+def transform_names() -> list[str]:
+    """The transforms ``data.transforms`` may name: the classes of ``torchvision.transforms.v2``."""
+    from torchvision.transforms import v2
+
+    return sorted(n for n, obj in vars(v2).items() if isinstance(obj, type) and issubclass(obj, v2.Transform))
+
+
+def make_transform(name: str, kwargs: Mapping[str, Any], where: str = "data.transforms") -> Any:
+    """The ``torchvision.transforms.v2`` transform ``name`` built with ``kwargs``.
+
+    Raises:
+        ValueError: naming ``where``: no such transform (with the closest name), or keyword arguments it refuses.
+    """
+    from torchvision.transforms import v2
+
+    names = transform_names()
+    if name not in names:
+        hint = difflib.get_close_matches(name, names, n=1)
+        suggestion = f" (did you mean '{hint[0]}'?)" if hint else ""
+        raise ValueError(
+            f"{where}: unknown transform {name!r}{suggestion}; give the name of a torchvision.transforms.v2 class, "
+            "e.g. RandomCrop or RandomHorizontalFlip"
+        )
+    try:
+        return getattr(v2, name)(**kwargs)
+    except Exception as err:  # a constructor refuses its arguments in many ways
+        message = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ValueError(f"{where} ({name}): {message}; see torchvision's documentation of {name}") from None
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
@@ -140,8 +171,16 @@ class _Section(BaseModel):
 class DataConfig(_Section):
     """Where the images come from and how they are batched."""
 
-    dataset: str = Field("fashion_mnist", description="Data set: `fashion_mnist`, `cifar10` or a registered plugin.")
-    root: str = Field("data", description="Folder holding (or receiving) the data set files.")
+    dataset: str = Field(
+        "fashion_mnist",
+        description="Data set: `fashion_mnist`, `cifar10`, `image_folder` (your own images under `root`: "
+        "`root/train/<class>/*`, and `root/test/<class>/*` if present) or a registered plugin.",
+    )
+    root: str = Field(
+        "data",
+        description="Folder holding (or receiving) the data set files; for `image_folder`, the folder that holds "
+        "`train/` (and `test/`).",
+    )
     system_dir: str | None = Field(
         "/usr/share/datasets/fashion-mnist",
         description="Folder with a system copy of the Fashion-MNIST `*-ubyte.gz` files, used when `root` lacks them.",
@@ -160,11 +199,46 @@ class DataConfig(_Section):
     normalize: bool = Field(
         True, description="Standardise pixels with the data set's mean and std (else scale to [0, 1])."
     )
+    image_size: int | None = Field(
+        None,
+        ge=1,
+        le=MAX_IMAGE_SIDE,
+        description="`image_folder`: the side of the square images the files are converted to (each file's "
+        "centre, cropped to a square, resized); `null`: the files' own size, which they must then share.",
+    )
+    channels: Literal[1, 3] | None = Field(
+        None,
+        description="`image_folder`: `1` (grayscale) or `3` (RGB); `null`: 1 when every image is gray, else 3.",
+    )
+    transforms: list[dict[str, dict[str, Any] | None]] = Field(
+        default_factory=list,
+        description="Training-time transforms: `torchvision.transforms.v2` classes by name with their keyword "
+        "arguments, applied in order to each training image (uint8, before normalisation), e.g. "
+        "`[{RandomCrop: {size: 28, padding: 2}}, {RandomHorizontalFlip: {}}]`; each image draws its own "
+        "random parameters, from the seed, the epoch and the batch alone (a resumed run draws what the "
+        "uninterrupted one did). Validation, test and `predict` see the images untransformed.",
+    )
 
     @field_validator("dataset")
     @classmethod
     def _known_dataset(cls, value: str) -> str:
         return DATASETS.check(value)
+
+    @field_validator("transforms")
+    @classmethod
+    def _known_transforms(cls, value: list[dict[str, dict[str, Any] | None]]) -> list[dict[str, dict[str, Any]]]:
+        entries = []
+        for index, entry in enumerate(value):
+            if len(entry) != 1:
+                raise ValueError(
+                    f"item {index} must name one transform with its keyword arguments, e.g. "
+                    "{RandomHorizontalFlip: {}}; got " + (", ".join(map(repr, entry)) or "an empty mapping")
+                )
+            ((name, kwargs),) = entry.items()
+            kwargs = kwargs or {}
+            make_transform(name, kwargs, f"item {index}")
+            entries.append({name: kwargs})
+        return entries
 
 
 class ModelConfig(_Section):

@@ -89,6 +89,8 @@ class TrainedModel:
         prepare_batch: turns uint8 images into the model's inputs, as in training.
         background: ``dark`` or ``light`` when the training images share one, else ``None``
             (also for runs made before it was recorded).
+        dataset: the data set trained on (``data.json``, else the config's ``data.dataset``); it
+            chooses how a picture is converted (:func:`fmnist_ignite.preprocess.convert`).
     """
 
     model: torch.nn.Module
@@ -98,6 +100,7 @@ class TrainedModel:
     image_shape: tuple[int, int, int]
     prepare_batch: PrepareBatch
     background: str | None = None
+    dataset: str = "fashion_mnist"
 
 
 def load_trained_model(run_dir: str | Path, which: str | Path | None = None) -> TrainedModel:
@@ -124,4 +127,5 @@ def load_trained_model(run_dir: str | Path, which: str | Path | None = None) -> 
         image_shape=info.image_shape,
         prepare_batch=make_prepare_batch(info.mean, info.std, info.normalize),
         background=info.background,
+        dataset=info.dataset or config.data.dataset,
     )

@@ -385,6 +385,7 @@ class Experiment:
             std=self.data.std,
             normalize=self.config.data.normalize,
             background=self.data.background,
+            dataset=self.config.data.dataset,
         )
 
     def training_done(self) -> bool:

@@ -4,23 +4,27 @@ The exported model takes raw pixels, a batch ``[N, C, H, W]`` of values 0-255, a
 probabilities ``[N, classes]``: the run's normalisation and the softmax are inside it, so serving
 it needs neither this package nor (for ONNX) torch. The class names, image shape and
 normalisation travel with it: in the ONNX file's ``metadata_props``, in TorchScript's extra file
-``metadata.json``.
+``metadata.json``. Next to it goes ``preprocess.py`` (:mod:`fmnist_ignite.preprocess`, numpy and
+Pillow only), which makes any picture into those pixels as ``predict`` does.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import os
+import stat
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from . import preprocess
 from .errors import ConfigError, ExportError, first_line
 from .evaluation import load_trained_model
-from .rundir import RunDir, write_output
-from .serving import ONNX_OPSET, ExportableClassifier, describe, onnx_model
+from .rundir import RunDir, check_output, write_output
+from .serving import ONNX_OPSET, ExportableClassifier, onnx_model
 
 __all__ = ["FORMATS", "ONNX_OPSET", "ExportableClassifier", "export_run"]
 
@@ -45,6 +49,10 @@ def export_run(
     ``model.ts`` is replaced whole or not at all; an ``output`` that exists is replaced only with
     ``force``, and never when it is a special file, a folder, a link or another file of a run.
 
+    ``preprocess.py`` (the source of :mod:`fmnist_ignite.preprocess`) is written next to the model,
+    under the same rules; one that holds the same text already is left as it is. Both are checked
+    before either is written.
+
     Raises:
         ConfigError: ``fmt`` is neither ``onnx`` nor ``torchscript``, or the output is refused or
             cannot be written (one line naming it).
@@ -56,21 +64,48 @@ def export_run(
         raise ConfigError(f"export format '{fmt}': use onnx or torchscript")
     run_dir = Path(run_dir)
     trained = load_trained_model(run_dir, checkpoint)
-    info = RunDir(run_dir).read_input()
+    rundir = RunDir(run_dir)
+    info = rundir.read_input()
     weights = trained.weights
     classifier = ExportableClassifier(trained.model, info.mean, info.std, info.normalize).eval()
     metadata = {
-        **describe(info, "float32" if fmt == "onnx" else "uint8 or float"),
+        "classes": info.classes,
+        "image_shape": list(info.image_shape),
+        "mean": info.mean,
+        "std": info.std,
+        "normalize": info.normalize,
+        "dataset": trained.dataset,
+        "background": info.background,
         "weights": _relative_to(weights, run_dir),
+        "input": f"pixels: {'float32' if fmt == 'onnx' else 'uint8 or float'} [N, C, H, W], values 0-255",
+        "output": "probabilities: float32 [N, len(classes)]",
     }
     example = torch.zeros((2, *info.image_shape))
     if fmt == "onnx":
         payload = bytes(onnx_model(classifier, example, metadata, INSTALL_HINT).SerializeToString())
     else:
         payload = _torchscript_bytes(classifier, metadata)
-    own = RunDir(run_dir).exported(fmt)
+    own = rundir.exported(fmt)
     path = Path(output) if output is not None else own
-    return write_output(path, lambda f: f.write(payload), force=force, own=own)
+    companion = path.parent / rundir.preprocess.name
+    source = Path(preprocess.__file__).read_bytes()
+    check_output(path, force, own)
+    ship = not _holds(companion, source)
+    if ship:
+        check_output(companion, force, own=rundir.preprocess)
+    write_output(path, lambda f: f.write(payload), force=force, own=own)
+    if ship:
+        write_output(companion, lambda f: f.write(source), force=force, own=rundir.preprocess)
+    return path
+
+
+def _holds(path: Path, content: bytes) -> bool:
+    """Whether ``path`` is a regular file (not a link) holding ``content``."""
+    try:
+        found = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISREG(found.st_mode) and found.st_size == len(content) and path.read_bytes() == content
 
 
 def _relative_to(path: Path, run_dir: Path) -> str:

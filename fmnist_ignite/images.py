@@ -18,17 +18,17 @@ from typing import BinaryIO
 from PIL import Image, UnidentifiedImageError
 
 from .errors import DataError, first_line
+from .preprocess import MAX_PIXELS  # one bound, shared with the preprocess.py that export ships
 
-MAX_PIXELS = 50_000_000
 _PIL_LIMIT = threading.Lock()  # PIL's limit is one global: lifted by one opening at a time
 
 
-def open_image(path: str | Path, mode: str, max_pixels: int = MAX_PIXELS) -> Image.Image:
+def open_image(path: str | Path, mode: str | None, max_pixels: int = MAX_PIXELS) -> Image.Image:
     """Decode an untrusted image file, converted to ``mode`` (``"L"``, ``"RGB"``, ...).
 
     Args:
         path: the image file (any format PIL reads).
-        mode: the PIL mode of the returned image.
+        mode: the PIL mode of the returned image; ``None``: the file's own.
         max_pixels: the largest width x height decoded; larger images are refused before decoding.
 
     Raises:
@@ -41,7 +41,7 @@ def open_image(path: str | Path, mode: str, max_pixels: int = MAX_PIXELS) -> Ima
             width, height = image.size
             if width * height > max_pixels:
                 raise DataError(f"{path}: {width}x{height} pixels is more than the {max_pixels:,} allowed")
-            return image.convert(mode)
+            return image.convert(mode) if mode is not None else image.copy()
     except UnidentifiedImageError:
         raise DataError(f"{path}: not an image file PIL can read") from None
     except DataError:

@@ -16,11 +16,12 @@ import torch
 from PIL import Image
 
 from .config import flatten
-from .data import border_brightness, load_data, split_indices
+from .data import load_data, split_indices
 from .data.loaders import TensorLoader
 from .errors import ConfigError, DataError, FmnistIgniteError, RunDirError, first_line
 from .evaluation import evaluate, load_trained_model
 from .plots import COLORS, Canvas, Curve, line_panel
+from .preprocess import convert, negates
 from .reports import HISTORY_SIZE, classification_report
 from .rundir import RunDir, SweepDir, write_output
 
@@ -56,11 +57,13 @@ def predict_images(
 ) -> list[dict[str, Any]]:
     """Class and top-``top_k`` probabilities for each image; an image that cannot be read gets an ``error``.
 
-    Each image is converted the way the training data was: to the run's channels (grayscale for
-    Fashion-MNIST, RGB for CIFAR-10) and resized to its size (28x28, 32x32). Fashion-MNIST's
-    garments are light on a black background; a photo on a white one is inverted first with
-    ``invert="auto"``, which compares the image's border with the training images' background
-    (recorded in ``data.json``); ``"yes"`` and ``"no"`` decide for every image.
+    Each image is converted into what the model was trained on by
+    :func:`fmnist_ignite.preprocess.convert`, chosen by the run's data set (``data.json``). For
+    Fashion-MNIST that is the data set's own conversion of product photos: the border trimmed,
+    the garment fitted into the 28x28 square keeping its aspect and centred, grayscale, and negated
+    when its background is light (``invert="auto"``; ``"yes"`` and ``"no"`` decide for every
+    image); an image already 28x28 is taken as it is. Any other data set: the run's channels and
+    size. ``export`` ships the same conversion with the model.
 
     Args:
         run_dir: the run directory.
@@ -86,13 +89,16 @@ def predict_images(
     for index, image in enumerate(images):
         file = str(image) if isinstance(image, str | Path) else None
         try:
-            x = _as_training_image(image, index, trained.image_shape)
+            picture = _picture(image, index)
+            inverted = invert == "yes" or (invert == "auto" and negates(picture, trained.dataset, trained.background))
+            pixels = convert(picture, trained.dataset, trained.image_shape, trained.background, inverted)
         except DataError as err:
             answers.append({"file": file, "error": str(err)})
             continue
-        inverted = invert == "yes" or (invert == "auto" and _background_differs(x, trained.background))
-        if inverted:
-            x = 255 - x
+        except (TypeError, ValueError) as err:  # a picture in a mode PIL cannot convert
+            answers.append({"file": file, "error": f"{file or f'image {index}'}: {first_line(err)}"})
+            continue
+        x = torch.from_numpy(pixels)
         inputs, _ = trained.prepare_batch((x.unsqueeze(0), torch.zeros(1, dtype=torch.long)), "cpu", False)
         with torch.no_grad():
             probabilities = trained.model(inputs).softmax(1)[0]
@@ -111,10 +117,8 @@ def predict_images(
     return answers
 
 
-def _as_training_image(
-    image: str | Path | PILImage | torch.Tensor, index: int, shape: tuple[int, int, int]
-) -> torch.Tensor:
-    """The image as the training data holds one: uint8 ``(C, H, W)`` of the run's channels and size.
+def _picture(image: str | Path | PILImage | torch.Tensor, index: int) -> PILImage:
+    """The image as a PIL image: a file read with its size bounded, a tensor made into a picture.
 
     Raises:
         DataError: one line naming the file (or ``image <index>``): it cannot be read as an image.
@@ -123,26 +127,14 @@ def _as_training_image(
 
     from .images import open_image
 
-    channels, height, width = shape
-    mode = "L" if channels == 1 else "RGB"
     if isinstance(image, str | Path):
-        picture = open_image(image, mode)
-    else:
-        try:
-            picture = (image if isinstance(image, Image.Image) else to_pil_image(image)).convert(mode)
-        except (TypeError, ValueError) as err:
-            raise DataError(f"image {index}: {first_line(err)}") from None
-    converted = picture.resize((width, height), Image.Resampling.BILINEAR)
-    pixels = torch.frombuffer(bytearray(converted.tobytes()), dtype=torch.uint8)
-    return pixels.view(height, width, channels).permute(2, 0, 1)
-
-
-def _background_differs(image: torch.Tensor, background: str | None) -> bool:
-    """Whether the image's border is light where the training images' background is dark, or the other way round."""
-    if background is None:
-        return False
-    light = border_brightness(image) > 0.5
-    return light if background == "dark" else not light
+        return open_image(image, None)  # as preprocess.read_image gives it, for the same answers
+    if isinstance(image, Image.Image):
+        return image
+    try:
+        return to_pil_image(image)
+    except (TypeError, ValueError) as err:
+        raise DataError(f"image {index}: {first_line(err)}") from None
 
 
 # Settings that change what is shown, not what is trained: never a difference between runs.

@@ -102,6 +102,9 @@ class RunDir:
     report = property(lambda self: self.path / "report.json", doc="``report.json``.")
     tensorboard = property(lambda self: self.path / "tb", doc="TensorBoard's log folder (the results' run).")
     mlflow_run = property(lambda self: self.path / "mlflow.json", doc="``mlflow.json``: the run's MLflow run.")
+    preprocess = property(
+        lambda self: self.path / "preprocess.py", doc="``preprocess.py``: how ``export`` ships the input conversion."
+    )
     lock_file = property(lambda self: self.path / ".lock", doc="The training process's lock.")
 
     def owns(self, path: str | Path) -> bool:
@@ -120,7 +123,7 @@ class RunDir:
     def file_names(self) -> set[str]:
         """The names of the files this run writes in its top folder."""
         files = (self.config, self.data, self.history_json, self.history_csv, self.model, self.metrics, self.report)
-        names = {p.name for p in (*files, self.mlflow_run, self.lock_file)}
+        names = {p.name for p in (*files, self.mlflow_run, self.lock_file, self.preprocess)}
         names |= {self.figure(f).name for f in FIGURES} | {self.exported(f).name for f in ("onnx", "torchscript")}
         return names
 
@@ -385,23 +388,14 @@ def enclosing_run(path: str | Path) -> RunDir | None:
     return None
 
 
-def write_output(
-    path: str | Path, write: Callable[[IO[bytes]], object], force: bool = False, own: Path | None = None
-) -> Path:
-    """Write the file an output command (``export``, ``compare --output``) was asked for; the one way they write.
+def check_output(path: str | Path, force: bool = False, own: Path | None = None) -> bool:
+    """Refuse what :func:`write_output` refuses, writing nothing; returns whether ``path`` exists.
 
-    The file is written whole through a temporary file, and it only ever lands where nothing is,
-    or on a regular file the caller was asked to replace (``force``) or owns (``own``: the
-    run's own export slot). Never on a special file (a device, a FIFO, a socket), a symbolic
-    link, a folder, or a file of a run (:meth:`RunDir.owns`), whatever ``force`` says.
-
-    Returns:
-        the path written.
+    A command that writes two files checks both first, so that neither is written when one is refused.
 
     Raises:
-        ConfigError: one line naming the path and why it is refused or cannot be written.
+        ConfigError: one line naming the path and why it is refused.
     """
-    path = Path(path)
     mine = own is not None and os.path.realpath(path) == os.path.realpath(own)
     run = enclosing_run(path)
     if run is not None and run.owns(path) and not mine:
@@ -425,8 +419,29 @@ def write_output(
             )
         if not (force or mine):
             raise ConfigError(f"{path} exists; pass --force to replace it")
+    return found is not None
+
+
+def write_output(
+    path: str | Path, write: Callable[[IO[bytes]], object], force: bool = False, own: Path | None = None
+) -> Path:
+    """Write the file an output command (``export``, ``compare --output``) was asked for; the one way they write.
+
+    The file is written whole through a temporary file, and it only ever lands where nothing is,
+    or on a regular file the caller was asked to replace (``force``) or owns (``own``: the
+    run's own export slot). Never on a special file (a device, a FIFO, a socket), a symbolic
+    link, a folder, or a file of a run (:meth:`RunDir.owns`), whatever ``force`` says.
+
+    Returns:
+        the path written.
+
+    Raises:
+        ConfigError: one line naming the path and why it is refused or cannot be written.
+    """
+    path = Path(path)
+    found = check_output(path, force, own)
     try:
-        atomic_write(path, write, replace=found is not None)
+        atomic_write(path, write, replace=found)
     except FileExistsError:
         raise ConfigError(f"{path} exists (it appeared while writing); pass --force to replace it") from None
     except OSError as err:

@@ -39,6 +39,7 @@ class InputDescription(_RunFile):
         "std": "a finite number",
         "normalize": "true or false",
         "background": "dark, light or null",
+        "dataset": "the data set's name (text) or null",
     }
 
     image_shape: tuple[Side, Side, Side]
@@ -47,6 +48,7 @@ class InputDescription(_RunFile):
     std: Number = Field(gt=0, allow_inf_nan=False)
     normalize: StrictBool
     background: Literal["dark", "light"] | None = None
+    dataset: str | None = None  # data.dataset; absent from runs made before it was recorded
 
 
 class Metrics(_RunFile):

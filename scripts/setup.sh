@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Create .venv with the working torch/torchvision pair and the package (editable, with the test, docs,
-# export, mlflow and sweep extras), then make Fashion-MNIST available. Safe to run again: it skips what is done.
+# export, mlflow, sweep and postgres extras), then make Fashion-MNIST available.
+# Safe to run again: it skips what is done.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
@@ -17,7 +18,7 @@ if [ ! -f "$stamp" ] || [ setup.cfg -nt "$stamp" ] || [ pyproject.toml -nt "$sta
   "$VENV/bin/python" -m pip install --quiet --upgrade pip
   # shellcheck disable=SC2086
   "$VENV/bin/python" -m pip install --quiet $TORCH_PIN
-  "$VENV/bin/python" -m pip install --quiet -e '.[test,docs,export,mlflow,sweep]'
+  "$VENV/bin/python" -m pip install --quiet -e '.[test,docs,export,mlflow,sweep,postgres]'
   touch "$stamp"
 fi
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import gc
 import gzip
 import importlib
+import importlib.util
 import io
 import logging
 import os
@@ -22,6 +23,7 @@ import sys
 import tarfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -112,6 +114,30 @@ def small_overrides(tmp_path: Path, system_dir: Path) -> list[str]:
         "logging.progress_bar=false",
         "name=small",
     ]
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[Any]:
+    """A PostgreSQL server of the tests' own on 127.0.0.1 (see :mod:`tests.postgres`), stopped at the end."""
+    from .postgres import Server, binaries, missing
+
+    bin_dir = binaries()
+    if bin_dir is None:
+        missing("PostgreSQL", "apt-get install postgresql (Debian)")
+    if importlib.util.find_spec("psycopg") is None:
+        missing("psycopg, PostgreSQL's driver", "pip install 'fmnist_ignite[postgres]'")
+    server = Server(bin_dir)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def postgres(postgres_server: Any) -> str:
+    """The SQLAlchemy URL of a new, empty database on the tests' PostgreSQL server."""
+    return str(postgres_server.new_database())
 
 
 @pytest.fixture

@@ -23,8 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from fmnist_ignite import Config, Context, load_config
 from fmnist_ignite.build import attach_run_steps
@@ -178,6 +180,33 @@ def write_fashion(folder: Path, train_side: tuple[int, int] = (28, 28), test_sid
     return folder
 
 
+def write_image_folder(
+    root: Path,
+    classes: tuple[str, ...] = ("shirt", "bag", "coat"),
+    per_class: tuple[int, int] = (4, 2),
+    size: tuple[int, int] = (12, 10),
+    color: bool = False,
+    test: bool = True,
+) -> Path:
+    """``root/train/<class>/`` (and ``root/test/<class>/``): class ``k``'s images are filled with ``40 + 60 k``
+    plus noise, PNG and JPEG alternating; colour images have a red tint."""
+    rng = np.random.default_rng(0)
+    splits = [("train", per_class[0])] + ([("test", per_class[1])] if test else [])
+    for split, count in splits:
+        for k, cls in enumerate(sorted(classes)):
+            folder = root / split / cls
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                gray = np.clip(40 + 60 * k + rng.normal(0, 8, size[::-1]), 0, 255).astype(np.uint8)
+                if color:
+                    pixels = np.stack([np.clip(gray.astype(int) + 50, 0, 255).astype(np.uint8), gray, gray], -1)
+                    image = Image.fromarray(pixels, "RGB")
+                else:
+                    image = Image.fromarray(gray, "L")
+                image.save(folder / (f"{i}.png" if i % 2 == 0 else f"{i}.jpg"))
+    return root
+
+
 def png(width: int, height: int) -> bytes:
     """A small PNG whose header claims ``width`` x ``height`` grey pixels (its pixel data is short)."""
 
@@ -192,6 +221,47 @@ def png(width: int, height: int) -> bytes:
 
 # A sweep's processes, one thread each: two of them share the two cores.
 ONE_THREAD = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
+
+
+def product_photo(pixels: np.ndarray, rng: np.random.Generator) -> Image.Image:
+    """A product photo of a 28x28 Fashion-MNIST image: its garment dark on a light, slightly tinted
+    background, RGB, upscaled 8 to 12 times (224-336 pixels) and placed off-centre with uneven
+    margins of 10-160 pixels, as a shop's picture of a garment looks."""
+    scale = int(rng.integers(8, 13))
+    side = 28 * scale
+    garment = Image.fromarray(255 - pixels).resize((side, side), Image.Resampling.BICUBIC)
+    left, right, top, bottom = (int(m) for m in rng.integers(10, 161, 4))
+    canvas = Image.new("L", (left + side + right, top + side + bottom), 255)
+    canvas.paste(garment, (left, top))
+    tint = rng.integers(225, 256, 3)
+    rgb = np.asarray(canvas, dtype=np.float64)[:, :, None] / 255 * tint
+    return Image.fromarray(rgb.round().astype(np.uint8), "RGB")
+
+
+def run_without_torch(code: str, cwd: Path) -> str:
+    """``code`` run by a fresh Python that must not import torch or this package; its output."""
+    check = "\nimport sys\nassert not {'torch', 'fmnist_ignite'} & set(sys.modules), 'torch or the package imported'\n"
+    result = subprocess.run([sys.executable, "-c", code + check], capture_output=True, text=True, cwd=cwd, timeout=300)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def onnx_route_classes(model: Path, files: list[Path]) -> list[str]:
+    """The class of each file as a user without this package gets it: the ``preprocess.py`` that export
+    wrote beside ``model``, imported from there, and ONNX Runtime."""
+    code = f"""
+import json, sys
+import numpy as np
+import onnxruntime as ort
+sys.path.insert(0, {str(model.parent)!r})
+from preprocess import convert, read_image
+session = ort.InferenceSession({str(model)!r})
+meta = {{k: json.loads(v) for k, v in session.get_modelmeta().custom_metadata_map.items()}}
+for name in {[str(f) for f in files]!r}:
+    pixels = convert(read_image(name), meta["dataset"], meta["image_shape"], meta["background"])
+    print(meta["classes"][int(session.run(None, {{"pixels": pixels[None].astype(np.float32)}})[0][0].argmax())])
+"""
+    return run_without_torch(code, model.parent).splitlines()
 
 
 def sweep_command(*args: str) -> list[str]:

@@ -9,6 +9,7 @@ from pathlib import Path
 from ignite.engine import Engine, Events
 
 from fmnist_ignite import Context
+from fmnist_ignite.events import RunEvents
 
 
 class RefuseLr:
@@ -39,3 +40,23 @@ class Trace:
     def started(self) -> None:
         with self.path.open("a") as f:
             f.write(f"{self.name} {os.getpid()}\n")
+
+
+class Meet:
+    """Holds the end of each process's first trial until ``parties`` processes are there (a file each in
+    ``folder``), so that they ask for their next trials at the same moment; later trials pass."""
+
+    def __init__(self, context: Context, folder: str, parties: int) -> None:
+        self.folder, self.parties = Path(folder), parties
+
+    def attach(self, engine: Engine, event: Events) -> None:
+        engine.add_event_handler(RunEvents.RUN_FINISHED, self)
+
+    def __call__(self) -> None:
+        self.folder.mkdir(exist_ok=True)
+        (self.folder / str(os.getpid())).touch()
+        deadline = time.monotonic() + 240
+        while len(list(self.folder.iterdir())) < self.parties:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{self.parties} processes did not meet in {self.folder}")
+            time.sleep(0.01)

@@ -84,6 +84,24 @@ def test_config_is_immutable() -> None:
         (["seed=1.5"], "'seed': Input should be a valid integer"),
         (["distributed.nproc_per_node=3"], "nproc_per_node=3 needs a backend: set distributed.backend=gloo"),
         (["distributed.backend=mpi"], "'distributed.backend': Input should be 'gloo' or 'nccl'"),
+        (["data.channels=2"], "'data.channels': Input should be 1 or 3 (got 2)"),
+        (["data.image_size=0"], "'data.image_size': Input should be greater than or equal to 1 (got 0)"),
+        (
+            ["data.transforms=[{RandomHorizontalFlip: {}}, {RandomFlip: {}}]"],
+            "config: 'data.transforms': item 1: unknown transform 'RandomFlip' (did you mean 'RandomVerticalFlip'?); "
+            "give the name of a torchvision.transforms.v2 class, e.g. RandomCrop or RandomHorizontalFlip",
+        ),
+        (
+            ["data.transforms=[{RandomCrop: {sise: 28}}]"],
+            "config: 'data.transforms': item 0 (RandomCrop): RandomCrop.__init__() got an unexpected keyword argument "
+            "'sise'; see torchvision's documentation of RandomCrop",
+        ),
+        (
+            ["data.transforms=[{RandomCrop: {size: 28}, RandomHorizontalFlip: {}}]"],
+            "config: 'data.transforms': item 0 must name one transform with its keyword arguments, e.g. "
+            "{RandomHorizontalFlip: {}}; got 'RandomCrop', 'RandomHorizontalFlip'",
+        ),
+        (["data.transforms=[RandomHorizontalFlip]"], "'data.transforms[0]': Input should be a valid dictionary"),
     ],
 )
 def test_bad_values_name_the_key_and_what_is_allowed(overrides: list[str], expected: str) -> None:
@@ -147,6 +165,7 @@ def test_override_below_a_value_is_refused() -> None:
             "data",
             "x.y",
             "scheduler.name",
+            "data.transforms",
         ]
     ),
     value=st.one_of(
@@ -196,7 +215,10 @@ def test_a_bad_value_is_blamed_on_where_it_came_from(tmp_path: Path) -> None:
     assert str(info.value).startswith(f"{path}: 'optimizer.lr'")
 
 
-DATA_KEYS = "dataset, root, system_dir, download, val_size, batch_size, eval_batch_size, normalize"
+DATA_KEYS = (
+    "dataset, root, system_dir, download, val_size, batch_size, eval_batch_size, normalize, image_size, channels, "
+    "transforms"
+)
 
 
 @pytest.mark.parametrize(
@@ -460,6 +482,15 @@ def test_values_that_gave_a_traceback_or_a_late_error_are_one_line_at_once(
     assert (code, captured.out) == (2, "")
     assert captured.err.startswith(message) and captured.err.count("\n") == 1
     assert not (tmp_path / "runs").exists()
+
+
+def test_transforms_are_names_with_keyword_arguments_and_an_empty_mapping_may_be_left_out() -> None:
+    config = load_config(
+        {"data": {"transforms": [{"RandomCrop": {"size": 28, "padding": 2}}, {"RandomErasing": None}]}}
+    )
+    assert config.data.transforms == [{"RandomCrop": {"size": 28, "padding": 2}}, {"RandomErasing": {}}]
+    assert load_config(config.to_dict()) == config, "the saved config reads back the same"
+    assert load_config({}).data.transforms == [] and load_config({}).data.image_size is None
 
 
 def test_fast_dev_run_clipping_plateau_and_warmup_are_settings_with_their_limits() -> None:

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import re
 import tarfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
+import yaml
 
 import fmnist_ignite
 from fmnist_ignite import ConfigError, DataError, load_config
@@ -22,11 +25,13 @@ from fmnist_ignite.data.datasets import (
     load_cifar10,
     load_data,
     load_fashion_mnist,
+    load_image_folder,
+    pixel_statistics,
 )
 from fmnist_ignite.registry import DATASETS
 
-from .conftest import synthetic_images, write_cifar_archive, write_fashion_gz
-from .helpers import data_config, write_fashion
+from .conftest import BASE, CLI, synthetic_images, write_cifar_archive, write_fashion_gz
+from .helpers import data_config, write_fashion, write_image_folder
 
 
 def image_data(**changes: Any) -> ImageData:
@@ -219,12 +224,128 @@ def test_a_corrupt_batch_says_which_folder_to_delete(cifar_root: Path) -> None:
     assert message.endswith("delete that folder to prepare it again")
 
 
+# -- image_folder ---------------------------------------------------------------------------------------------------
+
+
+def folder_config(root: Path, *overrides: str) -> Any:
+    return load_config({"data": {"dataset": "image_folder", "root": str(root), "val_size": 3}}, overrides).data
+
+
+def test_image_folder_with_a_test_folder(tmp_path: Path) -> None:
+    root = write_image_folder(tmp_path / "images", color=True)
+    data = load_image_folder(folder_config(root))
+    assert data.classes == ("bag", "coat", "shirt") and data.image_shape == (3, 10, 12)
+    assert data.train_images.shape == (12, 3, 10, 12) and data.test_images.shape == (6, 3, 10, 12)
+    assert data.test_labels.tolist() == [0, 0, 1, 1, 2, 2] and data.train_labels.dtype == torch.int64
+    pixels = data.train_images.double() / 255
+    assert data.mean == pytest.approx(float(pixels.mean())) and data.std == pytest.approx(float(pixels.std()), 1e-2)
+    small = load_image_folder(folder_config(root, "data.image_size=6", "data.channels=1"))
+    assert small.image_shape == (1, 6, 6) and small.test_images.shape == (6, 1, 6, 6)
+
+
+def test_image_folder_without_a_test_folder_holds_out_the_same_test_images_for_every_seed(tmp_path: Path) -> None:
+    root = write_image_folder(tmp_path / "images", per_class=(6, 0), test=False)
+    data = load_image_folder(folder_config(root))
+    assert len(data.train_labels) == 15 and len(data.test_labels) == 3
+    whole = torch.cat([data.train_images, data.test_images]).flatten(1)
+    assert len({tuple(row.tolist()) for row in whole}) == 18, "each image once, in one split or the other"
+    again = load_image_folder(folder_config(root))
+    assert torch.equal(again.test_images, data.test_images) and torch.equal(again.test_labels, data.test_labels)
+    with pytest.raises(ConfigError) as info:
+        load_image_folder(folder_config(root, "data.val_size=9"))
+    assert str(info.value) == (
+        f"{root} has no test/ folder, so data.val_size=9 of its 18 training images would be held out for testing and "
+        "as many for validation; add a test/ folder or lower data.val_size"
+    )
+
+
+def test_pixel_statistics_of_uint8_images() -> None:
+    images = torch.tensor([0, 255, 0, 255], dtype=torch.uint8).reshape(4, 1, 1, 1)
+    assert pixel_statistics(images, chunk=3) == (0.5, 0.5)
+    assert pixel_statistics(torch.full((2, 1, 2, 2), 51, dtype=torch.uint8)) == (0.2, 1 / 255), "std at least 1/255"
+
+
+def test_a_run_on_your_own_images_trains_tests_evaluates_predicts_and_exports(
+    tmp_path: Path, cli: Callable[..., CLI]
+) -> None:
+    root = write_image_folder(tmp_path / "images", per_class=(12, 4))
+    runs = tmp_path / "runs"
+    settings = [
+        "data.dataset=image_folder",
+        f"data.root={root}",
+        "data.val_size=6",
+        "data.batch_size=6",
+        "trainer.max_epochs=3",
+        "optimizer.lr=0.05",
+        f"output_dir={runs}",
+        "name=mine",
+        "logging.progress_bar=false",
+        "data.transforms=[{RandomCrop: {size: [10, 12], padding: 1}}]",
+    ]
+    code, out, err = cli(BASE, *settings)
+    assert code == 0, err
+    run = runs / "mine"
+    history = json.loads((run / "history.json").read_text())
+    assert [r["epoch"] for r in history] == [1, 2, 3]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["test_accuracy"] == 1.0, "three classes of distinct brightness"
+    assert set(metrics["per_class_accuracy"]) == {"bag", "coat", "shirt"}
+    described = json.loads((run / "data.json").read_text())
+    assert described["dataset"] == "image_folder" and described["classes"] == ["bag", "coat", "shirt"]
+    assert described["image_shape"] == [1, 10, 12] and 0 < described["mean"] < 1 and described["std"] > 0
+    assert yaml.safe_load((run / "config.yaml").read_text())["data"]["transforms"] == [
+        {"RandomCrop": {"size": [10, 12], "padding": 1}}
+    ]
+
+    code, out, err = cli("evaluate", str(run), "--json")
+    assert code == 0, err
+    assert json.loads(out)["accuracy"] == metrics["test_accuracy"]
+    code, out, err = cli("predict", str(run), str(root / "test" / "shirt" / "0.png"))
+    assert code == 0, err
+    assert out.startswith(f"{root / 'test' / 'shirt' / '0.png'}: shirt")
+    code, out, err = cli("export", str(run), "--format", "torchscript")
+    assert code == 0, err
+    assert out == f"{run / 'model.ts'}\n"
+    scripted = torch.jit.load(str(run / "model.ts"))
+    dark = torch.full((1, 1, 10, 12), 40, dtype=torch.uint8)
+    assert int(scripted(dark).argmax()) == 0, "bag, the darkest class"
+
+
+def test_a_folder_without_test_says_what_it_tests_on_and_evaluate_json_stays_json(
+    tmp_path: Path, cli: Callable[..., CLI]
+) -> None:
+    root = write_image_folder(tmp_path / "images", per_class=(6, 0), test=False)
+    run = tmp_path / "runs" / "mine"
+    settings = [f"data.root={root}", "data.val_size=3", f"output_dir={run.parent}", "name=mine"]
+    code, out, err = cli(BASE, "data.dataset=image_folder", "trainer.max_epochs=1", *settings)
+    assert code == 0, err
+    assert f"image_folder: {root} has no test/ folder; 3 of the 18 training images are held out as the test set" in out
+    (root / ".fmnist_ignite").rename(tmp_path / "cache")  # evaluate decodes again, and says so
+    code, out, err = cli("evaluate", str(run), "--json")
+    assert code == 0, err
+    assert json.loads(out)["accuracy"] == json.loads((run / "metrics.json").read_text())["test_accuracy"]
+    assert "image_folder: decoding 18 images" in err and "has no test/ folder" in err
+
+
+def test_a_bad_image_folder_stops_the_command_line_with_exit_2_and_writes_nothing(
+    tmp_path: Path, cli: Callable[..., CLI]
+) -> None:
+    root = write_image_folder(tmp_path / "images")
+    (root / "train" / "bag" / "notes.txt").write_text("x")
+    code, out, err = cli(BASE, "data.dataset=image_folder", f"data.root={root}", f"output_dir={tmp_path / 'runs'}")
+    assert out == ""
+    assert code == 2
+    assert f"{root / 'train' / 'bag' / 'notes.txt'}: not a PNG or JPEG image" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "runs").exists()
+
+
 # -- the registry ---------------------------------------------------------------------------------------------------
 
 
 def test_built_ins_are_registered() -> None:
     assert DATASETS.get("fashion_mnist") is load_fashion_mnist
     assert DATASETS.get("cifar10") is load_cifar10
+    assert DATASETS.get("image_folder") is load_image_folder
 
 
 def test_load_data_uses_the_named_plugin(tmp_path: Path) -> None:
@@ -394,8 +515,6 @@ def test_a_plugin_that_raises_is_one_line_naming_the_data_set(
 ) -> None:
     """Class 6 of issue 19: a data set plugin's own exception is one line, not a traceback."""
     from fmnist_ignite.app.cli import main
-
-    from .conftest import BASE
 
     target = f"{__name__}:a_failing_dataset"
     config = load_config({"data": {"dataset": target, "val_size": 1}}).data

@@ -36,6 +36,23 @@ def test_load_trained_model_gives_the_run_model_and_how_to_feed_it(finished: Pat
     assert load_trained_model(finished, "last").weights.name == "checkpoint_2.pt"
 
 
+def test_the_data_set_comes_from_data_json_else_from_the_config(finished: Path, tmp_path: Path) -> None:
+    """It chooses how predict converts a picture; a run whose data.json predates it has its config."""
+    import json
+    import shutil
+
+    assert json.loads((finished / "data.json").read_text())["dataset"] == "fashion_mnist"
+    assert load_trained_model(finished).dataset == "fashion_mnist"
+    copy = tmp_path / "run"
+    shutil.copytree(finished, copy)
+    data = json.loads((copy / "data.json").read_text())
+    (copy / "data.json").write_text(json.dumps({**data, "dataset": "cifar10"}))
+    assert load_trained_model(copy).dataset == "cifar10"
+    del data["dataset"]
+    (copy / "data.json").write_text(json.dumps(data))
+    assert load_trained_model(copy).dataset == "fashion_mnist"
+
+
 @pytest.mark.parametrize(
     ("content", "message"),
     [

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -16,11 +15,20 @@ import pytest
 import torch
 from PIL import Image
 
-from fmnist_ignite import ConfigError, ExportError, LogisticRegression, build_experiment, load_config
+from fmnist_ignite import (
+    ConfigError,
+    ExportError,
+    LogisticRegression,
+    build_experiment,
+    load_config,
+    predict_images,
+    preprocess,
+)
 from fmnist_ignite.engine import make_prepare_batch
 from fmnist_ignite.export import ExportableClassifier, export_run
 
 from .conftest import CLI, REPO, small_overrides, write_fashion_gz
+from .helpers import onnx_route_classes, product_photo, run_without_torch
 
 N_IMAGES = 1000
 TOLERANCE = 1e-5
@@ -119,9 +127,9 @@ def test_onnx_file_describes_itself(exported: dict) -> None:
     meta = {p.key: json.loads(p.value) for p in model.metadata_props}
     data = json.loads((exported["run"] / "data.json").read_text())
     assert meta["classes"] == exported["classes"] == data["classes"]
-    assert {k: meta[k] for k in ("image_shape", "mean", "std", "normalize")} == {
-        k: data[k] for k in ("image_shape", "mean", "std", "normalize")
-    }
+    keys = ("image_shape", "mean", "std", "normalize", "dataset", "background")
+    assert {k: meta[k] for k in keys} == {k: data[k] for k in keys}
+    assert meta["dataset"] == "fashion_mnist"
     assert meta["weights"] == "model.pt"
     session_meta = ort.InferenceSession(str(exported["onnx"]), providers=["CPUExecutionProvider"]).get_modelmeta()
     assert json.loads(session_meta.custom_metadata_map["classes"]) == exported["classes"]
@@ -133,6 +141,31 @@ def test_torchscript_file_carries_the_same_metadata(exported: dict) -> None:
     meta = json.loads(files["metadata.json"])
     assert meta["classes"] == exported["classes"] and meta["image_shape"] == [1, 28, 28]
     assert meta["weights"] == "model.pt" and meta["input"].startswith("pixels: uint8 or float")
+    assert meta["dataset"] == "fashion_mnist" and "background" in meta
+
+
+def test_preprocess_py_goes_next_to_the_model_and_is_never_written_over_unasked(
+    exported: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = Path(preprocess.__file__).read_bytes()
+    assert (exported["run"] / "preprocess.py").read_bytes() == source
+    code, out, err = _export_cli(capsys, str(exported["run"]), "--output", str(tmp_path / "a.onnx"))
+    assert (code, out, err) == (0, f"{tmp_path / 'a.onnx'}\n", "")
+    assert (tmp_path / "preprocess.py").read_bytes() == source
+    code, _, err = _export_cli(
+        capsys, str(exported["run"]), "--output", str(tmp_path / "b.ts"), "--format", "torchscript"
+    )
+    assert (code, err) == (0, ""), "the same preprocess.py is already there"
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "preprocess.py").write_text("my own code\n")
+    code, out, err = _export_cli(capsys, str(exported["run"]), "--output", str(mine / "model.onnx"))
+    assert (code, out) == (2, "") and err == f"error: {mine / 'preprocess.py'} exists; pass --force to replace it\n"
+    assert sorted(p.name for p in mine.iterdir()) == ["preprocess.py"], "nothing written, the model neither"
+    assert (mine / "preprocess.py").read_text() == "my own code\n"
+    code, _, _ = _export_cli(capsys, str(exported["run"]), "--output", str(mine / "model.onnx"), "--force")
+    assert code == 0 and (mine / "preprocess.py").read_bytes() == source and (mine / "model.onnx").is_file()
 
 
 @pytest.mark.parametrize("normalize", [True, False])
@@ -148,23 +181,41 @@ def test_classifier_scales_pixels_as_training_does(normalize: bool) -> None:
 
 
 def test_serving_snippet_in_the_docs_runs_without_torch(exported: dict, tmp_path: Path) -> None:
-    """The docs' onnxruntime example, run as written on a test image, classifies it as the torch model does."""
+    """The docs' onnxruntime example, run as written on a photo, answers as ``predict`` does."""
     text = (REPO / "docs" / "export.rst").read_text()
     block = re.search(r"\.\. code-block:: python\n\n((?:   .*\n|\n)+)", text)
     assert block is not None
     code = "\n".join(line[3:] for line in block.group(1).splitlines())
     (tmp_path / "runs" / "base").mkdir(parents=True)
-    (tmp_path / "runs" / "base" / "model.onnx").write_bytes(exported["onnx"].read_bytes())
-    Image.fromarray(exported["images"][3, 0], mode="L").save(tmp_path / "boot.png")
-    check = "\nimport sys\nassert not {'torch', 'fmnist_ignite'} & set(sys.modules), 'the snippet imported torch'\n"
-    result = subprocess.run(
-        [sys.executable, "-c", code + check], capture_output=True, text=True, cwd=tmp_path, timeout=120
-    )
-    assert result.returncode == 0, result.stderr
-    name, probability = result.stdout.strip().rsplit(" ", 1)
-    expected = exported["expected"][3]
-    assert name == exported["classes"][int(expected.argmax())]
-    assert float(probability) == pytest.approx(float(expected.max()), abs=TOLERANCE)
+    for name in ("model.onnx", "preprocess.py"):
+        (tmp_path / "runs" / "base" / name).write_bytes((exported["run"] / name).read_bytes())
+    product_photo(exported["images"][3, 0], np.random.default_rng(3)).save(tmp_path / "boot.jpg", quality=90)
+    name, probability = run_without_torch(code, tmp_path).strip().rsplit(" ", 1)
+    (expected,) = predict_images(exported["run"], [tmp_path / "boot.jpg"], top_k=1)
+    assert name == expected["prediction"]
+    assert float(probability) == pytest.approx(expected["top"][0]["probability"], abs=TOLERANCE)
+
+
+def test_the_onnx_route_gives_predict_s_classes_on_the_same_files(exported: dict, tmp_path: Path) -> None:
+    """model.onnx and the preprocess.py shipped beside it, imported from the export folder without the
+    package, against ``predict`` on photos, originals, a cut-out and a dark picture."""
+    images, rng = exported["images"], np.random.default_rng(5)
+    files = []
+    for i in range(12):
+        files.append(tmp_path / f"photo{i}.jpg")
+        product_photo(images[i, 0], rng).save(files[-1], quality=90)
+        files.append(tmp_path / f"original{i}.png")
+        Image.fromarray(images[i, 0]).save(files[-1])
+    cutout = Image.new("RGBA", (200, 150), (0, 0, 0, 0))
+    cutout.paste(Image.fromarray(255 - images[20, 0]).resize((112, 112)).convert("RGBA"), (60, 20))
+    cutout.save(tmp_path / "cutout.png")
+    Image.fromarray(images[21, 0]).resize((90, 90)).save(tmp_path / "dark.png")
+    files += [tmp_path / "cutout.png", tmp_path / "dark.png"]
+    folder = exported["onnx"].parent
+    assert (folder / "preprocess.py").read_bytes() == Path(preprocess.__file__).read_bytes()
+    classes = onnx_route_classes(exported["onnx"], files)
+    assert classes == [answer["prediction"] for answer in predict_images(exported["run"], files)]
+    assert len(set(classes)) > 1
 
 
 def test_cli_exports_torchscript_and_chooses_weights(exported: dict, tmp_path: Path, cli: Callable[..., CLI]) -> None:

@@ -43,6 +43,16 @@ def test_every_mode_is_converted_like_pil_converts_it(tmp_path: Path, source: st
     assert np.array_equal(np.asarray(image), np.asarray(expected))
 
 
+@pytest.mark.parametrize(("source", "fmt"), [("RGBA", "PNG"), ("P", "PNG"), ("CMYK", "JPEG"), ("I;16", "PNG")])
+def test_an_image_in_its_own_mode(tmp_path: Path, source: str, fmt: str) -> None:
+    path = tmp_path / f"picture.{fmt.lower()}"
+    gradient(source).save(path, fmt)
+    image = open_image(path, None)
+    with Image.open(path) as original:
+        assert image.mode == original.mode and image.info.keys() == original.info.keys()
+        assert np.array_equal(np.asarray(image), np.asarray(original))
+
+
 def test_grey_values_survive(tmp_path: Path) -> None:
     pixels = np.arange(28 * 28, dtype=np.uint32).reshape(28, 28) % 256
     path = tmp_path / "digit.png"

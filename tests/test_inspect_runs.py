@@ -19,7 +19,7 @@ from fmnist_ignite import ConfigError, RunDirError, build_experiment, compare_ru
 from fmnist_ignite.inspect_runs import run_labels
 
 from .conftest import BASE, CLI, idx_images, idx_labels, small_overrides, synthetic_images
-from .helpers import png
+from .helpers import png, product_photo
 
 
 def test_predict_answers_good_images_next_to_a_bomb(finished: dict, tmp_path: Path, cli: Callable[..., CLI]) -> None:
@@ -80,6 +80,29 @@ def test_predict_inverts_a_white_background_photo_and_answers_every_kind_of_inpu
     assert predict_images(run, [torch.zeros(2, 2, 2, 2)])[0]["error"].startswith("image 0: ")
     with pytest.raises(ConfigError, match="top_k must be at least 1"):
         predict_images(run, [dark], top_k=0)
+
+
+def test_predict_converts_a_product_photo_as_preprocess_does(dark_run: dict) -> None:
+    import numpy as np
+
+    from fmnist_ignite import load_trained_model
+    from fmnist_ignite.preprocess import convert, plain
+
+    run, tmp = dark_run["run"], dark_run["tmp"]
+    path = tmp / "shop.jpg"
+    product_photo(dark_run["images"][7, 0].numpy(), np.random.default_rng(7)).save(path, quality=90)
+    (answer,) = predict_images(run, [path], top_k=10)
+    trained = load_trained_model(run)
+    with Image.open(path) as picture:
+        pixels = convert(picture, "fashion_mnist", (1, 28, 28), "dark")
+        assert not np.array_equal(pixels, 255 - plain(picture, (1, 28, 28))), "trimmed and fitted, not only resized"
+    inputs, _ = trained.prepare_batch((torch.from_numpy(pixels)[None], torch.zeros(1)), "cpu", False)
+    with torch.no_grad():
+        probabilities = sorted(trained.model(inputs).softmax(1)[0].tolist(), reverse=True)
+    assert answer["inverted"] is True
+    assert [t["probability"] for t in answer["top"]] == pytest.approx(probabilities, abs=1e-6)
+    (kept,) = predict_images(run, [path], top_k=10, invert="no")
+    assert kept["inverted"] is False and kept["top"] != answer["top"]
 
 
 def test_predict_command_top_k_and_invert(dark_run: dict, cli: Callable[..., CLI]) -> None:

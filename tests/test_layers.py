@@ -23,7 +23,7 @@ LAYERS = [
     ["handlers", "evaluation", "reports"],
     ["checkpoint", "history", "monitor", "parallel", "interrupt", "rundir", "runfiles", "context", "serving"],
     ["data", "engine", "models", "optim", "plots", "images"],
-    ["config", "registry", "fileio", "errors", "events", "tables"],
+    ["config", "registry", "fileio", "errors", "events", "tables", "preprocess"],
 ]
 # What the program does and the library must not: print, exit, set up logging output, start processes.
 PROGRAM_CALLS = {"print", "sys.exit", "os._exit", "logging.basicConfig", "exit", "quit"}

@@ -57,8 +57,8 @@ def test_the_built_ins_are_registered_like_plugins() -> None:
         (
             DATASETS,
             "fashion-mnist",
-            "unknown dataset 'fashion-mnist' (did you mean 'fashion_mnist'?); choose one of cifar10, fashion_mnist "
-            "or 'package.module:Name'",
+            "unknown dataset 'fashion-mnist' (did you mean 'fashion_mnist'?); choose one of cifar10, fashion_mnist, "
+            "image_folder or 'package.module:Name'",
         ),
     ],
 )

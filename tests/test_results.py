@@ -14,7 +14,7 @@ def row(trial: int, lr: str, seed: str, status: str, best: float | None, test: f
     name = f"lr-{lr}_seed-{seed}"
     return {
         "trial": trial, "name": name, "optimizer.lr": lr, "seed": seed, "status": status, "epochs": 2,
-        "best_value": best, "test_accuracy": test, "error": error,
+        "best_value": best, "test_accuracy": test, "error": error, "host": "here", "run_dir": f"/s/{name}",
     }  # fmt: skip
 
 
@@ -29,17 +29,19 @@ ROWS = [
 def result(rows: list[dict[str, Any]]) -> dict[str, Any]:
     keys = ["optimizer.lr", "seed"]
     return {
-        "monitor": "val_accuracy", "rows": rows, "seeds": seed_statistics(rows, keys), "csv": "s/results.csv",
-        "figure": "s/results.png", "sweep_dir": "s",
+        "monitor": "val_accuracy", "rows": rows, "seeds": seed_statistics(rows, keys), "csv": "/s/results.csv",
+        "figure": "/s/results.png", "sweep_dir": "/s", "host": "here",
     }  # fmt: skip
 
 
 def test_the_csv_has_a_column_per_swept_key_and_empty_cells_for_what_is_missing() -> None:
     rows = list(csv.DictReader(io.StringIO(results_csv(ROWS, ["optimizer.lr", "seed"]))))
     assert list(rows[0]) == [
-        "trial", "name", "optimizer.lr", "seed", "status", "epochs", "best_value", "test_accuracy", "error"
+        "trial", "name", "optimizer.lr", "seed", "status", "epochs", "best_value", "test_accuracy", "error", "host",
+        "run_dir",
     ]  # fmt: skip
     assert rows[3] == {**rows[3], "best_value": "", "test_accuracy": "", "error": "RuntimeError: no"}
+    assert (rows[0]["host"], rows[0]["run_dir"]) == ("here", "/s/lr-0.1_seed-2")
 
 
 def test_seeds_are_averaged_over_complete_trials_only() -> None:
@@ -56,8 +58,17 @@ def test_the_table_lists_the_trials_then_the_seeds_and_the_errors() -> None:
     assert lines[4].split()[-2:] == ["-", "-"]
     assert lines[5] == "optimizer.lr=0.1 over 2 seeds: val_accuracy 0.8500 ± 0.0707, test_accuracy 0.8000 ± 0.0707"
     assert lines[6] == "trial 3 lr-1e-9_seed-2 failed: RuntimeError: no"
-    assert lines[7] == "results: s/results.csv, s/results.png; the runs: s/<name>"
-    assert format_sweep(result([])).splitlines() == ["results: s/results.csv, s/results.png; the runs: s/<name>"]
+    assert lines[7] == "results: /s/results.csv, /s/results.png; the runs: /s/<name>"
+    assert format_sweep(result([])).splitlines() == ["results: /s/results.csv, /s/results.png; the runs: /s/<name>"]
+
+
+def test_the_table_says_where_each_run_is_when_some_ran_on_another_machine_or_folder() -> None:
+    assert "run_dir" not in format_sweep(result([*ROWS, {**ROWS[0], "host": None, "run_dir": None}]))
+    for other in ({"host": "there"}, {"run_dir": "/t/lr-0.1_seed-2"}):
+        lines = format_sweep(result([{**ROWS[0], **other}, ROWS[1]])).splitlines()
+        assert lines[0].split()[-1] == "run_dir"
+        assert lines[1].split()[-1] == f"{other.get('host', 'here')}:{other.get('run_dir', '/s/lr-0.1_seed-2')}"
+        assert lines[2].split()[-1] == "here:/s/lr-0.1_seed-1"
 
 
 def test_the_picture_has_a_panel_per_swept_key_numbers_or_not() -> None:

@@ -46,6 +46,11 @@ def test_each_file_round_trips_through_the_run_directory(tmp_path: Path) -> None
         ),
         (
             "data.json",
+            '{"image_shape": [1, 28, 28], "classes": ["a"], "mean": 0.3, "std": 1, "normalize": true, "dataset": 3}',
+            "'dataset' must be the data set's name (text) or null",
+        ),
+        (
+            "data.json",
             '{"image_shape": [1, 28, 28], "classes": ["a"], "mean": 0.3, "std": 1, "normalize": true, "extra": 1}',
             "'extra' is not a field of this file",
         ),

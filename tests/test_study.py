@@ -1,8 +1,10 @@
 """The sweep's study on a real SQLite storage, in this process: samplers and pruners by name, the study's
-definition, the grid's order, which trial is left to start, the heartbeat's retry, and the turn's lock."""
+definition, the grid's order, which trial is left to start, the heartbeat's retry, and the turn's lock; on a
+real PostgreSQL server, the lock in the database that machines sharing a study take turns with."""
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -19,9 +21,11 @@ from fmnist_ignite.sweep.trial import suggest
 COMPLETE, FAIL = optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL
 
 
-def plan_of(tmp_path: Path, *arguments: str, trials: int | None = None, prune: str = "none") -> SweepPlan:
+def plan_of(
+    tmp_path: Path, *arguments: str, trials: int | None = None, prune: str = "none", storage: str | None = None
+) -> SweepPlan:
     _, params = parse_arguments(arguments)
-    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    storage = storage or f"sqlite:///{tmp_path / 'study.db'}"
     plan = SweepPlan(None, (), tuple(params), str(tmp_path), storage, "s", "val_accuracy", "maximize", trials)
     return replace(plan, sampler="random", prune=prune)
 
@@ -125,3 +129,29 @@ def test_the_turn_holds_the_sweeps_lock_until_the_trial_has_its_values(tmp_path:
     assert not turn.take(), "nothing left: the lock is let go at once"
     with exclusive_lock(lock, wait=False):
         pass
+
+
+def test_on_postgresql_machines_with_folders_of_their_own_take_turns_through_the_database(
+    tmp_path: Path, postgres: str
+) -> None:
+    plans = [plan_of(tmp_path / machine, "seed=1,2", storage=postgres) for machine in ("a", "b")]
+    for plan in plans:
+        Path(plan.sweep_dir).mkdir()
+    first, second = (Turn(plan, open_study(plan)) for plan in plans)
+    assert first.take()
+    taken = threading.Event()
+    waiting = threading.Thread(target=lambda: second.take() and taken.set())
+    waiting.start()
+    try:
+        assert not taken.wait(1.0), "the other machine waits while this one starts a trial"
+        with pytest.warns(UserWarning, match="Heartbeat"):
+            trial = first.study.ask()
+        suggest(trial, plans[0].params[0])
+        first.release()
+        assert taken.wait(30), "and goes on once the trial has its values"
+    finally:
+        first.release()
+        waiting.join(30)
+    second.release()
+    add(first.study, plans[0], {"seed": "2"}, COMPLETE)
+    assert not second.take(), "a point running on the other machine is not handed out again"

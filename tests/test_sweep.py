@@ -6,6 +6,7 @@ import csv
 import json
 import re
 import signal
+import socket
 import subprocess
 import time
 from collections import Counter
@@ -121,8 +122,10 @@ def test_grid_sweep_records_failures_retries_them_and_averages_over_seeds(
     assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == names
     rows = read_csv(sweep / "results.csv")
     assert list(rows[0]) == [
-        "trial", "name", "optimizer.lr", "seed", "status", "epochs", "best_value", "test_accuracy", "error"
+        "trial", "name", "optimizer.lr", "seed", "status", "epochs", "best_value", "test_accuracy", "error", "host",
+        "run_dir",
     ]  # fmt: skip
+    assert {(r["host"], r["run_dir"]) for r in rows} == {(socket.gethostname(), str(sweep / n)) for n in names}
     done = [r for r in rows if r["status"] == "COMPLETE"]
     assert sorted(r["name"] for r in done) == names[:2]
     assert [float(r["best_value"]) for r in done] == sorted((float(r["best_value"]) for r in done), reverse=True)
@@ -286,14 +289,101 @@ def test_a_huge_grid_is_counted_not_built_and_refused_in_one_line(small: list[st
     assert not (tmp_path / "runs").exists()
 
 
-@pytest.mark.parametrize("storage", ["mysql://user:secret@localhost/db", "sqlite:////nonexistent/folder/x.db"])
+@pytest.mark.parametrize(
+    "storage",
+    [
+        "mysql://user:secret@localhost/db",
+        "sqlite:////nonexistent/folder/x.db",
+        "postgresql+psycopg://user:secret@127.0.0.1:1/db",  # no server there: its lock cannot be taken
+    ],
+)
 def test_a_storage_that_cannot_be_opened_leaves_no_folder(
     small: list[str], tmp_path: Path, cli: Any, storage: str
 ) -> None:
     code, _, err = cli("sweep", BASE, *small, "seed=1,2", "--storage", storage)
     assert code == 1 and err.startswith("error: cannot open the study storage") and len(err.splitlines()) == 1
+    assert "secret" not in err
     assert not (tmp_path / "runs").exists()
     (tmp_path / "runs" / "kept").mkdir(parents=True)
     (tmp_path / "runs" / "mine.txt").write_text("user file")
     assert cli("sweep", BASE, *small, "seed=1,2", "--storage", storage)[0] == 1
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["kept", "mine.txt"]
+
+
+def machine(tmp_path: Path, small: list[str], name: str) -> list[str]:
+    """The overrides of a machine of its own: its ``output_dir`` (no folder shared with another)."""
+    return [*small, f"output_dir={tmp_path / name}"]
+
+
+def test_two_machines_on_one_postgresql_study_split_the_trials_and_each_lists_them_all(
+    small: list[str], tmp_path: Path, postgres: str
+) -> None:
+    # Each machine's first trial ends when both got there: they then ask for the last one at the same moment.
+    trace, meet = tmp_path / "trace.txt", tmp_path / "meet"
+    handlers = (
+        f"handlers=[{{target: 'tests.sweep_plugins:Trace', kwargs: {{path: '{trace}'}}}}, "
+        f"{{target: 'tests.sweep_plugins:Meet', kwargs: {{folder: '{meet}', parties: 2}}}}]"
+    )
+    sweep = ["optimizer.lr=0.01,0.02,0.03", "--name", "shared", "--storage", postgres]
+    processes = [start(BASE, *machine(tmp_path, small, m), handlers, *sweep) for m in ("a", "b")]
+    outputs = [p.communicate(timeout=300) for p in processes]
+    for process, (out, err) in zip(processes, outputs, strict=True):
+        assert process.returncode == 0, err
+        assert out.count("COMPLETE") == 3, "each machine waits for the other's trials and prints the whole table"
+    names = ["lr-0.01", "lr-0.02", "lr-0.03"]
+    assert Counter(line.split()[0] for line in trace.read_text().splitlines()) == dict.fromkeys(names, 1)
+    ran = {m: {n for n in names if (tmp_path / m / "shared" / n / "metrics.json").exists()} for m in ("a", "b")}
+    assert ran["a"] | ran["b"] == set(names) and not ran["a"] & ran["b"], ran
+    where = {n: str(tmp_path / m / "shared" / n) for m in ("a", "b") for n in ran[m]}
+    for m in ("a", "b"):
+        rows = read_csv(tmp_path / m / "shared" / "results.csv")
+        assert {r["name"]: (r["status"], r["host"], r["run_dir"]) for r in rows} == {
+            n: ("COMPLETE", socket.gethostname(), where[n]) for n in names
+        }
+        for row in rows:
+            metrics = json.loads((Path(row["run_dir"]) / "metrics.json").read_text())
+            assert (float(row["best_value"]), float(row["test_accuracy"])) == (
+                metrics["best_value"],
+                metrics["test_accuracy"],
+            )
+    trials = optuna.load_study(study_name="shared", storage=postgres).get_trials()
+    assert sorted(t.params["optimizer.lr"] for t in trials) == ["0.01", "0.02", "0.03"]
+    assert {t.state.name for t in trials} == {"COMPLETE"}
+
+
+def test_a_machine_killed_mid_trial_leaves_it_to_the_other_and_started_again_trains_nothing(
+    small: list[str], tmp_path: Path, postgres: str
+) -> None:
+    trace = tmp_path / "trace.txt"
+    handler = f"handlers=[{{target: 'tests.sweep_plugins:Trace', kwargs: {{path: '{trace}', seconds: 0.5}}}}]"
+    sweep = ["optimizer.lr=0.01,0.02", "--name", "shared", "--storage", postgres]
+    args = {m: [BASE, *machine(tmp_path, small, m), handler, *sweep] for m in ("a", "b")}
+    first = start(*args["a"], env=QUICK_HEARTBEAT)
+    wait_for(lambda: trace.exists(), first)
+    killed = trace.read_text().split()[0]
+    other = "lr-0.02" if killed == "lr-0.01" else "lr-0.01"
+    second = start(*args["b"], env=QUICK_HEARTBEAT)
+    wait_for(lambda: (tmp_path / "a" / "shared" / killed / "checkpoints" / "checkpoint_1.pt").exists(), first)
+    first.send_signal(signal.SIGKILL)
+    first.communicate()
+    out, err = second.communicate(timeout=300)
+    assert second.returncode == 0, err
+    assert "sent no heartbeat for a while (its process is gone): it will be run again" in err
+    assert out.count("COMPLETE") == 2
+    assert Counter(line.split()[0] for line in trace.read_text().splitlines()) == {killed: 2, other: 1}
+    assert not (tmp_path / "a" / "shared" / killed / "metrics.json").exists()
+
+    traced = trace.read_text()
+    again = subprocess.run(sweep_command(*args["a"]), cwd=REPO, env=QUICK_HEARTBEAT, capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    assert trace.read_text() == traced, "nothing trained again"
+    assert not re.search(r"Trial \d+ .*: (training|resuming)", again.stderr), again.stderr
+    rows = {r["name"]: r for r in read_csv(tmp_path / "a" / "shared" / "results.csv")}
+    assert {n: (r["status"], r["run_dir"]) for n, r in rows.items()} == {
+        n: ("COMPLETE", str(tmp_path / "b" / "shared" / n)) for n in (killed, other)
+    }
+    assert f"{socket.gethostname()}:{tmp_path / 'b' / 'shared' / killed}" in again.stdout, "where each run is"
+    trials = optuna.load_study(study_name="shared", storage=postgres).get_trials()
+    assert sorted((t.params["optimizer.lr"], t.state.name) for t in trials) == sorted(
+        [(killed[3:], "FAIL"), (killed[3:], "COMPLETE"), (other[3:], "COMPLETE")]
+    )

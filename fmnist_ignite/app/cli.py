@@ -135,8 +135,8 @@ def _predict_arguments(parser: argparse.ArgumentParser) -> None:
         "--invert",
         choices=("auto", "yes", "no"),
         default="auto",
-        help="invert each image's brightness; auto (default): when its border is light and the training images' "
-        "background dark (Fashion-MNIST), or the other way round",
+        help="negate each image's brightness; auto (default): as the data set's conversion does (Fashion-MNIST: "
+        "a photo whose background is light, as the training images' is dark)",
     )
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
 
@@ -229,7 +229,10 @@ def _sweep_arguments(parser: argparse.ArgumentParser) -> None:
         "trials at the same epoch; hyperband, ...; none (default)",
     )
     parser.add_argument(
-        "--storage", metavar="URL", help="an Optuna storage several machines share (default: NAME/study.db, SQLite)"
+        "--storage",
+        metavar="URL",
+        help="an Optuna storage several machines share, postgresql+psycopg://USER@HOST/DB, each with its own "
+        "output_dir (default: NAME/study.db, SQLite, for one machine)",
     )
 
 
@@ -265,8 +268,8 @@ COMMANDS: dict[str, Command] = {
         _evaluate,
     ),
     "predict": Command(
-        "Class and top-K probabilities of image files, converted (and inverted if need be) the way the training "
-        "data was.",
+        "Class and top-K probabilities of image files, each converted into what the run trained on (Fashion-MNIST: "
+        "the data set's own conversion of a product photo).",
         _predict_arguments,
         _predict,
     ),
@@ -403,7 +406,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_arguments(sys.argv[1:] if argv is None else argv)
     verbosity = args.verbosity
     with console.logging_restored():
-        console.setup_logging(verbosity)
+        # --json: stdout holds the JSON alone, so the log lines (a data set prepared, ...) go to stderr.
+        console.setup_logging(verbosity, lines="stderr" if getattr(args, "json", False) else "stdout")
         return console.reported(lambda: args.command_function(args), verbosity, console.process_rank())
 
 

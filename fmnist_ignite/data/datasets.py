@@ -1,4 +1,4 @@
-"""Data sets as uint8 tensors: the built-ins ``fashion_mnist`` and ``cifar10``.
+"""Data sets as uint8 tensors: the built-ins ``fashion_mnist``, ``cifar10`` and ``image_folder``.
 
 A data set plugin is a function ``load(config: DataConfig) -> ImageData``, registered under a
 name (see :mod:`fmnist_ignite.registry`).
@@ -21,12 +21,16 @@ import torch
 
 from ..errors import ConfigError, DataError, FmnistIgniteError, first_line
 from ..registry import DATASETS
+from .folders import read_image_folder
+from .loaders import split_indices
 from .sources import prepare_cifar10, read_fashion_mnist
 
 if TYPE_CHECKING:
     from ..config import DataConfig
 
 logger = logging.getLogger(__name__)
+
+TEST_SPLIT_SEED = 20_240_601  # image_folder without test/: one held-out test set, whatever the run's seed
 
 FASHION_CLASSES = (
     "T-shirt/top",
@@ -139,6 +143,63 @@ def load_cifar10(config: DataConfig) -> ImageData:
         mean=0.4734,
         std=0.2516,
     )
+
+
+@DATASETS.register("image_folder")
+def load_image_folder(config: DataConfig) -> ImageData:
+    """Your own images: ``root/train/<class>/*`` and ``root/test/<class>/*`` (see :mod:`~.folders`).
+
+    The images are converted to ``data.image_size`` and ``data.channels`` (by default the files' own
+    size, and gray when every image is); the mean and std come from the training images. Without
+    ``test/``, a fixed random ``data.val_size`` of the training images (the same for every seed)
+    is held out as the test set, so that test accuracy is still measured on images never trained
+    or validated on.
+    """
+    root = Path(config.root)
+    folder = read_image_folder(root, config.image_size, config.channels)
+    images, labels = (torch.from_numpy(a) for a in folder.train)
+    if folder.test is not None:
+        test_images, test_labels = (torch.from_numpy(a) for a in folder.test)
+    else:
+        if config.val_size * 2 >= len(labels):
+            raise ConfigError(
+                f"{root} has no test/ folder, so data.val_size={config.val_size} of its {len(labels)} training images "
+                "would be held out for testing and as many for validation; add a test/ folder or lower data.val_size"
+            )
+        keep, held = split_indices(len(labels), config.val_size, TEST_SPLIT_SEED)
+        logger.info(
+            "image_folder: %s has no test/ folder; %d of the %d training images are held out as the test set",
+            root,
+            len(held),
+            len(labels),
+        )
+        images, labels, test_images, test_labels = images[keep], labels[keep], images[held], labels[held]
+    mean, std = pixel_statistics(images)
+    return ImageData(
+        train_images=images,
+        train_labels=labels,
+        test_images=test_images,
+        test_labels=test_labels,
+        classes=folder.classes,
+        mean=mean,
+        std=std,
+    )
+
+
+def pixel_statistics(images: torch.Tensor, chunk: int = 1024) -> tuple[float, float]:
+    """Mean and standard deviation of uint8 ``images`` on the [0, 1] scale, a chunk of images at a time.
+
+    The std is at least 1/255, so that a folder of blank images still gives finite inputs.
+    """
+    total = squares = 0.0
+    for part in images.split(chunk):
+        values = part.double()
+        total += float(values.sum())
+        squares += float(values.square().sum())
+    count = images.numel()
+    mean = total / count
+    std = max(squares / count - mean * mean, 0.0) ** 0.5
+    return mean / 255, max(std, 1.0) / 255
 
 
 def _array_globals() -> dict[tuple[str, str], Any]:

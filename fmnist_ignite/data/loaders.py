@@ -11,8 +11,12 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from .transforms import BatchTransform
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -48,6 +52,10 @@ class Shard:
     def bounds(self, n: int) -> tuple[int, int]:
         """This share's ``[start, stop)`` of ``n`` items read in order."""
         return n * self.rank // self.count, n * (self.rank + 1) // self.count
+
+    def offset(self, length: int) -> int:
+        """Where this share starts in a training batch of ``length`` images (``Tensor.tensor_split``'s pieces)."""
+        return self.rank * (length // self.count) + min(self.rank, length % self.count)
 
 
 def batch_positions(
@@ -105,6 +113,8 @@ class TensorLoader:
         indices: the images of this split (default: all), on the same device as ``images``.
         shard: this process's share in a data-parallel run (default: everything).
         limit: give at most this many batches per pass (``trainer.fast_dev_run``: one).
+        transform: applied to each batch's images (``data.transforms``, training only), given the epoch,
+            the batch's number in the epoch and this process's place in the batch.
     """
 
     def __init__(
@@ -117,6 +127,7 @@ class TensorLoader:
         indices: torch.Tensor | None = None,
         shard: Shard = Shard(),
         limit: int | None = None,
+        transform: BatchTransform | None = None,
     ):
         self.images = images
         self.labels = labels
@@ -126,6 +137,7 @@ class TensorLoader:
         self.seed = seed
         self.shard = shard
         self.limit = limit
+        self.transform = transform
         self.epoch = 1
 
     def set_epoch(self, epoch: int) -> None:
@@ -143,14 +155,18 @@ class TensorLoader:
         device = self.images.device
         n = self._size()
         positions = batch_positions(n, self.batch_size, self.shuffle, self.seed, self.epoch, self.shard, self.indices)
-        for index in itertools.islice(positions, self.limit):
+        for number, index in enumerate(itertools.islice(positions, self.limit)):
             if isinstance(index, slice):
-                yield self.images[index], self.labels[index]
-                continue
-            index = index.to(device)  # a no-op when the split's indices are on the images' device
-            # index_select copies whole rows; images[index] goes through the general indexing kernel,
-            # ten times slower here: a fifth of a CPU epoch.
-            yield self.images.index_select(0, index), self.labels.index_select(0, index)
+                images, labels = self.images[index], self.labels[index]
+            else:
+                index = index.to(device)  # a no-op when the split's indices are on the images' device
+                # index_select copies whole rows; images[index] goes through the general indexing kernel,
+                # ten times slower here: a fifth of a CPU epoch.
+                images, labels = self.images.index_select(0, index), self.labels.index_select(0, index)
+            if self.transform is not None:
+                whole = min(self.batch_size, n - number * self.batch_size)
+                images = self.transform(images, self.epoch, number, self.shard.offset(whole))
+            yield images, labels
 
 
 Loader = TensorLoader

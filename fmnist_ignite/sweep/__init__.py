@@ -24,7 +24,7 @@ from ..handlers.mlflow import finish_sweep_run, open_sweep_run
 from ..rundir import SweepDir
 from .results import sweep_results
 from .space import MAX_GRID, SweepPlan, grid_size, parse_arguments
-from .study import Turn, make, open_study, retry_failed
+from .study import Turn, database_lock, make, open_study, retry_failed
 from .trial import Objective, TrialFailed
 
 logger = logging.getLogger(__name__)
@@ -96,9 +96,10 @@ def plan_sweep(
     )
     with sweep.made(), sweep.lock():  # a storage that cannot be opened leaves no folder behind
         study = open_study(plan)
-        retry_failed(study, plan)
-        if base.logging.mlflow:  # the trials are child runs of the sweep's
-            open_sweep_run(study, base, sweep.path)
+        with database_lock(plan.storage, plan.study):  # machines starting at once queue a failed trial once
+            retry_failed(study, plan)
+            if base.logging.mlflow:  # the trials are child runs of the sweep's (one, however many machines start)
+                open_sweep_run(study, base, sweep.path)
         atomic_write_json(sweep.definition, {**plan.definition(), "config": plan.config, "overrides": list(plain)})
     return plan
 

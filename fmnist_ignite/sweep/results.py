@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import socket
 import statistics
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -29,11 +30,14 @@ COLUMNS = ("trial", "name", "status", "epochs", "best_value", "test_accuracy")
 def sweep_results(study: optuna.Study, plan: SweepPlan) -> dict[str, Any]:
     """One row per set of values (however often it was started), best first; writes ``results.csv`` and ``results.png``.
 
+    Every row comes from the study, whichever machine ran the trial: ``host`` and ``run_dir`` say where
+    its run directory is.
+
     Returns:
-        ``sweep_dir``, ``study``, ``storage``, ``monitor``, ``direction``, ``keys`` (the swept keys),
-        ``rows`` (each: ``trial``, ``name``, one column per swept key, ``status``, ``epochs``,
-        ``best_value``, ``test_accuracy``, ``error``), ``seeds`` (see :func:`seed_statistics`),
-        ``failed`` (how many rows failed), ``csv`` and ``figure`` (their paths).
+        ``sweep_dir``, ``host`` (this machine's name), ``study``, ``storage``, ``monitor``, ``direction``,
+        ``keys`` (the swept keys), ``rows`` (each: ``trial``, ``name``, one column per swept key, ``status``,
+        ``epochs``, ``best_value``, ``test_accuracy``, ``error``, ``host``, ``run_dir``), ``seeds`` (see
+        :func:`seed_statistics`), ``failed`` (how many rows failed), ``csv`` and ``figure`` (their paths).
     """
     keys, rows = [p.key for p in plan.params], []
     for name, trials in points(plan, study.get_trials(deepcopy=False)).items():
@@ -44,6 +48,7 @@ def sweep_results(study: optuna.Study, plan: SweepPlan) -> dict[str, Any]:
             "trial": trial.number, "name": name, **{p.key: p.text(trial.params[p.key]) for p in plan.params},
             "status": status, "epochs": attrs.get("epochs"), "best_value": attrs.get("best_value"),
             "test_accuracy": attrs.get("test_accuracy"), "error": attrs.get("error", INTERRUPTED * (status == "FAIL")),
+            "host": attrs.get("host"), "run_dir": attrs.get("run_dir"),
         })  # fmt: skip
     sign = -1 if plan.direction == "maximize" else 1
     rows.sort(key=lambda r: (r["best_value"] is None, sign * (r["best_value"] or 0.0), r["trial"]))
@@ -51,17 +56,18 @@ def sweep_results(study: optuna.Study, plan: SweepPlan) -> dict[str, Any]:
     atomic_write_text(sweep.results_csv, results_csv(rows, keys))
     save_figure(sweep_figure(rows, plan.params, plan.monitor, plan.study), sweep.results_figure)
     return {
-        "sweep_dir": str(sweep.path), "study": plan.study, "storage": plan.storage, "monitor": plan.monitor,
-        "direction": plan.direction, "keys": keys, "rows": rows, "seeds": seed_statistics(rows, keys),
-        "failed": sum(r["status"] == "FAIL" for r in rows), "csv": str(sweep.results_csv),
-        "figure": str(sweep.results_figure),
+        "sweep_dir": str(sweep.path), "host": socket.gethostname(), "study": plan.study, "storage": plan.storage,
+        "monitor": plan.monitor, "direction": plan.direction, "keys": keys, "rows": rows,
+        "seeds": seed_statistics(rows, keys), "failed": sum(r["status"] == "FAIL" for r in rows),
+        "csv": str(sweep.results_csv), "figure": str(sweep.results_figure),
     }  # fmt: skip
 
 
 def results_csv(rows: Sequence[dict[str, Any]], keys: Sequence[str]) -> str:
-    """The rows as CSV: ``trial, name, <swept keys>, status, epochs, best_value, test_accuracy, error``."""
+    """The rows as CSV: ``trial, name, <swept keys>, status, epochs, best_value, test_accuracy, error, host,
+    run_dir``."""
     out = io.StringIO()
-    columns = ["trial", "name", *keys, *COLUMNS[2:], "error"]
+    columns = ["trial", "name", *keys, *COLUMNS[2:], "error", "host", "run_dir"]
     writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     writer.writerows({k: "" if r[k] is None else r[k] for k in columns} for r in rows)
@@ -132,10 +138,20 @@ def sweep_figure(rows: Sequence[dict[str, Any]], params: Sequence[Param], monito
 
 
 def format_sweep(result: dict[str, Any]) -> str:
-    """The table the ``sweep`` command prints, best first; then mean ± std over seeds, and the errors."""
+    """The table the ``sweep`` command prints, best first; then mean ± std over seeds, and the errors.
+
+    When some trial ran on another machine or under another folder, a last column says where each
+    run directory is (``host:path``).
+    """
     monitor = result["monitor"]
+    header = ["trial", "name", "status", "epochs", monitor, "test_accuracy"]
     rows = [[r[k] for k in COLUMNS] for r in result["rows"]]
-    lines = format_table(["trial", "name", "status", "epochs", monitor, "test_accuracy"], rows) if rows else []
+    where = [f"{r['host']}:{r['run_dir']}" if r["run_dir"] else None for r in result["rows"]]
+    here = f"{result['host']}:{result['sweep_dir']}/"
+    if any(w not in (None, here + r["name"]) for w, r in zip(where, result["rows"], strict=True)):
+        header.append("run_dir")
+        rows = [[*row, w] for row, w in zip(rows, where, strict=True)]
+    lines = format_table(header, rows) if rows else []
     for entry in result["seeds"]:
         setting = " ".join(f"{k}={v}" for k, v in entry["values"].items()) or "all trials"
         (bm, bs), (tm, ts) = entry["best_value"], entry["test_accuracy"]

@@ -2,8 +2,9 @@
 
 Optuna keeps the books: the storage fails a trial whose heartbeat stopped (its process is gone) and
 queues its values again; ``GridSampler`` hands out a grid's points. Ours are two rules Optuna has no
-word for: a failed trial is tried again once per start (:func:`retry_failed`), and this machine's
-processes start trials one at a time (:class:`Turn`).
+word for: a failed trial is tried again once per start (:func:`retry_failed`), and the sweep's
+processes start trials one at a time (:class:`Turn`): this machine's through a lock in the sweep's
+folder, all machines' through a lock in the study's PostgreSQL database (:func:`database_lock`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import logging
 import os
 import re
 import warnings
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
@@ -86,27 +88,29 @@ def open_study(plan: SweepPlan) -> optuna.Study:
     optuna = load_optuna()
     beat = int(os.environ.get(HEARTBEAT_VARIABLE) or 10)
     kwargs = {"connect_args": {"timeout": 60}} if plan.storage.startswith("sqlite") else {}
-    try:
-        storage = _quietly(
-            optuna.storages.RDBStorage, plan.storage, kwargs, heartbeat_interval=beat, grace_period=3 * beat,
-            heartbeat_stale_trial_callback=_retry,
-        )  # fmt: skip
-    except Exception as err:  # a bad URL, a missing driver, a server that does not answer
-        raise SweepError(f"cannot open the study storage {_shown(plan.storage)}: {first_line(err)}") from None
+    with database_lock(plan.storage, None):  # machines opening a new database at once: its tables are made once
+        try:
+            storage = _quietly(
+                optuna.storages.RDBStorage, plan.storage, kwargs, heartbeat_interval=beat, grace_period=3 * beat,
+                heartbeat_stale_trial_callback=_retry,
+            )  # fmt: skip
+        except Exception as err:  # a bad URL, a missing driver, a server that does not answer
+            raise SweepError(f"cannot open the study storage {_shown(plan.storage)}: {_driver_hint(err)}") from None
     grid = None
     if plan.trials is None:
         grid = optuna.samplers.GridSampler({p.key: list(p.values) for p in plan.params})
         # In the order given, not shuffled: Optuna shuffles to make two processes less likely to pick the same point,
         # which Turn rules out; the median pruner judges a trial by those before it. (Values by sorted key.)
         grid._all_grids = [tuple(point[k] for k in sorted(point)) for point in grid_points(plan.params)]
-    study = optuna.create_study(
-        storage=storage, sampler=grid or make("sampler", plan.sampler), pruner=make("prune", plan.prune),
-        study_name=plan.study, direction=plan.direction, load_if_exists=True,
-    )  # fmt: skip
-    saved = study.user_attrs.get("sweep")
-    if saved is None:
-        study.set_user_attr("sweep", plan.definition())
-    elif saved != plan.definition():
+    with database_lock(plan.storage, plan.study):  # the first machine to open the study writes its definition
+        study = optuna.create_study(
+            storage=storage, sampler=grid or make("sampler", plan.sampler), pruner=make("prune", plan.prune),
+            study_name=plan.study, direction=plan.direction, load_if_exists=True,
+        )  # fmt: skip
+        saved = study.user_attrs.get("sweep")
+        if saved is None:
+            study.set_user_attr("sweep", plan.definition())
+    if saved is not None and saved != plan.definition():
         space = " ".join(f"{k}={v}" for k, v in saved["space"].items())
         raise ConfigError(
             f"study {plan.study!r} in {_shown(plan.storage)} was started with other settings ({space}, "
@@ -118,6 +122,50 @@ def open_study(plan: SweepPlan) -> optuna.Study:
 def _shown(url: str) -> str:
     """The storage URL without its password."""
     return re.sub(r"(//[^/:@]*:)[^/@]*@", r"\1***@", url)
+
+
+def _driver_hint(err: Exception) -> str:
+    """The error's first line; for a missing PostgreSQL driver, with what to install."""
+    if isinstance(err, ImportError) and "psyco" in str(err):
+        return f"{first_line(err)} (pip install 'fmnist_ignite[postgres]' and write postgresql+psycopg://...)"
+    return first_line(err)
+
+
+@contextmanager
+def database_lock(storage: str, study: str | None) -> Iterator[None]:
+    """Hold a lock in the storage's database while the block runs: ``study``'s, or (None) the whole database's.
+
+    On PostgreSQL, which machines share, it is an advisory lock (``pg_advisory_xact_lock``) named after
+    the study, taken in a transaction of a connection of its own: the end of the block, or of the
+    process (a kill: the server drops its connection), lets it go; a machine lost while it holds the
+    lock is dropped after 25 s of silence (TCP keepalives), not the system's hours. Other storages
+    take none: SQLite lives in one machine's folder, where the sweep folder's lock does this.
+
+    Raises:
+        SweepError: the database cannot be reached (or its driver is missing).
+    """
+    if not re.match(r"postgresql(\+\w+)?://", storage):
+        yield
+        return
+    import sqlalchemy  # Optuna's storage is built on it
+
+    with ExitStack() as held:
+        try:
+            engine = sqlalchemy.create_engine(storage, poolclass=sqlalchemy.NullPool)
+            held.callback(engine.dispose)
+            connection = held.enter_context(engine.connect())
+            name = "fmnist_ignite sweeps" if study is None else f"fmnist_ignite sweep {study}"
+            keepalive = ", ".join(
+                f"set_config('tcp_keepalives_{key}', '{value}', true)"
+                for key, value in (("idle", 10), ("interval", 5), ("count", 3))
+            )
+            connection.execute(sqlalchemy.text(f"SELECT {keepalive}"))
+            connection.execute(
+                sqlalchemy.text("SELECT pg_advisory_xact_lock(hashtextextended(:name, 0))"), {"name": name}
+            )
+        except Exception as err:  # a server that does not answer, a missing driver
+            raise SweepError(f"cannot open the study storage {_shown(storage)}: {_driver_hint(err)}") from None
+        yield
 
 
 def points(plan: SweepPlan, trials: list[FrozenTrial]) -> dict[str, list[FrozenTrial]]:
@@ -158,14 +206,15 @@ def startable(study: optuna.Study, plan: SweepPlan) -> bool:
 
 
 class Turn:
-    """The sweep's lock, held from "is a trial left to start?" (:meth:`take`) until the trial that Optuna then
-    asks for has its values (:meth:`release`): this machine's processes start trials one at a time.
+    """The sweep's locks, held from "is a trial left to start?" (:meth:`take`) until the trial that Optuna then
+    asks for has its values (:meth:`release`): the sweep's processes start trials one at a time.
 
     Optuna cannot promise this by itself: ``study.optimize`` asks for a trial as soon as the last
     one ends, so two processes asking at once when one grid point is left get the same point
     (``GridSampler`` hands out running points again once all are started), and a sampled sweep
     gets more than ``trials`` (``MaxTrialsCallback`` counts after a trial, not before the next).
-    Processes on other machines sharing the storage are not covered.
+    The lock in the sweep's folder covers this machine's processes; :func:`database_lock` those of
+    every machine on a PostgreSQL storage (each with an ``output_dir`` of its own).
     """
 
     def __init__(self, plan: SweepPlan, study: optuna.Study) -> None:
@@ -173,13 +222,15 @@ class Turn:
         self.held = ExitStack()
 
     def take(self) -> bool:
-        """Whether a trial is left to start; if so the lock stays held for it."""
+        """Whether a trial is left to start; if so the locks stay held for it (an error lets them go)."""
         self.release()  # never twice: a second flock of this process would wait for the first
-        self.held.enter_context(self.sweep.lock())
-        if startable(self.study, self.plan):
-            return True
-        self.release()
-        return False
+        with ExitStack() as held:
+            held.enter_context(self.sweep.lock())
+            held.enter_context(database_lock(self.plan.storage, self.plan.study))
+            if not startable(self.study, self.plan):
+                return False
+            self.held = held.pop_all()
+        return True
 
     def release(self) -> None:
         """Let the next process look: the trial this one started has its values in the study."""

@@ -8,6 +8,7 @@ needs: the earlier epochs replayed on resume, and ``pruned_epoch`` in ``metrics.
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -91,6 +92,8 @@ def suggest(trial: optuna.Trial, param: Param) -> Any:
 class Objective:
     """``study.optimize``'s objective: run the trial's values; the best monitored value, else ``optuna.TrialPruned``
     or :class:`TrialFailed`. ``started`` is called once the trial has its values (another process may then look).
+    The trial records where its run directory is (user attributes ``host`` and ``run_dir``) and, at its end,
+    ``epochs``, ``best_value`` and ``test_accuracy`` (or ``error``): the results table is read from the study.
 
     It keeps the data set it loaded last: trials with the same ``data`` settings load it once.
     """
@@ -106,6 +109,9 @@ class Objective:
             self.started()
         name = trial_name(self.plan.params, values)
         rundir = self.sweep.trial(name)
+        # Where the run directory is: machines that share the study need not share a folder.
+        trial.set_user_attr("host", socket.gethostname())
+        trial.set_user_attr("run_dir", str(rundir.path))
         experiment: Experiment | None = None
         swept = [f"{p.key}={p.text(values[p.key])}" for p in self.plan.params]
         try:
