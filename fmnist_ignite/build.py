@@ -273,7 +273,11 @@ def builtin_handlers(config: Config, writer: bool = True) -> list[tuple[str, Han
             ("tensorboard", HandlerConfig(target="tensorboard", kwargs={"log_every": config.logging.log_every}))
         )
     if config.logging.mlflow and writer:
-        kwargs = {"uri": config.logging.mlflow_uri, "experiment": config.logging.mlflow_experiment}
+        kwargs = {
+            "uri": config.logging.mlflow_uri,
+            "experiment": config.logging.mlflow_experiment,
+            "register": config.logging.mlflow_register,
+        }
         specs.append(("mlflow", HandlerConfig(target="mlflow", kwargs=kwargs)))
     return specs
 

@@ -471,6 +471,12 @@ class LoggingConfig(_Section):
     mlflow_experiment: str = Field(
         "fmnist_ignite", min_length=1, description="MLflow experiment the run is logged in (created if missing)."
     )
+    mlflow_register: str | None = Field(
+        None,
+        pattern=NAME_PATTERN,
+        description="Register the run's MLflow model under this name in MLflow's Model Registry: each run adds a "
+        "version (1, 2, ...); `null`: not registered. Letters, digits, `.`, `_` and `-`.",
+    )
 
 
 class HandlerConfig(_Section):

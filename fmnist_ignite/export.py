@@ -14,7 +14,6 @@ import io
 import json
 import os
 import stat
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -22,46 +21,15 @@ import torch
 from torch import nn
 
 from . import preprocess
-from .engine import pixel_scaling
 from .errors import ConfigError, ExportError, first_line
 from .evaluation import load_trained_model
 from .rundir import RunDir, check_output, write_output
+from .serving import ONNX_OPSET, ExportableClassifier, onnx_model
+
+__all__ = ["FORMATS", "ONNX_OPSET", "ExportableClassifier", "export_run"]
 
 FORMATS = ("onnx", "torchscript")
-ONNX_OPSET = 17
 INSTALL_HINT = "pip install 'fmnist_ignite[export]'"
-
-
-class ExportableClassifier(nn.Module):
-    """A trained classifier with the run's pixel scaling in front and a softmax behind.
-
-    The scaling is the one training applied to each batch (:func:`~fmnist_ignite.engine.pixel_scaling`),
-    so the same pixels give the same probabilities as the model did in training and evaluation.
-
-    Args:
-        model: the trained model; takes scaled float images ``[N, C, H, W]`` and returns logits.
-        mean: the data set's pixel mean on the [0, 1] scale (``data.json``).
-        std: the data set's pixel standard deviation on the [0, 1] scale.
-        normalize: whether the run standardised pixels with ``mean`` and ``std`` (else scaled to [0, 1]).
-
-    Example:
-        >>> import torch
-        >>> from fmnist_ignite import LogisticRegression
-        >>> from fmnist_ignite.export import ExportableClassifier
-        >>> classifier = ExportableClassifier(LogisticRegression(784, 10), 0.286, 0.353, True)
-        >>> probabilities = classifier(torch.full((2, 1, 28, 28), 255, dtype=torch.uint8))
-        >>> probabilities.shape, bool(torch.allclose(probabilities.sum(1), torch.ones(2)))
-        (torch.Size([2, 10]), True)
-    """
-
-    def __init__(self, model: nn.Module, mean: float, std: float, normalize: bool) -> None:
-        super().__init__()
-        self.model = model
-        self.scale, self.shift = pixel_scaling(mean, std, normalize)
-
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Class probabilities ``[N, classes]`` of pixels 0-255 ``[N, C, H, W]``, uint8 or float."""
-        return self.model(pixels.float() * self.scale - self.shift).softmax(1)
 
 
 def export_run(
@@ -113,7 +81,10 @@ def export_run(
         "output": "probabilities: float32 [N, len(classes)]",
     }
     example = torch.zeros((2, *info.image_shape))
-    payload = _onnx_bytes(classifier, example, metadata) if fmt == "onnx" else _torchscript_bytes(classifier, metadata)
+    if fmt == "onnx":
+        payload = bytes(onnx_model(classifier, example, metadata, INSTALL_HINT).SerializeToString())
+    else:
+        payload = _torchscript_bytes(classifier, metadata)
     own = rundir.exported(fmt)
     path = Path(output) if output is not None else own
     companion = path.parent / rundir.preprocess.name
@@ -142,33 +113,6 @@ def _relative_to(path: Path, run_dir: Path) -> str:
         return str(path.resolve().relative_to(run_dir.resolve()))
     except ValueError:
         return str(path.resolve())
-
-
-def _onnx_bytes(classifier: nn.Module, example: torch.Tensor, metadata: dict[str, Any]) -> bytes:
-    try:
-        import onnx
-    except ImportError:
-        raise ExportError(f"exporting to ONNX needs the onnx package: {INSTALL_HINT}") from None
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            # The TorchScript-based exporter: it needs no onnxscript and works on every torch the
-            # export extra allows; the torch.export-based one (dynamo=True) is the way off it.
-            torch.onnx.export(
-                classifier,
-                (example,),
-                Path(tmp) / "model.onnx",
-                dynamo=False,
-                opset_version=ONNX_OPSET,
-                input_names=["pixels"],
-                output_names=["probabilities"],
-                dynamic_axes={"pixels": {0: "batch"}, "probabilities": {0: "batch"}},
-            )
-            proto = onnx.load(Path(tmp) / "model.onnx")
-    except Exception as err:  # exporters fail in many ways on an unsupported model
-        raise ExportError(f"this run's model cannot be exported to ONNX: {first_line(err)}") from None
-    onnx.helper.set_model_props(proto, {key: json.dumps(value) for key, value in metadata.items()})
-    onnx.checker.check_model(proto)
-    return bytes(proto.SerializeToString())
 
 
 def _torchscript_bytes(classifier: nn.Module, metadata: dict[str, Any]) -> bytes:

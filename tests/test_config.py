@@ -288,10 +288,12 @@ def test_handler_defaults_are_the_schemas() -> None:
     assert defaults(EarlyStopping) == {"patience": 3, "min_delta": 0.0}
     assert defaults(EarlyStopping) == {k: EarlyStoppingConfig.default(k) for k in ("patience", "min_delta")}
     assert defaults(TensorBoard) == {"log_every": 50} == {"log_every": LoggingConfig.default("log_every")}
-    assert defaults(MLflow) == {"uri": None, "experiment": "fmnist_ignite"}
+    assert defaults(MLflow) == {"uri": None, "experiment": "fmnist_ignite", "register": None, "parent_run_id": None}
     assert defaults(MLflow) == {
         "uri": LoggingConfig.default("mlflow_uri"),
         "experiment": LoggingConfig.default("mlflow_experiment"),
+        "register": LoggingConfig.default("mlflow_register"),
+        "parent_run_id": None,
     }
 
 

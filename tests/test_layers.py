@@ -21,7 +21,7 @@ LAYERS = [
     ["build"],
     ["experiment"],
     ["handlers", "evaluation", "reports"],
-    ["checkpoint", "history", "monitor", "parallel", "interrupt", "rundir", "runfiles", "context"],
+    ["checkpoint", "history", "monitor", "parallel", "interrupt", "rundir", "runfiles", "context", "serving"],
     ["data", "engine", "models", "optim", "plots", "images"],
     ["config", "registry", "fileio", "errors", "events", "tables", "preprocess"],
 ]

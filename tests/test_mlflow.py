@@ -1,31 +1,45 @@
-"""MLflow tracking, read back from a real SQLite store with MLflow's own client."""
+"""MLflow tracking, read back with MLflow's own client from a real SQLite store and from a real ``mlflow server``;
+the MLflow model loaded and served by MLflow."""
 
 from __future__ import annotations
 
 import json
+import os
+import shlex
 import shutil
 import signal
 import socket
 import sqlite3
-from collections.abc import Callable
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
+from unittest import mock
 
+import numpy as np
 import pytest
 from ignite.engine import Engine
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
+import fmnist_ignite
 from fmnist_ignite import Config, Context, build_experiment, resume_experiment
 from fmnist_ignite.app.cli import main
+from fmnist_ignite.events import RunEvents
 
 from . import plugins
-from .conftest import BASE, small_overrides
+from .conftest import BASE, N_TEST, REPO, small_overrides, synthetic_images
 from .helpers import start_cli, wait_for
 
 MLFLOW = ("logging.mlflow=true", "early_stopping.enabled=false")
 EPOCH_METRICS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr")
 FILES = {
     "config.yaml",
+    "data.json",
     "history.json",
     "report.json",
     "metrics.json",
@@ -152,25 +166,42 @@ def test_kill_9_then_resume_continues_the_same_run_with_one_point_per_epoch(
     assert_epochs_logged_once(store, run, run_dir)
 
 
-def test_an_unreachable_server_is_one_error_before_anything_is_written(
+def test_an_unreachable_server_is_one_line_with_mlflow_told_to_try_once(
     tmp_path: Path, system_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    """MLflow's own defaults retry a refused connection for minutes (7 times, growing waits); ours try once."""
+    from mlflow.environment_variables import MLFLOW_HTTP_REQUEST_MAX_RETRIES, MLFLOW_HTTP_REQUEST_TIMEOUT
+    from mlflow.utils import rest_utils
+
+    for name in ("MAX_RETRIES", "TIMEOUT", "BACKOFF_FACTOR"):
+        monkeypatch.delenv(f"MLFLOW_HTTP_REQUEST_{name}", raising=False)
     monkeypatch.setenv("MLFLOW_LOGGING_LEVEL", "WARNING")
-    with socket.socket() as free:
-        free.bind(("127.0.0.1", 0))
-        port = free.getsockname()[1]
-    uri = f"http://127.0.0.1:{port}"
+    asked: list[tuple[int, int]] = []
+    request = rest_utils.http_request
+
+    def noted(*args: Any, **kwargs: Any) -> Any:  # MLflow's own request, with the limits it runs under noted
+        asked.append((MLFLOW_HTTP_REQUEST_MAX_RETRIES.get(), MLFLOW_HTTP_REQUEST_TIMEOUT.get()))
+        return request(*args, **kwargs)
+
+    monkeypatch.setattr(rest_utils, "http_request", noted)
+    uri = "http://127.0.0.1:9"  # the discard port: nothing listens there
 
     code = main([BASE, *small_overrides(tmp_path, system_dir), *MLFLOW, f"logging.mlflow_uri={uri}"])
 
     assert code == 2
-    error = capsys.readouterr().err.strip().splitlines()[-1]
-    assert error.startswith(f"error: logging.mlflow_uri={uri}: cannot reach the MLflow tracking store (")
-    assert "Connection refused" in error
-    assert error.endswith("); nothing was written")
-    assert not (tmp_path / "runs" / "small").exists()
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert err.startswith(
+        f"error: logging.mlflow_uri={uri}: cannot reach the MLflow tracking store (API request to "
+        f"{uri}/api/2.0/mlflow/experiments/get-by-name failed"
+    )
+    assert "Connection refused" in err
+    assert err.endswith(
+        "); nothing was written: start the tracking server, or correct logging.mlflow_uri, and run again\n"
+    )
+    assert not (tmp_path / "runs").exists()
+    assert asked == [(0, 10)], "one request, no retry, 10 s at most"
+    assert "MLFLOW_HTTP_REQUEST_MAX_RETRIES" not in os.environ, "set only while our client runs"
 
 
 def test_interrupted_run_is_killed_then_resumes_the_same_run_once_the_store_is_back(
@@ -253,34 +284,6 @@ def test_a_relative_sqlite_uri_is_made_absolute(make_config: Callable[..., Confi
     assert server.logging.mlflow_uri == "http://127.0.0.1:5000"
 
 
-def test_a_server_refusing_connections_is_one_line_within_seconds_whatever_mlflow_defaults_to(
-    tmp_path: Path, system_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Class 4 of issue 19: MLflow's own defaults retry a refused connection for minutes; ours try once."""
-    import os
-    import time
-
-    for name in (
-        "MLFLOW_HTTP_REQUEST_MAX_RETRIES",
-        "MLFLOW_HTTP_REQUEST_TIMEOUT",
-        "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR",
-    ):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("MLFLOW_LOGGING_LEVEL", "WARNING")
-    with socket.socket() as free:
-        free.bind(("127.0.0.1", 0))
-        port = free.getsockname()[1]
-    uri = f"http://127.0.0.1:{port}"
-    start = time.monotonic()
-    code = main([BASE, *small_overrides(tmp_path, system_dir), *MLFLOW, f"logging.mlflow_uri={uri}"])
-    assert time.monotonic() - start < 30
-    assert code == 2
-    error = capsys.readouterr().err.strip().splitlines()[-1]
-    assert error.startswith(f"error: logging.mlflow_uri={uri}: cannot reach the MLflow tracking store (")
-    assert not (tmp_path / "runs" / "small").exists()
-    assert "MLFLOW_HTTP_REQUEST_MAX_RETRIES" not in os.environ, "set only while our client runs"
-
-
 @pytest.mark.parametrize(
     ("content", "problem"),
     [
@@ -326,3 +329,256 @@ def test_a_file_store_is_accepted(
     run = only_run(MlflowClient(uri))
     assert run.info.status == "FINISHED"
     assert [step for step, _ in series(MlflowClient(uri), run, "val_accuracy")] == [1]
+
+
+# A real tracking server: `mlflow server` with its SQLite store and its files in a temporary folder,
+# on a free port of 127.0.0.1, started once for the tests of a process (it takes seconds to start).
+
+
+def free_port() -> int:
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        return int(free.getsockname()[1])
+
+
+def with_venv_path() -> dict[str, str]:
+    """This environment, with the interpreter's folder first on PATH (``mlflow models serve`` runs ``uvicorn``)."""
+    return {**os.environ, "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
+
+
+@contextmanager
+def started(command: list[str], url: str, log: Path, env: dict[str, str] | None = None) -> Iterator[None]:
+    """``command`` running in a process group of its own until the block ends; ``url`` answers 200 first."""
+    with log.open("w") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            try:
+                with urllib.request.urlopen(url, timeout=5) as answer:
+                    if answer.status == 200:
+                        break
+            except OSError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"{command[:4]} did not start: {log.read_text()[-2000:]}")
+            time.sleep(0.2)
+        yield
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)  # the server and the workers it started; their files are thrown away
+        process.wait()
+
+
+@pytest.fixture(scope="session")
+def tracking_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The URI of a real ``mlflow server`` (SQLite store, files in ``--artifacts-destination``)."""
+    folder = tmp_path_factory.mktemp("mlflow-server")
+    port = free_port()
+    command = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    command += ["--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}"]
+    command += ["--artifacts-destination", str(folder / "artifacts")]
+    with started(command, f"http://127.0.0.1:{port}/health", folder / "server.log"):
+        yield f"http://127.0.0.1:{port}"
+
+
+TEST_IMAGES, TEST_LABELS = synthetic_images(N_TEST, (28, 28), 2)  # the test set of the session's data (conftest)
+
+
+@pytest.fixture(scope="session")
+def server_run(tracking_server: str, tmp_path_factory: pytest.TempPathFactory, system_dir: Path) -> dict[str, Any]:
+    """A run tracked to the server from the command line, registered as ``served``: stopped after epoch 2
+    (Ctrl-C), then resumed to its end."""
+    tmp = tmp_path_factory.mktemp("server-run")
+    stop = "handlers=[{target: 'tests.plugins:StopOnce', event: EPOCH_STARTED, kwargs: {epoch: 2}}]"
+    tracked = (*MLFLOW, f"logging.mlflow_uri={tracking_server}", "logging.mlflow_experiment=served")
+    args = [BASE, *small_overrides(tmp, system_dir), *tracked, "logging.mlflow_register=served", stop]
+    run_dir = tmp / "runs" / "small"
+    with mock.patch.object(sys, "argv", ["fmnist-ignite", *args]):
+        stopped = main(args)
+        client = MlflowClient(tracking_server)
+        killed = client.get_run(saved_run_id(run_dir))
+        killed_epochs = [step for step, _ in series(client, killed, "val_accuracy")]
+        resumed = main(["--resume", str(run_dir)])
+    assert (stopped, resumed) == (130, 0)
+    return {"run_dir": run_dir, "run_id": saved_run_id(run_dir), "killed": (killed, killed_epochs), "args": args}
+
+
+def test_a_run_tracked_to_a_server_resumes_the_same_run_and_logs_its_files(
+    tracking_server: str, server_run: dict[str, Any], tmp_path: Path
+) -> None:
+    client = MlflowClient(tracking_server)
+    run_dir, (killed, killed_epochs) = server_run["run_dir"], server_run["killed"]
+    run = client.get_run(server_run["run_id"])
+    assert (killed.info.status, run.info.status) == ("KILLED", "FINISHED")
+    assert killed_epochs == [1, 2]
+    assert_epochs_logged_once(client, run, run_dir)
+    assert run.info.artifact_uri == f"mlflow-artifacts:/{run.info.experiment_id}/{run.info.run_id}/artifacts"
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} == FILES
+    copies = Path(client.download_artifacts(run.info.run_id, "", str(tmp_path)))
+    assert (copies / "data.json").read_bytes() == (run_dir / "data.json").read_bytes()
+    assert (copies / "model.pt").read_bytes() == (run_dir / "model.pt").read_bytes()
+
+
+def test_the_run_records_its_command_git_commit_and_package_versions(
+    tracking_server: str, server_run: dict[str, Any]
+) -> None:
+    import ignite
+    import torch
+
+    tags = MlflowClient(tracking_server).get_run(server_run["run_id"]).data.tags
+    assert tags["command"] == shlex.join(["fmnist-ignite", *server_run["args"]])
+    assert tags["mlflow.source.name"] == "fmnist-ignite"
+    assert (tags["version.torch"], tags["version.ignite"]) == (torch.__version__, ignite.__version__)
+    assert tags["version.fmnist_ignite"] == fmnist_ignite.__version__
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True)
+    if os.environ.get("CI") or head.returncode == 0:  # CI tests a clone
+        assert tags["mlflow.source.git.commit"] == head.stdout.strip()
+    else:
+        assert "mlflow.source.git.commit" not in tags
+
+
+def test_the_mlflow_model_takes_raw_pixels_and_predicts_the_test_set_at_its_accuracy(
+    tracking_server: str, server_run: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mlflow.pyfunc
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_server)
+    model = mlflow.pyfunc.load_model(f"runs:/{server_run['run_id']}/model")
+    signature = model.metadata.signature
+    assert signature.inputs.to_dict() == [
+        {"type": "tensor", "tensor-spec": {"dtype": "uint8", "shape": (-1, 1, 28, 28)}, "name": "pixels"}
+    ]
+    assert signature.outputs.to_dict() == [
+        {"type": "tensor", "tensor-spec": {"dtype": "float32", "shape": (-1, 10)}, "name": "probabilities"}
+    ]
+    probabilities = model.predict(TEST_IMAGES[:, None])["probabilities"]
+    assert probabilities.shape == (N_TEST, 10)
+    assert np.allclose(probabilities.sum(1), 1, atol=1e-5)
+    metrics = json.loads((server_run["run_dir"] / "metrics.json").read_text())
+    assert float((probabilities.argmax(1) == TEST_LABELS).mean()) == pytest.approx(metrics["test_accuracy"])
+
+    files = Path(mlflow.artifacts.download_artifacts(f"runs:/{server_run['run_id']}/model"))
+    assert (files / "extra_files" / "data.json").read_bytes() == (server_run["run_dir"] / "data.json").read_bytes()
+    example = json.loads((files / "input_example.json").read_text())
+    assert np.asarray(example).shape == (1, 1, 28, 28)
+    assert "onnxruntime" in (files / "requirements.txt").read_text()
+
+
+def test_mlflow_models_serve_answers_with_the_same_classes(
+    tracking_server: str, server_run: dict[str, Any], tmp_path: Path
+) -> None:
+    port = free_port()
+    uri = f"runs:/{server_run['run_id']}/model"
+    command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", uri, "--env-manager", "local"]
+    command += ["-h", "127.0.0.1", "-p", str(port)]
+    env = {**with_venv_path(), "MLFLOW_TRACKING_URI": tracking_server}
+    images = TEST_IMAGES[:50, None]
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/invocations",
+        data=json.dumps({"inputs": images.tolist()}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with (
+        started(command, f"http://127.0.0.1:{port}/ping", tmp_path / "serve.log", env),
+        urllib.request.urlopen(request, timeout=60) as answer,
+    ):
+        served = np.asarray(json.loads(answer.read())["predictions"]["probabilities"])
+    import mlflow.pyfunc
+
+    with mock.patch.dict(os.environ, {"MLFLOW_TRACKING_URI": tracking_server}):
+        loaded = mlflow.pyfunc.load_model(uri).predict(images)["probabilities"]
+    assert served.shape == (50, 10)
+    assert served.argmax(1).tolist() == loaded.argmax(1).tolist()
+    assert np.allclose(served, loaded, atol=1e-6)
+
+
+def test_a_sweep_is_a_parent_run_with_a_child_run_per_trial_each_a_registered_version(
+    tracking_server: str,
+    server_run: dict[str, Any],
+    small: list[str],
+    tmp_path: Path,
+    cli: Callable,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import mlflow.pyfunc
+
+    client = MlflowClient(tracking_server)
+    first = client.get_model_version("served", "1")
+    assert first.run_id == server_run["run_id"]
+    assert first.source.startswith(f"mlflow-artifacts:/{first.source.split('/')[1]}/models/m-")  # the model's files
+
+    tracked = (*MLFLOW, f"logging.mlflow_uri={tracking_server}", "logging.mlflow_experiment=swept")
+    register = "logging.mlflow_register=swept"
+    sweep = ("sweep", BASE, *small, *tracked, register, "trainer.max_epochs=1", "seed=1,2", "--name", "sw")
+    code, _, err = cli(*sweep)
+    assert code == 0, err
+    code, _, err = cli(*sweep)  # started again (or on another machine): the same parent, no trial run twice
+    assert code == 0, err
+    experiment = client.get_experiment_by_name("swept")
+    assert experiment is not None
+    runs = client.search_runs([experiment.experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert [(r.info.run_name, r.info.status) for r in parents] == [("sw", "FINISHED")]
+    assert parents[0].data.tags["sweep_dir"] == str(tmp_path / "runs" / "sw")
+    children = sorted((r for r in runs if r not in parents), key=lambda r: r.info.start_time)
+    assert [r.info.run_name for r in children] == ["seed-1", "seed-2"]
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
+    assert {r.info.status for r in children} == {"FINISHED"}
+    versions = sorted(client.search_model_versions("name = 'swept'"), key=lambda v: int(v.version))
+    assert [(v.version, v.run_id) for v in versions] == [("1", children[0].info.run_id), ("2", children[1].info.run_id)]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_server)
+    assert mlflow.pyfunc.load_model("models:/swept/2").metadata.run_id == children[1].info.run_id
+
+
+@pytest.mark.parametrize("package", ["mlflow", "onnx"])
+def test_a_missing_package_is_one_line_before_anything_is_written(
+    small: list[str], tmp_path: Path, cli: Callable, monkeypatch: pytest.MonkeyPatch, package: str
+) -> None:
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == package else find_spec(name, *a))
+    code, _, err = cli(BASE, *small, *MLFLOW)
+    assert (code, err) == (
+        2,
+        f"error: logging.mlflow: the {package} package is not installed; "
+        "pip install 'fmnist_ignite[mlflow]' installs it\n",
+    )
+    assert not (tmp_path / "runs").exists()
+
+
+class FailAtTheEndOnce:
+    """Fails the run after MLflow logged its end, the first time (until ``marker`` exists): the run is not finished."""
+
+    def __init__(self, context: Context, marker: str) -> None:
+        self.marker = Path(marker)
+
+    def attach(self, engine: Engine, event: Any) -> None:
+        engine.add_event_handler(RunEvents.RUN_FINISHED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        if not self.marker.exists():
+            self.marker.touch()
+            raise RuntimeError("disk full")
+
+
+def test_a_run_resumed_after_its_model_was_logged_keeps_one_model_and_one_version(
+    make_config: Callable[..., Config], store: MlflowClient, tmp_path: Path
+) -> None:
+    experiment = build_experiment(make_config(*MLFLOW, "trainer.max_epochs=1", "logging.mlflow_register=once"))
+    experiment.add_handler(FailAtTheEndOnce, marker=str(tmp_path / "failed"))
+    with pytest.raises(RuntimeError, match="disk full"):
+        experiment.run()
+    assert not (experiment.run_dir / "metrics.json").exists()
+    resumed = resume_experiment(experiment.run_dir)
+    resumed.add_handler(FailAtTheEndOnce, marker=str(tmp_path / "failed"))
+    resumed.run()
+
+    run = only_run(store)
+    assert run.info.status == "FINISHED"
+    models = store.search_logged_models([run.info.experiment_id])
+    assert [(m.name, m.source_run_id, m.status.to_int()) for m in models] == [
+        ("model", run.info.run_id, models[0].status.READY.to_int())
+    ]
+    versions = store.search_model_versions("name = 'once'")
+    assert [(str(v.version), v.run_id) for v in versions] == [("1", run.info.run_id)]

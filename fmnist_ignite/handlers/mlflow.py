@@ -1,4 +1,5 @@
-"""MLflow tracking: one MLflow run per run directory, holding the config, every epoch, the test metrics and the files.
+"""MLflow tracking: one MLflow run per run directory, holding the config, every epoch, the test metrics, the files
+and the trained model in MLflow's own format.
 
 Ignite's ``MLflowLogger`` keeps the tracking URI and the active run in MLflow's process-wide state
 and cannot reopen a run by its id, which a resumed run needs; so this handler talks to the store
@@ -11,24 +12,33 @@ import importlib.util
 import json
 import logging
 import os
+import shlex
+import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as package_version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import torch
 from ignite.engine import Engine, Events
 
-from ..config import LoggingConfig, flatten
+from ..config import Config, LoggingConfig, flatten
 from ..context import Context
-from ..errors import ConfigError, RunDirError, first_line
+from ..errors import ConfigError, ExportError, RunDirError, first_line, program_name
+from ..evaluation import load_trained_model
 from ..events import RunEvents
 from ..interrupt import Interrupted
 from ..registry import HANDLERS
 from ..runfiles import MlflowRun
+from ..serving import ExportableClassifier, describe, onnx_model
 
 if TYPE_CHECKING:
-    from mlflow.entities import Run
+    import optuna
+    from mlflow.entities import LoggedModel, Run
     from mlflow.tracking import MlflowClient
 
 logger = logging.getLogger(__name__)
@@ -36,15 +46,23 @@ logger = logging.getLogger(__name__)
 NOT_METRICS = ("epoch", "seconds")  # history columns that are the step, or not a metric of the model
 SERVERS = ("http", "https", "databricks")  # URI schemes whose server decides where the files go
 BATCH = 100  # MLflow takes at most 100 parameters (1000 metrics) per request
+MODEL = "model"  # the MLflow model's name in its run: runs:/<run_id>/model
+INSTALL_HINT = "pip install 'fmnist_ignite[mlflow]'"
+SWEEP_RUN = "mlflow_run"  # the Optuna study's user attribute holding the sweep's MLflow run
 
 
 # How long MLflow's HTTP client may try, where the user has not said (MLflow's own defaults retry a
 # refused connection for minutes): reaching the store at start is one try; later requests a few.
 # MLflow 3 refuses its file store (``file://``, a plain path) unless told: it still reads and writes it, and so do we.
-FILE_STORE = {"MLFLOW_ALLOW_FILE_STORE": "true"}
-AT_START = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10", **FILE_STORE}
+# The run's output is ours: no progress bars of MLflow's downloads, no links printed on stdout when a run ends.
+ALWAYS = {
+    "MLFLOW_ALLOW_FILE_STORE": "true",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
+}
+AT_START = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10", **ALWAYS}
 LATER = {
-    **FILE_STORE,
+    **ALWAYS,
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
@@ -53,8 +71,8 @@ LATER = {
 
 @contextmanager
 def bounded_requests(limits: Mapping[str, str]) -> Iterator[None]:
-    """MLflow's retry and timeout settings (environment variables it reads at each request) bounded
-    by ``limits`` while our client runs; a variable the user set is left as it is, and each is
+    """MLflow's settings (environment variables it reads at each request: retries, timeouts, its output)
+    as ``limits`` says while our client runs; a variable the user set is left as it is, and each is
     restored afterwards."""
     added = [name for name in limits if name not in os.environ]
     os.environ.update({name: limits[name] for name in added})
@@ -70,10 +88,127 @@ def default_tracking_uri(output_dir: str | Path) -> str:
     return f"sqlite:///{Path(output_dir).absolute() / 'mlflow.db'}"
 
 
+def git_commit() -> str | None:
+    """The commit checked out where the code runs from (this package's folder, else the current one); ``None``
+    outside a git checkout, or without git."""
+    try:
+        import git  # GitPython, which MLflow installs; it fails to import where git itself is missing
+    except ImportError:
+        return None
+    for folder in (Path(__file__).resolve().parent, Path.cwd()):
+        try:
+            return str(git.Repo(folder, search_parent_directories=True).head.commit.hexsha)
+        except Exception:  # not a checkout, no commit yet, a damaged repository: nothing to record
+            continue
+    return None
+
+
+def source_tags() -> dict[str, str]:
+    """Where a run comes from: the command line, the git commit (in a checkout) and the versions of the packages."""
+    import ignite
+
+    tags = {
+        "mlflow.source.name": program_name(),
+        "mlflow.source.type": "LOCAL",
+        "command": " ".join([program_name(), *map(shlex.quote, sys.argv[1:])]),
+        "version.torch": torch.__version__,
+        "version.ignite": ignite.__version__,
+    }
+    with suppress(PackageNotFoundError):  # not when run from a folder on PYTHONPATH, never installed
+        tags["version.fmnist_ignite"] = package_version("fmnist_ignite")
+    commit = git_commit()
+    if commit is not None:
+        tags["mlflow.source.git.commit"] = commit
+    return tags
+
+
 def flat_params(tree: Mapping[str, Any]) -> dict[str, str]:
     """``{"optimizer": {"lr": 0.01}}`` as ``{"optimizer.lr": "0.01"}`` (see :func:`~fmnist_ignite.config.flatten`);
     a value other than text as JSON."""
     return {key: value if isinstance(value, str) else json.dumps(value) for key, value in flatten(tree).items()}
+
+
+def reach(uri: str, experiment: str, output_dir: str | Path) -> tuple[MlflowClient, str]:
+    """A client of the tracking store at ``uri``, and the id of ``experiment`` there (created if missing: its
+    files go to ``<output_dir>/mlartifacts`` unless the store is a server).
+
+    Raises:
+        ConfigError: the store cannot be reached, or the experiment is deleted.
+    """
+    from mlflow.tracking import MlflowClient
+
+    # MLflow's own default is ./mlruns in whatever folder the process runs from.
+    server = uri.split(":", 1)[0] in SERVERS
+    location = None if server else str(Path(output_dir).absolute() / "mlartifacts")
+    try:
+        if uri.startswith("sqlite:///"):
+            Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        client = MlflowClient(uri)
+        found = client.get_experiment_by_name(experiment)
+        experiment_id = client.create_experiment(experiment, location) if found is None else found.experiment_id
+    except Exception as err:  # MLflow's, SQLAlchemy's or the network's, whatever the store
+        advice = ": start the tracking server, or correct logging.mlflow_uri, and run again" if server else ""
+        raise ConfigError(
+            f"logging.mlflow_uri={uri}: cannot reach the MLflow tracking store ({first_line(err)}); "
+            f"nothing was written{advice}"
+        ) from None
+    if found is not None and found.lifecycle_stage == "deleted":
+        raise ConfigError(
+            f"logging.mlflow_experiment={experiment}: this MLflow experiment is deleted; restore it "
+            f"('mlflow experiments restore --experiment-id {found.experiment_id}') or name another"
+        )
+    return client, experiment_id
+
+
+def open_sweep_run(study: optuna.Study, config: Config, sweep_dir: str | Path) -> None:
+    """Give a sweep an MLflow run of its own, named after its study, whose child runs its trials are.
+
+    Its id is kept in the study (a user attribute), so every process and machine of the sweep finds
+    it; a sweep started again keeps it. The store is the one the trials log to (``config``'s, with
+    ``output_dir`` the sweep's folder).
+
+    Raises:
+        ConfigError: the store cannot be reached, or the experiment is deleted.
+    """
+    from mlflow.exceptions import MlflowException
+
+    logging_ = config.with_absolute_paths().logging
+    uri = logging_.mlflow_uri or default_tracking_uri(sweep_dir)
+    with bounded_requests(AT_START):
+        client, experiment_id = reach(uri, logging_.mlflow_experiment, sweep_dir)
+    with bounded_requests(LATER):
+        saved = study.user_attrs.get(SWEEP_RUN)
+        if saved is not None:
+            try:
+                if client.get_run(saved["run_id"]).info.lifecycle_stage != "deleted":
+                    client.update_run(saved["run_id"], status="RUNNING")  # until the sweep writes its results
+                    return
+            except MlflowException:  # the store lost it: the sweep gets a new one
+                pass
+        tags = {"sweep_dir": str(sweep_dir), "study": study.study_name, **source_tags()}
+        run = client.create_run(experiment_id, run_name=study.study_name, tags=tags)
+    study.set_user_attr(SWEEP_RUN, {"run_id": run.info.run_id, "tracking_uri": uri})
+    logger.info("MLflow: sweep run %s", run.info.run_id)
+
+
+def sweep_run_id(study: optuna.Study) -> str | None:
+    """The id of the sweep's MLflow run (see :func:`open_sweep_run`); ``None`` if it has none."""
+    saved = study.user_attrs.get(SWEEP_RUN)
+    return None if saved is None else str(saved["run_id"])
+
+
+def finish_sweep_run(study: optuna.Study) -> None:
+    """Mark the sweep's MLflow run ``FINISHED``, if it has one; a store that fails is a warning."""
+    from mlflow.tracking import MlflowClient
+
+    saved = study.user_attrs.get(SWEEP_RUN)
+    if saved is None:
+        return
+    with bounded_requests(LATER):
+        try:
+            MlflowClient(saved["tracking_uri"]).set_terminated(saved["run_id"], "FINISHED")
+        except Exception as err:  # the sweep's results matter more
+            logger.warning("MLflow: cannot mark the sweep's run %s finished (%s)", saved["run_id"], first_line(err))
 
 
 @HANDLERS.register("mlflow")
@@ -109,6 +244,9 @@ class MLflow:
         context: the experiment context.
         uri: the tracking URI (``logging.mlflow_uri``); ``None`` for ``sqlite:///<output_dir>/mlflow.db``.
         experiment: the name of the MLflow experiment (``logging.mlflow_experiment``).
+        register: the name in MLflow's Model Registry the model is registered under (``logging.mlflow_register``);
+            ``None``: not registered.
+        parent_run_id: the MLflow run this one is a child of (a sweep's run, for its trials); ``None``: none.
     """
 
     def __init__(
@@ -116,14 +254,17 @@ class MLflow:
         context: Context,
         uri: str | None = LoggingConfig.default("mlflow_uri"),
         experiment: str = LoggingConfig.default("mlflow_experiment"),
+        register: str | None = LoggingConfig.default("mlflow_register"),
+        parent_run_id: str | None = None,
     ) -> None:
-        if importlib.util.find_spec("mlflow") is None:
-            raise ConfigError(
-                "logging.mlflow: the mlflow package is not installed; pip install 'fmnist_ignite[mlflow]' installs it"
-            )
+        for package in ("mlflow", "onnx"):
+            if importlib.util.find_spec(package) is None:
+                raise ConfigError(f"logging.mlflow: the {package} package is not installed; {INSTALL_HINT} installs it")
         self.context = context
         self.uri = uri or default_tracking_uri(context.config.output_dir)
         self.experiment = experiment
+        self.register = register
+        self.parent_run_id = parent_run_id
         self.experiment_id = ""
         self.run_id: str | None = None
         self.client: MlflowClient | None = None
@@ -157,28 +298,8 @@ class MLflow:
             ConfigError: the store cannot be reached, or the experiment is deleted.
             RunDirError: ``mlflow.json`` is damaged, or names a run the store cannot give.
         """
-        from mlflow.tracking import MlflowClient
-
         logger.info("MLflow: experiment '%s' in %s", self.experiment, self.uri)
-        try:
-            if self.uri.startswith("sqlite:///"):
-                Path(self.uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-            client = MlflowClient(self.uri)
-            found = client.get_experiment_by_name(self.experiment)
-            if found is None:
-                self.experiment_id = client.create_experiment(self.experiment, self._artifact_location())
-            else:
-                self.experiment_id = found.experiment_id
-        except Exception as err:  # MLflow's, SQLAlchemy's or the network's, whatever the store
-            raise ConfigError(
-                f"logging.mlflow_uri={self.uri}: cannot reach the MLflow tracking store ({first_line(err)}); "
-                "nothing was written"
-            ) from None
-        if found is not None and found.lifecycle_stage == "deleted":
-            raise ConfigError(
-                f"logging.mlflow_experiment={self.experiment}: this MLflow experiment is deleted; restore it "
-                f"('mlflow experiments restore --experiment-id {found.experiment_id}') or name another"
-            )
+        client, self.experiment_id = reach(self.uri, self.experiment, self.context.config.output_dir)
         self.client = client
         self.saved = self._saved_run(client)
 
@@ -189,9 +310,10 @@ class MLflow:
         client = self._client()
         run = self.saved
         if run is None:
-            run = client.create_run(
-                self.experiment_id, run_name=self.context.config.name, tags={"run_dir": str(self.context.run_dir)}
-            )
+            tags = {"run_dir": str(self.context.run_dir), **source_tags()}
+            if self.parent_run_id is not None:
+                tags["mlflow.parentRunId"] = self.parent_run_id
+            run = client.create_run(self.experiment_id, run_name=self.context.config.name, tags=tags)
             saved = MlflowRun(run_id=run.info.run_id, experiment_id=self.experiment_id, tracking_uri=self.uri)
             self.context.rundir.write_mlflow_run(saved)
             logger.info("MLflow: run %s", run.info.run_id)
@@ -227,11 +349,92 @@ class MLflow:
         numbers = [(k, v, step) for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)]
         self._log_metrics(numbers)
         client, run_id, rundir = self._client(), str(self.run_id), self.context.rundir
-        for path in (rundir.config, rundir.history_json, rundir.report, rundir.model, *results["figures"].values()):
+        exported = [path for path in (rundir.exported("onnx"), rundir.exported("torchscript")) if path.is_file()]
+        files = (rundir.config, rundir.data, rundir.history_json, rundir.report, rundir.model, *exported)
+        for path in (*files, *results["figures"].values()):
             client.log_artifact(run_id, str(path))
+        logged = self.log_model(step)
+        if logged is not None and self.register is not None:
+            self.register_model(logged)
         client.log_dict(run_id, metrics, rundir.metrics.name)
         client.set_terminated(run_id, "FINISHED")
         logger.info("MLflow: run %s finished, in %s", run_id, self.uri)
+
+    def log_model(self, step: int) -> LoggedModel | None:
+        """Log ``model.pt`` as the MLflow model ``model`` of the run (MLflow's ONNX flavor); returns it.
+
+        The model takes raw pixels, uint8 ``[N, C, H, W]`` as the run's images, and returns class
+        probabilities ``[N, classes]`` (:class:`~fmnist_ignite.serving.ExportableClassifier`), so
+        serving it needs MLflow and ONNX Runtime but neither torch nor this package. ``data.json``
+        goes with it. A model already logged (by a run that stopped before its end) is kept; one that a
+        stopped run left half-logged is replaced. A model that cannot be exported to ONNX is a
+        warning, and the run goes on without an MLflow model (``model.pt`` is among its files).
+        """
+        import mlflow.onnx
+        import numpy as np
+        from mlflow.entities import LoggedModelOutput
+        from mlflow.models import Model, ModelSignature
+        from mlflow.types import Schema, TensorSpec
+
+        client, run_id, rundir = self._client(), str(self.run_id), self.context.rundir
+        found = client.search_logged_models(
+            [self.experiment_id], filter_string=f"name = '{MODEL}' AND source_run_id = '{run_id}'"
+        )
+        for model in found:
+            if model.status.to_int() == model.status.READY.to_int():
+                return model
+            client.delete_logged_model(model.model_id)
+        info = rundir.read_input()
+        trained = load_trained_model(rundir.path)
+        classifier = ExportableClassifier(trained.model, info.mean, info.std, info.normalize).eval()
+        example = torch.zeros((1, *info.image_shape), dtype=torch.uint8)
+        try:
+            proto = onnx_model(classifier, example, {**describe(info, "uint8"), "weights": "model.pt"}, INSTALL_HINT)
+        except ExportError as err:
+            logger.warning("MLflow: the run has no MLflow model (%s); model.pt is among its files", err)
+            return None
+        signature = ModelSignature(
+            inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, *info.image_shape), "pixels")]),
+            outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, len(info.classes)), "probabilities")]),
+        )
+        logged = client.create_logged_model(self.experiment_id, name=MODEL, source_run_id=run_id)
+        client.log_outputs(run_id, [LoggedModelOutput(logged.model_id, step)])
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / MODEL
+            mlflow.onnx.save_model(
+                proto,
+                str(path),
+                mlflow_model=Model(run_id=run_id, model_id=logged.model_id, model_uuid=logged.model_id),
+                signature=signature,
+                input_example=example.numpy(),
+                extra_files=[str(rundir.data)],
+                metadata={"classes": info.classes},
+                save_as_external_data=False,
+                # Said, not inferred: inferring loads the model in a new Python process (seconds).
+                pip_requirements=[f"mlflow=={mlflow.__version__}", *mlflow.onnx.get_default_pip_requirements()],
+            )
+            client.log_model_artifacts(logged.model_id, str(path))
+        logger.info("MLflow: model runs:/%s/%s (%s)", run_id, MODEL, logged.model_id)
+        return client.finalize_logged_model(logged.model_id, "READY")
+
+    def register_model(self, logged: LoggedModel) -> None:
+        """Add the run's model to the Model Registry as a version of ``register`` (created if missing), once."""
+        from mlflow.exceptions import MlflowException
+
+        client, name = self._client(), str(self.register)
+        if client.search_model_versions(f"name = '{name}' AND run_id = '{self.run_id}'"):
+            return
+        try:
+            client.create_registered_model(name)
+        except MlflowException as err:
+            if err.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+        # The model's own files as the source: a database store would look a ``models:/`` source up
+        # through MLflow's process-wide tracking URI, not this client's.
+        version = client.create_model_version(
+            name, logged.artifact_location, run_id=self.run_id, model_id=logged.model_id
+        )
+        logger.info("MLflow: registered model '%s' version %s", name, version.version)
 
     def mark_stopped(self, engine: Engine) -> None:
         """When the run stops unfinished: the MLflow run marked ``KILLED`` (a signal) or ``FAILED`` (an error)."""
@@ -249,12 +452,6 @@ class MLflow:
             self.connect()
         assert self.client is not None
         return self.client
-
-    def _artifact_location(self) -> str | None:
-        # MLflow's own default is ./mlruns in whatever folder the process runs from.
-        if self.uri.split(":", 1)[0] in SERVERS:
-            return None
-        return str(Path(self.context.config.output_dir).absolute() / "mlartifacts")
 
     def _saved_run(self, client: MlflowClient) -> Run | None:
         """The MLflow run named in ``RUN_DIR/mlflow.json``; ``None`` for a new run, or if the store lost it."""

@@ -20,6 +20,7 @@ from typing import Any
 from ..config import NAME_PATTERN, load_config
 from ..errors import ConfigError
 from ..fileio import atomic_write_json
+from ..handlers.mlflow import finish_sweep_run, open_sweep_run
 from ..rundir import SweepDir
 from .results import sweep_results
 from .space import MAX_GRID, SweepPlan, grid_size, parse_arguments
@@ -97,6 +98,8 @@ def plan_sweep(
         study = open_study(plan)
         with database_lock(plan.storage, plan.study):  # machines starting at once queue a failed trial once
             retry_failed(study, plan)
+            if base.logging.mlflow:  # the trials are child runs of the sweep's (one, however many machines start)
+                open_sweep_run(study, base, sweep.path)
         atomic_write_json(sweep.definition, {**plan.definition(), "config": plan.config, "overrides": list(plain)})
     return plan
 
@@ -146,5 +149,10 @@ def work(plan: SweepPlan, parent: int | None = None) -> None:
 
 
 def results(plan: SweepPlan) -> dict[str, Any]:
-    """Write ``results.csv`` and ``results.png`` from the study; the rows (see :func:`.results.sweep_results`)."""
-    return sweep_results(open_study(plan), plan)
+    """Write ``results.csv`` and ``results.png`` from the study; the rows (see :func:`.results.sweep_results`).
+
+    The sweep's MLflow run, if it has one, is marked finished.
+    """
+    study = open_study(plan)
+    finish_sweep_run(study)
+    return sweep_results(study, plan)

@@ -21,6 +21,7 @@ from ..data import ImageData, load_data
 from ..errors import ConfigError, FmnistIgniteError, SweepError, first_line
 from ..events import RunEvents
 from ..experiment import Experiment
+from ..handlers.mlflow import sweep_run_id
 from ..interrupt import Interrupted
 from ..resume import resume_experiment
 from ..rundir import RunDir, SweepDir
@@ -158,6 +159,8 @@ class Objective:
             experiment = resume_experiment(rundir.path, self._data[1])
         else:
             experiment = build_experiment(config, self._data[1])
+        if "mlflow" in experiment.handlers:  # the trial's MLflow run is a child of the sweep's
+            experiment.handlers["mlflow"].parent_run_id = sweep_run_id(trial.study)
         if self.plan.prune != "none":
             experiment.add_handler(ReportToTrial, trial=trial)
         return experiment
