@@ -111,6 +111,8 @@ class MLflow:
         experiment: the name of the MLflow experiment (``logging.mlflow_experiment``).
     """
 
+    fusion_aware = True  # driven by its trainer's events alone: a fused sweep may train it (sweep.fused)
+
     def __init__(
         self,
         context: Context,

@@ -45,6 +45,8 @@ class ReportToTrial:
     is never pruned. A resumed run first reports the epochs it trained before.
     """
 
+    fusion_aware = True  # driven by its trainer's events alone: a fused sweep may train it (sweep.fused)
+
     def __init__(self, context: Context, trial: optuna.Trial) -> None:
         self.context, self.trial, self.pruned_epoch = context, trial, 0
 
