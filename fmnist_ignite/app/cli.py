@@ -22,6 +22,8 @@ from ..errors import program_name
 from ..tables import format_table
 from . import console
 
+FUSE_MAX = 16  # the most trials a sweep trains together by default (--fuse-max): their weights are a few MB
+
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
@@ -231,6 +233,20 @@ def _sweep_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--storage", metavar="URL", help="an Optuna storage several machines share (default: NAME/study.db, SQLite)"
     )
+    parser.add_argument(
+        "--fuse",
+        choices=("auto", "off"),
+        default="auto",
+        help="auto (default): train the trials that can share a data pass together, as one batched model; "
+        "off: each trial alone, one after the other",
+    )
+    parser.add_argument(
+        "--fuse-max",
+        type=_positive,
+        default=FUSE_MAX,
+        metavar="N",
+        help=f"the most trials trained together; more are split into groups (default: {FUSE_MAX})",
+    )
 
 
 def _sweep(args: argparse.Namespace) -> int:
@@ -247,6 +263,7 @@ def _sweep(args: argparse.Namespace) -> int:
         sampler=args.sampler,
         prune=args.prune,
         storage=args.storage,
+        fuse_max=args.fuse_max if args.fuse == "auto" else 0,
     )
     print(format_sweep(result))
     if result["failed"]:

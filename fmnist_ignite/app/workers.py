@@ -14,6 +14,7 @@ from typing import Any
 from ..errors import ConfigError, SweepError
 from ..interrupt import Interrupted
 from . import console
+from .cli import FUSE_MAX
 from .launch import cpu_count, signals_passed_on
 
 logger = logging.getLogger(__name__)
@@ -28,6 +29,7 @@ def run_sweep(
     sampler: str | None = None,
     prune: str = "none",
     storage: str | None = None,
+    fuse_max: int = FUSE_MAX,
 ) -> dict[str, Any]:
     """Run a sweep to its end (or go on with one started before), then write its results.
 
@@ -40,6 +42,8 @@ def run_sweep(
         sampler: a class of ``optuna.samplers`` by short name (``tpe``, the default; ``random``, ``qmc``, ...).
         prune: a class of ``optuna.pruners`` by short name (``median``, ``hyperband``, ...; ``none``).
         storage: an Optuna storage URL shared by several machines (default: SQLite in the sweep's folder).
+        fuse_max: the most trials trained together as one batched model (see :mod:`fmnist_ignite.sweep.fused`);
+            0: each trial alone (``--fuse off``).
 
     Returns:
         see :func:`fmnist_ignite.sweep.results.sweep_results`.
@@ -52,14 +56,16 @@ def run_sweep(
 
     if workers < 1:
         raise ConfigError("--workers must be at least 1")
+    if fuse_max < 0:
+        raise ConfigError("--fuse-max must be at least 1")
     plan = plan_sweep(config, arguments, name, trials, sampler, prune, storage)
     _quiet_optuna()
     workers = min(workers, size(plan))
     try:
         if workers == 1:
-            work(plan)
+            work(plan, fuse_max=fuse_max)
         else:
-            _run_workers(plan, workers)
+            _run_workers(plan, workers, fuse_max)
     except Interrupted as err:
         raise Interrupted(
             f"{signal.Signals(err.signum).name} received: the sweep stopped and each trial it was running keeps "
@@ -69,7 +75,7 @@ def run_sweep(
     return results(plan)
 
 
-def _run_workers(plan: Any, workers: int) -> None:
+def _run_workers(plan: Any, workers: int, fuse_max: int = 0) -> None:
     """Run ``workers`` processes of :func:`~fmnist_ignite.sweep.work`; pass SIGINT and SIGTERM on to them, once each.
 
     Each worker is in a process group of its own: a Ctrl-C in the terminal reaches it once, from here, not
@@ -79,7 +85,7 @@ def _run_workers(plan: Any, workers: int) -> None:
     verbosity = console.current_verbosity()
     threads = max(1, cpu_count() // workers)
     processes = [
-        context.Process(target=_worker, args=(plan, verbosity, i + 1, threads), name=f"sweep worker {i + 1}")
+        context.Process(target=_worker, args=(plan, verbosity, i + 1, threads, fuse_max), name=f"sweep worker {i + 1}")
         for i in range(workers)
     ]
 
@@ -98,7 +104,7 @@ def _run_workers(plan: Any, workers: int) -> None:
             logger.warning("%s stopped with exit code %s", process.name, process.exitcode)
 
 
-def _worker(plan: Any, verbosity: int, number: int, threads: int) -> None:
+def _worker(plan: Any, verbosity: int, number: int, threads: int, fuse_max: int = 0) -> None:
     """A worker process: its own process group (signals come from the main process, once), its lines prefixed."""
     from ..sweep import work
 
@@ -112,7 +118,7 @@ def _worker(plan: Any, verbosity: int, number: int, threads: int) -> None:
 
     torch.set_num_threads(threads)
     try:
-        work(plan, parent=os.getppid())
+        work(plan, parent=os.getppid(), fuse_max=fuse_max)
     except (Interrupted, KeyboardInterrupt):
         pass
     except SweepError as err:
