@@ -39,3 +39,9 @@ class Trace:
     def started(self) -> None:
         with self.path.open("a") as f:
             f.write(f"{self.name} {os.getpid()}\n")
+
+
+class FusedTrace(Trace):
+    """:class:`Trace`, declared fusion-aware: it only follows its trainer's events, so a fused sweep may train it."""
+
+    fusion_aware = True

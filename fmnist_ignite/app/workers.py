@@ -61,6 +61,7 @@ def run_sweep(
     plan = plan_sweep(config, arguments, name, trials, sampler, prune, storage)
     _quiet_optuna()
     workers = min(workers, size(plan))
+    fuse_max = min(fuse_max, -(-size(plan) // workers))  # each worker its share of the trials
     try:
         if workers == 1:
             work(plan, fuse_max=fuse_max)

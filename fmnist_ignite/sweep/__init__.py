@@ -12,9 +12,10 @@ import logging
 import os
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +24,9 @@ from ..errors import ConfigError
 from ..fileio import atomic_write_json
 from ..interrupt import Interrupted
 from ..rundir import SweepDir
+from .fused import FusedGroup, group_key, unfusable
 from .results import sweep_results
 from .space import MAX_GRID, SweepPlan, grid_size, parse_arguments, trial_name
-from .fused import FusedGroup, group_key, unfusable
 from .study import Turn, asking, heartbeat, load_optuna, make, open_study, retry_failed, startable
 from .trial import Objective, PreparedTrial, TrialFailed
 
@@ -235,15 +236,19 @@ def train_group(study: Any, objective: Objective, group: list[PreparedTrial]) ->
             groups = []
             for members in fusable.values():
                 if len(members) == 1:
-                    alone.append(members[0])
+                    prepared = members[0]
+                    logger.info(
+                        "Trial %d %s is not fused: no other trial at hand shares its data pass",
+                        prepared.trial.number, prepared.name,
+                    )  # fmt: skip
+                    alone.append(prepared)
                     continue
                 numbers = ", ".join(str(p.trial.number) for p in members)
                 logger.info("Trials %s: fused, trained together as one model (%d trials)", numbers, len(members))
                 groups.append(members)
             for members in groups:
-                FusedGroup([p.experiment for p in members]).run(  # type: ignore[misc]
-                    lambda k, metrics, error, members=members: told_of(members[k], metrics, error)
-                )
+                experiments = [p.experiment for p in members if p.experiment is not None]
+                FusedGroup(experiments).run(partial(_told_of_member, told_of, members))
             for prepared in alone:
                 try:
                     metrics = prepared.experiment.run()  # type: ignore[union-attr]
@@ -258,6 +263,10 @@ def train_group(study: Any, objective: Objective, group: list[PreparedTrial]) ->
                 if prepared.trial.number not in told:
                     tell(study, prepared.trial, state=optuna.trial.TrialState.FAIL)
             raise
+
+
+def _told_of_member(told_of: Callable[..., None], members: list[PreparedTrial], k: int, *outcome: Any) -> None:
+    told_of(members[k], *outcome)
 
 
 def tell(study: Any, trial: Any, value: float | None = None, state: Any = None) -> None:

@@ -18,11 +18,10 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from contextlib import ExitStack
-from typing import Any
+from contextlib import ExitStack, suppress
+from typing import Any, cast
 
 import torch
-import torch.nn.functional as F
 from ignite.engine import Events
 
 from ..build import Validation
@@ -66,7 +65,8 @@ def unfusable(experiment: Experiment) -> str | None:
         return "its validation computes more than loss and accuracy"
     for name, handler in experiment.handlers.items():
         if not getattr(handler, "fusion_aware", False):
-            return f"its handler {name} ({getattr(handler, '__qualname__', type(handler).__qualname__)}) is not fusion-aware"
+            kind = getattr(handler, "__qualname__", type(handler).__qualname__)
+            return f"its handler {name} ({kind}) is not fusion-aware"
     return None
 
 
@@ -74,6 +74,12 @@ def group_key(experiment: Experiment) -> tuple[Any, ...]:
     """Experiments with equal keys can share a data pass: the same data set, batches, model and device."""
     config = experiment.config
     return (repr(config.data.model_dump()), repr(config.model.model_dump()), config.device)
+
+
+def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Each trial's cross-entropy on each image: ``(B, K)`` from logits ``(B, K, C)`` and labels ``(B,)``."""
+    picked = labels[:, None, None].expand(-1, logits.shape[1], 1)
+    return -logits.log_softmax(2).gather(2, picked).squeeze(2)
 
 
 class FusedGroup:
@@ -129,16 +135,14 @@ class FusedGroup:
 
     def _fail(self, k: int, err: BaseException) -> None:
         stack = self.sessions.pop(k)
-        try:
+        with suppress(Exception):  # the session re-raises the error it ended with
             stack.__exit__(type(err), err, err.__traceback__)
-        except BaseException:
-            pass
         self.failed[k] = err
 
-    def _guarded(self, k: int, call: Callable[[], Any]) -> bool:
-        """Run ``call`` for trial ``k``; an error (not a signal's) ends that trial alone. Whether it went well."""
+    def _fire(self, k: int, event: Any) -> bool:
+        """Fire ``event`` on trial ``k``'s trainer; an error ends that trial alone; whether none came."""
         try:
-            call()
+            self.experiments[k].trainer.fire_event(event)
         except Interrupted:
             raise
         except Exception as err:
@@ -156,7 +160,7 @@ class FusedGroup:
             state.epoch_length = len(loader)
             trainer.should_terminate = trainer.should_terminate_single_epoch = trainer.should_interrupt = False
             state.times = {Events.EPOCH_COMPLETED.name: None, Events.COMPLETED.name: None}
-            if not self._guarded(k, lambda t=trainer: t.fire_event(Events.STARTED)) or self._ended(k):
+            if not self._fire(k, Events.STARTED) or self._ended(k):
                 active.remove(k)
         while active:
             epoch = min(self.experiments[k].trainer.state.epoch for k in active) + 1
@@ -165,7 +169,7 @@ class FusedGroup:
             for k in list(members):
                 trainer = self.experiments[k].trainer
                 trainer.state.epoch += 1
-                if not self._guarded(k, lambda t=trainer: t.fire_event(Events.EPOCH_STARTED)) or self._ended(k):
+                if not self._fire(k, Events.EPOCH_STARTED) or self._ended(k):
                     members.remove(k)
                     active.remove(k)
             members = self._epoch(members)
@@ -175,7 +179,7 @@ class FusedGroup:
             for k in members:
                 trainer = self.experiments[k].trainer
                 trainer.state.times[Events.EPOCH_COMPLETED.name] = taken
-                if not self._guarded(k, lambda t=trainer: t.fire_event(Events.EPOCH_COMPLETED)) or self._ended(k, True):
+                if not self._fire(k, Events.EPOCH_COMPLETED) or self._ended(k, True):
                     active.remove(k)
 
     def _ended(self, k: int, epoch_end: bool = False) -> bool:
@@ -187,10 +191,10 @@ class FusedGroup:
         if not terminated and not (epoch_end and trainer.state.epoch >= (trainer.state.max_epochs or 0)):
             return False
         if terminated:
-            self._guarded(k, lambda: trainer.fire_event(Events.TERMINATE))
+            self._fire(k, Events.TERMINATE)
         if k in self.sessions:
             trainer.state.times[Events.COMPLETED.name] = 0.0
-            self._guarded(k, lambda: trainer.fire_event(Events.COMPLETED))
+            self._fire(k, Events.COMPLETED)
         return True
 
     def _by_seed(self, members: list[int], split: str) -> dict[int, list[int]]:
@@ -202,7 +206,7 @@ class FusedGroup:
 
     def _weights(self, members: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """The members' weights side by side: ``(K*C, D)`` and ``(K*C,)``, in the autograd graph."""
-        linears = [self.experiments[k].model.linear for k in members]  # type: ignore[union-attr]
+        linears = [cast(LogisticRegression, self.experiments[k].model).linear for k in members]
         weight = torch.cat([linear.weight for linear in linears])
         bias = torch.cat([linear.bias for linear in linears])
         return weight, bias
@@ -229,8 +233,9 @@ class FusedGroup:
                 state = self.experiments[k].trainer.state
                 state.iteration += 1
                 if fires[k][0]:
-                    state.batch = batches[self.experiments[k].loaders["train"].seed]
-                    if not self._guarded(k, lambda t=self.experiments[k].trainer: t.fire_event(Events.ITERATION_STARTED)):
+                    seed = self.experiments[k].loaders["train"].seed
+                    state.batch = batches[seed]  # type: ignore[assignment]
+                    if not self._fire(k, Events.ITERATION_STARTED):
                         members = [m for m in members if m != k]
                         groups = self._by_seed(members, "train")
             if not members:
@@ -241,8 +246,7 @@ class FusedGroup:
                 x, y = prepare(batches[seed], self.device, True)
                 weight, bias = self._weights(ks)
                 logits = torch.addmm(bias, x.flatten(1), weight.t()).view(len(y), len(ks), -1)
-                losses = F.cross_entropy(logits.transpose(1, 2), y[:, None].expand(-1, len(ks)), reduction="none")
-                losses = losses.mean(0)
+                losses = cross_entropy(logits, y).mean(0)  # each trial's own mean: its gradients are its own
                 total = losses.sum() if total is None else total + losses.sum()
                 correct = logits.detach().argmax(2).eq_(y[:, None]).sum(0)
                 detached = losses.detach()
@@ -257,11 +261,10 @@ class FusedGroup:
                 step.update()
                 loss, correct_k, n = results[k]
                 step.stats.record(loss, correct_k, n)
-                trainer.state.output = loss
-                if fires[k][1]:
-                    if not self._guarded(k, lambda t=trainer: t.fire_event(Events.ITERATION_COMPLETED)):
-                        members.remove(k)
-                        groups = self._by_seed(members, "train")
+                trainer.state.output = loss  # type: ignore[assignment]
+                if fires[k][1] and not self._fire(k, Events.ITERATION_COMPLETED):
+                    members.remove(k)
+                    groups = self._by_seed(members, "train")
         return members
 
     @torch.no_grad()
@@ -279,7 +282,7 @@ class FusedGroup:
     def _evaluate(
         self, members: list[int], loader: TensorLoader, classes: int = 0
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, int]:
-        """Summed loss, correct count (and with ``classes``, confusion matrices ``(K, C, C)``) of ``members`` on ``loader``."""
+        """Summed loss, correct count (with ``classes``, confusion matrices ``(K, C, C)``), images: of ``members``."""
         prepare = self.steps[members[0]].prepare_batch
         weight, bias = self._weights(members)
         K = len(members)
@@ -291,7 +294,7 @@ class FusedGroup:
         for batch in loader:
             x, y = prepare(batch, self.device, True)
             logits = torch.addmm(bias, x.flatten(1), weight.t()).view(len(y), K, -1)
-            loss += F.cross_entropy(logits.transpose(1, 2), y[:, None].expand(-1, K), reduction="none").sum(0).double()
+            loss += cross_entropy(logits, y).sum(0).double()
             predicted = logits.argmax(2)
             correct += predicted.eq(y[:, None]).sum(0)
             if confusion is not None:

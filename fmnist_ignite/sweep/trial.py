@@ -123,7 +123,7 @@ class Objective:
         return {p.key: suggest(trial, p) for p in self.plan.params}
 
     def prepare(self, prepared: PreparedTrial) -> None:
-        """Read the results of a trial finished before (``metrics``), else build its run, new or resumed (``experiment``).
+        """The results of a trial finished before (``metrics``), else its run to train (``experiment``), new or resumed.
 
         Raises:
             FmnistIgniteError: the trial's config or run directory is wrong.
@@ -141,7 +141,9 @@ class Objective:
             prepared.metrics = rundir.read_metrics()
         else:
             prepared.experiment = self._experiment(rundir, config, prepared.trial)
-            logger.info("Trial %d %s: %s", number, prepared.name, "resuming" if prepared.experiment.resuming else "training")
+            logger.info(
+                "Trial %d %s: %s", number, prepared.name, "resuming" if prepared.experiment.resuming else "training"
+            )
 
     def failed(self, prepared: PreparedTrial, err: BaseException) -> TrialFailed:
         """Record the trial's error (and the epochs it trained) in the study; the :class:`TrialFailed` to raise."""
