@@ -145,6 +145,7 @@ def test_grid_sweep_records_failures_retries_them_and_averages_over_seeds(
     mean, std = sum(values) / 2, abs(values[0] - values[1]) / 2**0.5
     assert f"optimizer.lr=0.01 over 2 seeds: val_accuracy {mean:.4f} ± {std:.4f}, test_accuracy " in out
     assert "error: 2 of 4 trials failed (see above)" in err
+    assert "Trial 0 lr-0.01_seed-1 is not fused: its handler handlers[0] (RefuseLr) is not fusion-aware" in err
 
     assert len(compare_runs([sweep])["runs"]) == 4, "compare takes the sweep's folder for its trials"
 

@@ -21,8 +21,7 @@ from .. import __version__
 from ..errors import program_name
 from ..tables import format_table
 from . import console
-
-FUSE_MAX = 16  # the most trials a sweep trains together by default (--fuse-max): their weights are a few MB
+from .defaults import FUSE_MAX
 
 
 class _Parser(argparse.ArgumentParser):

@@ -14,7 +14,7 @@ from typing import Any
 from ..errors import ConfigError, SweepError
 from ..interrupt import Interrupted
 from . import console
-from .cli import FUSE_MAX
+from .defaults import FUSE_MAX
 from .launch import cpu_count, signals_passed_on
 
 logger = logging.getLogger(__name__)
