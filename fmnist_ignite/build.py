@@ -290,6 +290,8 @@ def builtin_handlers(config: Config, writer: bool = True) -> list[tuple[str, Han
 
 def to_device(data: ImageData, device: torch.device) -> ImageData:
     """The data set's tensors on ``device`` (the uint8 images are small enough for any GPU)."""
+    if all(t.device == device for t in (data.train_images, data.train_labels, data.test_images, data.test_labels)):
+        return data  # as it is: a copy would check every label again (a sweep builds many runs on one data set)
     return replace(
         data,
         train_images=data.train_images.to(device),
