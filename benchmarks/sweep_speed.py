@@ -93,6 +93,7 @@ def compare_fusion(epochs: int, rounds: int, overrides: list[str], out: Path) ->
         order = list(commands) if round_ % 2 == 0 else list(reversed(commands))
         for name in order:
             seconds[name].append(timed(commands[name](round_), overrides, out, epochs))
+            print(f"  round {round_ + 1}: {name} {seconds[name][-1]:.1f} s", flush=True)
     print(f"load average after: {os.getloadavg()[0]:.1f}")
     middle = {name: statistics.median(times) for name, times in seconds.items()}
     one, fused, off = middle["one run"], middle["16 trials fused"], middle["16 trials --fuse off"]
