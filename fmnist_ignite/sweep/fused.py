@@ -5,8 +5,8 @@ when the seeds differ, each on its own batch order). The loss is the sum of each
 cross-entropy, so each trial's gradients are exactly its own; each trial keeps its own parameters,
 optimizer, schedule, history, monitor, early stopping, checkpoints and run directory. Each trial's
 Ignite trainer is driven here event by event (``STARTED``, ``EPOCH_STARTED``, ``ITERATION_STARTED``,
-``ITERATION_COMPLETED``, ``EPOCH_COMPLETED``, ``TERMINATE``, ``COMPLETED``) as ``Engine.run`` would,
-so every handler of a standalone run does the same here; a trial that early stopping or pruning
+``ITERATION_COMPLETED``, ``EPOCH_COMPLETED``, ``TERMINATE``, ``COMPLETED``; not ``GET_BATCH_*``, which
+no fusion-aware handler uses) as ``Engine.run`` would, so every handler of a standalone run does the same here; a trial that early stopping or pruning
 ends is frozen (it leaves the group: its weights no longer change). Validation and the test are one
 pass for the whole group; the run's files are written by the same code as a standalone run's.
 
@@ -232,12 +232,11 @@ class FusedGroup:
             for k in members:
                 state = self.experiments[k].trainer.state
                 state.iteration += 1
-                if fires[k][0]:
-                    seed = self.experiments[k].loaders["train"].seed
-                    state.batch = batches[seed]  # type: ignore[assignment]
-                    if not self._fire(k, Events.ITERATION_STARTED):
-                        members = [m for m in members if m != k]
-                        groups = self._by_seed(members, "train")
+                if fires[k][0] or fires[k][1]:  # the handlers may read the batch
+                    state.batch = batches[self.experiments[k].loaders["train"].seed]  # type: ignore[assignment]
+                if fires[k][0] and not self._fire(k, Events.ITERATION_STARTED):
+                    members = [m for m in members if m != k]
+                    groups = self._by_seed(members, "train")
             if not members:
                 return members
             total = None
