@@ -6,9 +6,10 @@ cross-entropy, so each trial's gradients are exactly its own; each trial keeps i
 optimizer, schedule, history, monitor, early stopping, checkpoints and run directory. Each trial's
 Ignite trainer is driven here event by event (``STARTED``, ``EPOCH_STARTED``, ``ITERATION_STARTED``,
 ``ITERATION_COMPLETED``, ``EPOCH_COMPLETED``, ``TERMINATE``, ``COMPLETED``; not ``GET_BATCH_*``, which
-no fusion-aware handler uses) as ``Engine.run`` would, so every handler of a standalone run does the same here; a trial that early stopping or pruning
-ends is frozen (it leaves the group: its weights no longer change). Validation and the test are one
-pass for the whole group; the run's files are written by the same code as a standalone run's.
+no fusion-aware handler uses) as ``Engine.run`` would, so every handler of a standalone run does the
+same here; a trial that early stopping or pruning ends is frozen (it leaves the group: its weights
+no longer change). Validation and the test are one pass for the whole group; the run's files are
+written by the same code as a standalone run's.
 
 What cannot be trained this way (:func:`unfusable` says why) is trained as a standalone run.
 """
