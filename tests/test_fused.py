@@ -13,6 +13,7 @@ import torch
 
 from fmnist_ignite import Config, build_experiment
 from fmnist_ignite.data import load_data
+from fmnist_ignite.resume import resume_experiment
 from fmnist_ignite.sweep.fused import FusedGroup, group_key, unfusable
 from fmnist_ignite.sweep.trial import ReportToTrial
 
@@ -141,3 +142,16 @@ def test_a_pruned_trial_is_frozen_and_finished_while_the_others_go_on(make_confi
     assert torch.equal(torch.load(pruned / "model.pt")["linear.weight"], saved["linear.weight"]), "frozen at epoch 1"
     alone, _ = standalone(configs[1].model_copy(update={"name": "alone"}))
     assert_same_history(experiments[1].history, alone)
+
+
+def test_a_fused_trial_resumed_alone_goes_on_as_its_standalone_run(make_config: Callable[..., Config]) -> None:
+    configs = [
+        make_config(f"optimizer.lr={lr}", f"name=r{i}", "trainer.max_epochs=2") for i, lr in enumerate((0.01, 0.05))
+    ]
+    experiments, _ = fused(configs)
+    resumed = resume_experiment(experiments[1].run_dir, overrides=["trainer.max_epochs=3"])
+    resumed.run()
+    standalone(configs[1].model_copy(update={"name": "alone"}))
+    extended = resume_experiment(Path(configs[1].output_dir) / "alone", overrides=["trainer.max_epochs=3"])
+    extended.run()
+    assert_same_history(resumed.history, extended.history)
