@@ -23,6 +23,7 @@ from contextlib import ExitStack, suppress
 from typing import Any, cast
 
 import torch
+import torch.nn.functional as F
 from ignite.engine import Events
 
 from ..build import Validation
@@ -79,8 +80,7 @@ def group_key(experiment: Experiment) -> tuple[Any, ...]:
 
 def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Each trial's cross-entropy on each image: ``(B, K)`` from logits ``(B, K, C)`` and labels ``(B,)``."""
-    picked = labels[:, None, None].expand(-1, logits.shape[1], 1)
-    return -logits.log_softmax(2).gather(2, picked).squeeze(2)
+    return F.cross_entropy(logits.transpose(1, 2), labels[:, None].expand(-1, logits.shape[1]), reduction="none")
 
 
 class FusedGroup:
