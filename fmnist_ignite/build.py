@@ -136,7 +136,7 @@ def _build(config: Config, rundir: RunDir, data: ImageData | None, initialize: b
     #      added in Python (Experiment.add_handler);
     #   4. last, when Experiment.run starts: the processes' consensus, the training status, the
     #      checkpoint (holding every step's state for the epoch), a stop asked by a signal.
-    attach_run_steps(trainer, evaluator, loaders["train"], loaders["val"], history, monitor, scheduler)
+    validation = attach_run_steps(trainer, evaluator, loaders["train"], loaders["val"], history, monitor, scheduler)
     # What a checkpoint holds: these, then each stateful handler under its name (attach_handler), then
     # the training status (Experiment) and the checkpointer's own bookkeeping.
     core = {"model": model, "optimizer": optimizer, "trainer": trainer, "rng": RNGState(), "scheduler": scheduler}
@@ -171,6 +171,7 @@ def _build(config: Config, rundir: RunDir, data: ImageData | None, initialize: b
     )
     experiment = Experiment(config, context, data, loaders, handlers, checkpointer)
     experiment.initial_weights = initial_weights
+    experiment.validation = validation
     return experiment
 
 
@@ -182,17 +183,43 @@ def attach_run_steps(
     history: History,
     monitor: Monitor,
     scheduler: Any = None,
-) -> None:
+) -> Validation:
     """The run's own steps, before any handler: the epoch's data order and clock as it starts; when it
     completes, validation, the history record, the monitor's best, and a schedule that follows the
-    epoch's result (``plateau``)."""
+    epoch's result (``plateau``). Returns the validation step."""
+    validation = Validation(evaluator, val)
     trainer.add_event_handler(Events.EPOCH_STARTED, lambda e: train.set_epoch(e.state.epoch))
     trainer.add_event_handler(Events.EPOCH_STARTED, history.start_epoch)
-    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda: evaluator.run(val))
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, validation)
     trainer.add_event_handler(Events.EPOCH_COMPLETED, history.complete_epoch)
     trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda: monitor.update(history.records))
     if scheduler is not None:
         trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda: step_after_validation(scheduler, history.records[-1]))
+    return validation
+
+
+class Validation:
+    """The validation step at each epoch's end: the evaluator runs on the validation split.
+
+    A fused sweep (:mod:`fmnist_ignite.sweep.fused`) validates all its trials in one pass and hands each its
+    metrics (:meth:`provide`) before the epoch completes: the evaluator's ``state.metrics`` then get them
+    instead of a pass of its own.
+    """
+
+    def __init__(self, evaluator: Engine, loader: Loader) -> None:
+        self.evaluator, self.loader = evaluator, loader
+        self.provided: dict[str, Any] | None = None
+
+    def provide(self, metrics: dict[str, Any]) -> None:
+        """The metrics of the next validation, computed elsewhere on the same split and weights."""
+        self.provided = metrics
+
+    def __call__(self) -> None:
+        if self.provided is None:
+            self.evaluator.run(self.loader)
+            return
+        self.evaluator.state.metrics = self.provided
+        self.provided = None
 
 
 def record_processes(config: Config, new_run: bool) -> Config:
@@ -284,6 +311,8 @@ def builtin_handlers(config: Config, writer: bool = True) -> list[tuple[str, Han
 
 def to_device(data: ImageData, device: torch.device) -> ImageData:
     """The data set's tensors on ``device`` (the uint8 images are small enough for any GPU)."""
+    if all(t.device == device for t in (data.train_images, data.train_labels, data.test_images, data.test_labels)):
+        return data  # as it is: a copy would check every label again (a sweep builds many runs on one data set)
     return replace(
         data,
         train_images=data.train_images.to(device),

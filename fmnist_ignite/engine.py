@@ -132,33 +132,63 @@ def create_trainer(
     ``DistributedDataParallel`` has averaged the gradients, so every process clips the same
     whole-batch gradient the same way, and the run stays the one-process run's.
     """
-    stats = EpochLoss(device)
-    parameters = [p for p in model.parameters() if p.requires_grad]
+    step = TrainStep(model, optimizer, device, prepare_batch, EpochLoss(device), batch_share, grad_clip_norm)
+    trainer = Engine(step)
+    trainer.register_events(*RunEvents)
+    trainer.add_event_handler(Events.EPOCH_STARTED, lambda: model.train())
+    step.stats.attach(trainer)
+    return trainer
 
-    def train_step(engine: Engine, batch: Any) -> torch.Tensor:
-        x, y = prepare_batch(batch, device, True)
-        logits = model(x)
+
+class TrainStep:
+    """The trainer's process function: one optimizer step on a batch (see :func:`create_trainer`).
+
+    An object rather than a closure so that a fused sweep (:mod:`fmnist_ignite.sweep.fused`) can read what
+    the step of each of its trials is made of (model, optimizer, epoch totals, clipping) and take its place.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        device: torch.device,
+        prepare_batch: PrepareBatch,
+        stats: EpochLoss,
+        batch_share: Callable[[Engine, int], float] | None = None,
+        grad_clip_norm: float | None = None,
+    ) -> None:
+        self.model, self.optimizer, self.device, self.prepare_batch = model, optimizer, device, prepare_batch
+        self.stats, self.batch_share, self.grad_clip_norm = stats, batch_share, grad_clip_norm
+        self.parameters = [p for p in model.parameters() if p.requires_grad]
+
+    def __call__(self, engine: Engine, batch: Any) -> torch.Tensor:
+        x, y = self.prepare_batch(batch, self.device, True)
+        logits = self.model(x)
         loss = F.cross_entropy(logits, y)
         part, step_loss = loss, loss
-        if batch_share is not None:  # a data-parallel run
-            share = batch_share(engine, len(y))
+        if self.batch_share is not None:  # a data-parallel run
+            share = self.batch_share(engine, len(y))
             part = loss * share  # this process's part of the whole batch's mean loss
             scale = share * idist.get_world_size()
             if abs(scale - 1.0) > 1e-12:  # an uneven last batch
                 step_loss = loss * scale
-        optimizer.zero_grad()
+        self.optimizer.zero_grad()
         step_loss.backward()
-        if grad_clip_norm is not None:
-            torch.nn.utils.clip_grad_norm_(parameters, grad_clip_norm)
-        optimizer.step()
-        stats.record(part.detach(), logits.detach().argmax(1).eq_(y).sum(), len(y))
+        self.update()
+        self.stats.record(part.detach(), logits.detach().argmax(1).eq_(y).sum(), len(y))
         return loss.detach()
 
-    trainer = Engine(train_step)
-    trainer.register_events(*RunEvents)
-    trainer.add_event_handler(Events.EPOCH_STARTED, lambda: model.train())
-    stats.attach(trainer)
-    return trainer
+    def update(self) -> None:
+        """Clip the gradients (with ``grad_clip_norm``) and take the optimizer's step."""
+        if self.grad_clip_norm is not None:
+            torch.nn.utils.clip_grad_norm_(self.parameters, self.grad_clip_norm)
+        self.optimizer.step()
+
+
+def train_step_of(trainer: Engine) -> TrainStep | None:
+    """The :class:`TrainStep` a trainer made by :func:`create_trainer` runs (``None`` for any other engine)."""
+    step = trainer._process_function
+    return step if isinstance(step, TrainStep) else None
 
 
 def create_evaluator(

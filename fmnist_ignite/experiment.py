@@ -11,8 +11,8 @@ import logging
 import random
 import signal
 import time
-from collections.abc import Callable, Mapping
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Literal, cast
 
@@ -128,6 +128,7 @@ class Experiment:
         self._last_steps_attached = False
         self._ran = False
         self._user_handlers = len(config.handlers)
+        self.validation: Any = None  # the validation step (build.Validation), set by build_experiment
 
     @property
     def trainer(self) -> Engine:
@@ -212,10 +213,26 @@ class Experiment:
                 a second signal); the message says how to resume.
             TrainingError: the loss became NaN, or a handler called ``sys.exit``.
         """
+        if self.config.trainer.fast_dev_run:
+            self._refuse_a_second_run()
+            self._check_monitor()
+            return self._fast_dev_run()
+        with self.session():
+            if not self.training_done():
+                self._train()
+            self.check_stop()
+            return self.finish()
+
+    @contextmanager
+    def session(self, signals: bool = True) -> Iterator[None]:
+        """Everything :meth:`run` does around training and :meth:`finish`: the checks, the new run directory or
+        the restored checkpoint, the lock, the signals (:meth:`check_stop` says whether one stopped training).
+
+        A fused sweep (:mod:`fmnist_ignite.sweep.fused`) holds the sessions of its trials and trains them together
+        (``signals=False``: it installs one stop request for them all).
+        """
         self._refuse_a_second_run()
         self._check_monitor()
-        if self.config.trainer.fast_dev_run:
-            return self._fast_dev_run()
         self.checkpointer.check_resumable()
         self.trainer.fire_event(RunEvents.RUN_STARTED)
         if not self.resuming:
@@ -224,24 +241,26 @@ class Experiment:
             self._log_start()
         self._attach_last_steps()
         lock = self.rundir.lock() if self.writer else nullcontext()
-        with lock, stop_on_signals(self.trainer, self.stop_request):
+        signalled = stop_on_signals(self.trainer, self.stop_request) if signals else nullcontext()
+        with lock, signalled:
             try:
                 if self.resuming:
                     self._restore()
-                if not self.training_done():
-                    self._train()
-                signum = self.stop_request.signum
-                if signum is not None and not self.training_done():
-                    raise Interrupted(
-                        f"{signal.Signals(signum).name} received: stopped after epoch {self.trainer.state.epoch}, "
-                        f"which is saved; {self.rundir.resume_hint()}",
-                        signum,
-                    )
-                return self.finish()
+                yield
             except BaseException as err:
                 self.trainer.state.stop_error = err  # type: ignore[attr-defined]
                 self.trainer.fire_event(RunEvents.RUN_STOPPED)
                 raise
+
+    def check_stop(self) -> None:
+        """Raise :class:`Interrupted` if a signal stopped training before its end (the epoch is saved)."""
+        signum = self.stop_request.signum
+        if signum is not None and not self.training_done():
+            raise Interrupted(
+                f"{signal.Signals(signum).name} received: stopped after epoch {self.trainer.state.epoch}, "
+                f"which is saved; {self.rundir.resume_hint()}",
+                signum,
+            )
 
     def _fast_dev_run(self) -> dict[str, Any]:
         """``trainer.fast_dev_run``: one batch of training, validation and test (the loaders give one); no files."""
@@ -393,23 +412,22 @@ class Experiment:
         """Whether the trainer reached ``max_epochs`` or a handler (early stopping) ended training."""
         return self.trainer.state.epoch >= self.config.trainer.max_epochs or self.status.ended
 
-    def finish(self) -> dict[str, Any]:
+    def finish(self, test: dict[str, Any] | None = None) -> dict[str, Any]:
         """Restore the best weights if asked, evaluate on the test set, write the results.
 
         Writes ``model.pt``, ``report.json`` and the pictures, fires
         :attr:`~fmnist_ignite.events.RunEvents.RUN_FINISHED`, then writes ``metrics.json`` (last:
-        it marks the run as finished) and logs the per-class report.
+        it marks the run as finished) and logs the per-class report. ``test``: the test evaluation (see
+        :func:`~fmnist_ignite.evaluation.evaluate`) of the weights :meth:`final_weights` chose, if made elsewhere
+        (a fused sweep tests its trials in one pass).
         """
         start = time.perf_counter()
         monitor, records = self.context.monitor, self.history
-        if self.config.monitor.restore_best and monitor.best_epoch:
-            self.model.load_state_dict(monitor.best_state)
-            weights, epoch = "best", monitor.best_epoch
-        else:
-            weights, epoch = "last", (records[-1]["epoch"] if records else 0)
-        test = evaluate(
-            self.model, self.loaders["test"], self.context.device, self.context.prepare_batch, self.data.classes
-        )
+        weights, epoch = self.final_weights()
+        if test is None:
+            test = evaluate(
+                self.model, self.loaders["test"], self.context.device, self.context.prepare_batch, self.data.classes
+            )
         metrics = {
             "test_accuracy": test["accuracy"],
             "test_loss": test["loss"],
@@ -442,6 +460,15 @@ class Experiment:
         logger.debug("timing: end of run %.3f s (test, model.pt, report, pictures)", time.perf_counter() - start)
         outcome.info("%s", self._where_the_results_are(figures))
         return metrics
+
+    def final_weights(self) -> tuple[str, int]:
+        """Put the weights the run is tested with into the model: the best epoch's if ``monitor.restore_best``
+        (and there is one), else the last; returns ``("best"|"last", epoch)``."""
+        monitor, records = self.context.monitor, self.history
+        if self.config.monitor.restore_best and monitor.best_epoch:
+            self.model.load_state_dict(monitor.best_state)
+            return "best", monitor.best_epoch
+        return "last", (records[-1]["epoch"] if records else 0)
 
     def _where_the_results_are(self, figures: Mapping[str, Path]) -> str:
         files = [self.rundir.metrics, self.rundir.report, self.rundir.model, *figures.values()]

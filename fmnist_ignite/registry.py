@@ -88,7 +88,7 @@ class Registry:
         Raises:
             ValueError: with :meth:`unknown`'s message.
         """
-        if ":" in ref or ref in self.names():
+        if ":" in ref or ref in self.builtins() or ref in self.plugins():  # built-ins first: no scan of entry points
             return ref
         raise ValueError(self.unknown(ref))
 

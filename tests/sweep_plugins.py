@@ -60,3 +60,9 @@ class Meet:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{self.parties} processes did not meet in {self.folder}")
             time.sleep(0.01)
+
+
+class FusedTrace(Trace):
+    """:class:`Trace`, declared fusion-aware: it only follows its trainer's events, so a fused sweep may train it."""
+
+    fusion_aware = True

@@ -148,6 +148,7 @@ def test_grid_sweep_records_failures_retries_them_and_averages_over_seeds(
     mean, std = sum(values) / 2, abs(values[0] - values[1]) / 2**0.5
     assert f"optimizer.lr=0.01 over 2 seeds: val_accuracy {mean:.4f} ± {std:.4f}, test_accuracy " in out
     assert "error: 2 of 4 trials failed (see above)" in err
+    assert "Trial 0 lr-0.01_seed-1 is not fused: its handler handlers[0] (RefuseLr) is not fusion-aware" in err
 
     assert len(compare_runs([sweep])["runs"]) == 4, "compare takes the sweep's folder for its trials"
 
@@ -201,7 +202,19 @@ def test_pruned_trials_are_marked_pruned_and_stop_early(
     # Optuna's median pruner judges from the sixth trial on; the sixth learns nothing at all. (In the
     # first epoch none of them is much better than chance yet.)
     lrs = "optimizer.lr=0.01,0.011,0.012,0.013,0.014,1e-9"
-    args = ["sweep", BASE, *small, lrs, "trainer.max_epochs=3", "scheduler.name=none", "--prune", "median"]
+    # Unfused: the median pruner judges a trial by those that ended before it, which fused trials do not.
+    args = [
+        "sweep",
+        BASE,
+        *small,
+        lrs,
+        "trainer.max_epochs=3",
+        "scheduler.name=none",
+        "--prune",
+        "median",
+        "--fuse",
+        "off",
+    ]
     assert main([*args, "--name", "pruned"]) == 0
     sweep = tmp_path / "runs" / "pruned"
     rows = {r["optimizer.lr"]: r for r in read_csv(sweep / "results.csv")}
@@ -387,3 +400,97 @@ def test_a_machine_killed_mid_trial_leaves_it_to_the_other_and_started_again_tra
     assert sorted((t.params["optimizer.lr"], t.state.name) for t in trials) == sorted(
         [(killed[3:], "FAIL"), (killed[3:], "COMPLETE"), (other[3:], "COMPLETE")]
     )
+
+
+def test_a_fused_sweep_gives_each_trial_the_results_and_files_of_the_same_sweep_unfused(
+    small: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str], cli: Any
+) -> None:
+    args = ["sweep", BASE, *small, "optimizer.lr=0.01,0.05", "optimizer.weight_decay=0,0.01"]
+    assert main([*args, "--name", "fused"]) == 0
+    err = capsys.readouterr().err
+    assert "Trials 0, 1, 2, 3: fused, trained together as one model (4 trials)" in err
+    assert main([*args, "--name", "alone", "--fuse", "off"]) == 0
+    assert "trained together" not in capsys.readouterr().err
+    fused, alone = tmp_path / "runs" / "fused", tmp_path / "runs" / "alone"
+    rows = {r["name"]: r for r in read_csv(fused / "results.csv")}
+    assert len(rows) == 4
+    for row in read_csv(alone / "results.csv"):
+        same = rows[row["name"]]
+        assert (same["status"], same["epochs"]) == (row["status"], row["epochs"]) == ("COMPLETE", "2")
+        assert float(same["best_value"]) == pytest.approx(float(row["best_value"]), abs=2e-3)
+        assert float(same["test_accuracy"]) == pytest.approx(float(row["test_accuracy"]), abs=2e-3)
+        ours, theirs = fused / row["name"], alone / row["name"]
+        events = r"events\.out\.tfevents\..*"
+        assert {re.sub(events, "", str(p.relative_to(ours))) for p in ours.rglob("*") if p.is_file()} == {
+            re.sub(events, "", str(p.relative_to(theirs))) for p in theirs.rglob("*") if p.is_file()
+        }
+        history = [json.loads((run / "history.json").read_text()) for run in (ours, theirs)]
+        for a, b in zip(*history, strict=True):
+            assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-4)
+
+    run = fused / "lr-0.05_weight_decay-0.01"
+    code, out, err = cli("evaluate", str(run), "--json")
+    assert code == 0, err
+    assert json.loads(out)["accuracy"] == json.loads((run / "metrics.json").read_text())["test_accuracy"]
+    from PIL import Image
+
+    Image.new("L", (28, 28), 200).save(tmp_path / "grey.png")
+    code, out, err = cli("predict", str(run), str(tmp_path / "grey.png"))
+    assert code == 0 and out.startswith(f"{tmp_path / 'grey.png'}: "), err
+    code, out, err = cli("export", str(run), "--format", "torchscript")
+    assert (code, out) == (0, f"{run / 'model.ts'}\n"), err
+    assert len(compare_runs([fused])["runs"]) == 4
+
+
+def test_fuse_max_splits_the_trials_and_those_that_cannot_share_a_pass_train_alone(
+    small: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str], no_run_pictures: None
+) -> None:
+    args = ["sweep", BASE, *small, "optimizer.lr=0.01,0.02,0.03", "data.batch_size=16,32", "--fuse-max", "4"]
+    assert main([*args, "--name", "split"]) == 0
+    err = capsys.readouterr().err
+    assert "Trials 0, 2: fused, trained together as one model (2 trials)" in err  # batch 16
+    assert "Trials 1, 3: fused, trained together as one model (2 trials)" in err  # batch 32
+    for number, name in ((4, "lr-0.03_batch_size-16"), (5, "lr-0.03_batch_size-32")):
+        assert f"Trial {number} {name} is not fused: no other trial at hand shares its data pass" in err
+    rows = read_csv(tmp_path / "runs" / "split" / "results.csv")
+    assert [r["status"] for r in rows] == ["COMPLETE"] * 6
+
+
+def test_a_killed_fused_sweep_started_again_trains_no_epoch_twice_and_ends_as_an_uninterrupted_one(
+    small: list[str], tmp_path: Path
+) -> None:
+    trace = tmp_path / "trace.txt"
+    handler = f"handlers=[{{target: 'tests.sweep_plugins:FusedTrace', kwargs: {{path: '{trace}', seconds: 0.3}}}}]"
+    grid = [BASE, *small, "trainer.max_epochs=3", "optimizer.lr=0.01,0.02,0.03,0.04", "--fuse-max", "2"]
+    sweep = tmp_path / "runs" / "killed"
+    first, third = sweep / "lr-0.01", sweep / "lr-0.03"
+    process = start(*grid, handler, "--name", "killed", env=QUICK_HEARTBEAT)
+    wait_for(
+        lambda: (first / "metrics.json").exists() and (third / "checkpoints" / "checkpoint_1.pt").exists(), process
+    )
+    process.send_signal(signal.SIGKILL)
+    _, err = process.communicate()
+    assert "Trials 0, 1: fused, trained together as one model (2 trials)" in err
+    finished = (first / "metrics.json").stat().st_mtime_ns
+    assert not (third / "metrics.json").exists()
+
+    again = subprocess.run(
+        sweep_command(*grid, handler, "--name", "killed"), cwd=REPO, env=QUICK_HEARTBEAT, capture_output=True, text=True
+    )
+    assert again.returncode == 0, again.stderr
+    assert re.search(r"Resuming .*lr-0\.03 from checkpoint_[12]\.pt", again.stderr)
+    assert (first / "metrics.json").stat().st_mtime_ns == finished
+    rows = {r["name"]: r for r in read_csv(sweep / "results.csv")}
+    assert [r["status"] for r in rows.values()] == ["COMPLETE"] * 4
+    for name in rows:
+        assert [r["epoch"] for r in json.loads((sweep / name / "history.json").read_text())] == [1, 2, 3]
+    started = Counter(line.split()[0] for line in trace.read_text().splitlines())
+    assert started == {"lr-0.01": 1, "lr-0.02": 1, "lr-0.03": 2, "lr-0.04": 2}
+
+    uninterrupted = subprocess.run(
+        sweep_command(*grid, "--name", "whole"), cwd=REPO, env=ONE_THREAD, capture_output=True, text=True
+    )
+    assert uninterrupted.returncode == 0, uninterrupted.stderr
+    for row in read_csv(tmp_path / "runs" / "whole" / "results.csv"):
+        assert float(rows[row["name"]]["best_value"]) == float(row["best_value"])
+        assert float(rows[row["name"]]["test_accuracy"]) == float(row["test_accuracy"])

@@ -21,6 +21,7 @@ from .. import __version__
 from ..errors import program_name
 from ..tables import format_table
 from . import console
+from .defaults import FUSE_MAX
 
 
 class _Parser(argparse.ArgumentParser):
@@ -236,6 +237,20 @@ def _sweep_arguments(parser: argparse.ArgumentParser) -> None:
         help="an Optuna storage several machines share, postgresql+psycopg://USER@HOST/DB, each with its own "
         "output_dir (default: NAME/study.db, SQLite, for one machine)",
     )
+    parser.add_argument(
+        "--fuse",
+        choices=("auto", "off"),
+        default="auto",
+        help="auto (default): train the trials that can share a data pass together, as one batched model; "
+        "off: each trial alone, one after the other",
+    )
+    parser.add_argument(
+        "--fuse-max",
+        type=_positive,
+        default=FUSE_MAX,
+        metavar="N",
+        help=f"the most trials trained together; more are split into groups (default: {FUSE_MAX})",
+    )
 
 
 def _sweep(args: argparse.Namespace) -> int:
@@ -252,6 +267,7 @@ def _sweep(args: argparse.Namespace) -> int:
         sampler=args.sampler,
         prune=args.prune,
         storage=args.storage,
+        fuse_max=args.fuse_max if args.fuse == "auto" else 0,
     )
     print(format_sweep(result))
     if result["failed"]:

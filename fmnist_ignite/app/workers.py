@@ -19,6 +19,7 @@ from typing import Any
 from ..errors import ConfigError, SweepError
 from ..interrupt import Interrupted
 from . import console
+from .defaults import FUSE_MAX
 from .launch import cpu_count, signals_passed_on
 
 logger = logging.getLogger(__name__)
@@ -34,6 +35,7 @@ def run_sweep(
     sampler: str | None = None,
     prune: str = "none",
     storage: str | None = None,
+    fuse_max: int = FUSE_MAX,
 ) -> dict[str, Any]:
     """Run a sweep to its end (or go on with one started before), then write its results.
 
@@ -46,6 +48,8 @@ def run_sweep(
         sampler: a class of ``optuna.samplers`` by short name (``tpe``, the default; ``random``, ``qmc``, ...).
         prune: a class of ``optuna.pruners`` by short name (``median``, ``hyperband``, ...; ``none``).
         storage: an Optuna storage URL shared by several machines (default: SQLite in the sweep's folder).
+        fuse_max: the most trials trained together as one batched model (see :mod:`fmnist_ignite.sweep.fused`);
+            0: each trial alone (``--fuse off``).
 
     Returns:
         see :func:`fmnist_ignite.sweep.results.sweep_results`.
@@ -58,14 +62,17 @@ def run_sweep(
 
     if workers < 1:
         raise ConfigError("--workers must be at least 1")
+    if fuse_max < 0:
+        raise ConfigError("--fuse-max must be at least 1")
     _quiet_optuna()
     plan = plan_sweep(config, arguments, name, trials, sampler, prune, storage)
     workers = min(workers, size(plan))
+    fuse_max = min(fuse_max, -(-size(plan) // workers))  # each worker its share of the trials
     try:
         if workers == 1:
-            work(plan)
+            work(plan, fuse_max=fuse_max)
         else:
-            _run_workers(plan, workers)
+            _run_workers(plan, workers, fuse_max)
     except Interrupted as err:
         raise Interrupted(
             f"{signal.Signals(err.signum).name} received: the sweep stopped and each trial it was running keeps "
@@ -75,7 +82,7 @@ def run_sweep(
     return results(plan)
 
 
-def _run_workers(plan: Any, workers: int) -> None:
+def _run_workers(plan: Any, workers: int, fuse_max: int = 0) -> None:
     """Run ``workers`` processes of :func:`~fmnist_ignite.sweep.work`; pass SIGINT and SIGTERM on to them, once each.
 
     Each worker is in a process group of its own: a Ctrl-C in the terminal reaches it once, from here, not
@@ -85,7 +92,7 @@ def _run_workers(plan: Any, workers: int) -> None:
     verbosity = console.current_verbosity()
     threads = max(1, cpu_count() // workers)
     processes = [
-        context.Process(target=_worker, args=(plan, verbosity, i + 1, threads), name=f"sweep worker {i + 1}")
+        context.Process(target=_worker, args=(plan, verbosity, i + 1, threads, fuse_max), name=f"sweep worker {i + 1}")
         for i in range(workers)
     ]
 
@@ -118,7 +125,7 @@ def _say(finished: Any) -> None:
         logger.info("%s", line)
 
 
-def _worker(plan: Any, verbosity: int, number: int, threads: int) -> None:
+def _worker(plan: Any, verbosity: int, number: int, threads: int, fuse_max: int = 0) -> None:
     """A worker process: its own process group (signals come from the main process, once), its lines prefixed."""
     from ..sweep import work
 
@@ -135,7 +142,7 @@ def _worker(plan: Any, verbosity: int, number: int, threads: int) -> None:
 
     torch.set_num_threads(threads)
     try:
-        work(plan, parent=os.getppid())
+        work(plan, parent=os.getppid(), fuse_max=fuse_max)
     except (Interrupted, KeyboardInterrupt):
         pass
     except SweepError as err:

@@ -44,6 +44,8 @@ class EarlyStopping(IgniteEarlyStopping):
         min_delta: smallest change that counts as an improvement.
     """
 
+    fusion_aware = True  # driven by its trainer's events alone: a fused sweep may train it (sweep.fused)
+
     def __init__(
         self,
         context: Context,

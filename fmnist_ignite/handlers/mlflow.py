@@ -249,6 +249,8 @@ class MLflow:
         parent_run_id: the MLflow run this one is a child of (a sweep's run, for its trials); ``None``: none.
     """
 
+    fusion_aware = True  # driven by its trainer's events alone: a fused sweep may train it (sweep.fused)
+
     def __init__(
         self,
         context: Context,

@@ -56,6 +56,8 @@ class Progress:
         bar: ``auto`` (a terminal, see :func:`show_bar`), ``True`` or ``False``; the epoch line is logged either way.
     """
 
+    fusion_aware = True  # driven by its trainer's events alone: a fused sweep may train it (sweep.fused)
+
     def __init__(self, context: Context, bar: bool | Literal["auto"] = "auto") -> None:
         self.context = context
         self.bar = ProgressBar(persist=False) if show_bar(bar) else None

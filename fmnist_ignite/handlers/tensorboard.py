@@ -79,6 +79,8 @@ class TensorBoard:
             ``logging.log_every``.
     """
 
+    fusion_aware = True  # driven by its trainer's events alone: a fused sweep may train it (sweep.fused)
+
     def __init__(self, context: Context, log_every: int = LoggingConfig.default("log_every")) -> None:
         self.context = context
         self.log_every = log_every

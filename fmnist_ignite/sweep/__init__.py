@@ -12,8 +12,10 @@ import logging
 import os
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +23,13 @@ from ..config import NAME_PATTERN, load_config
 from ..errors import ConfigError
 from ..fileio import atomic_write_json
 from ..handlers.mlflow import finish_sweep_run, open_sweep_run
+from ..interrupt import Interrupted
 from ..rundir import SweepDir
+from .fused import FusedGroup, group_key, unfusable
 from .results import sweep_results
-from .space import MAX_GRID, SweepPlan, grid_size, parse_arguments
-from .study import Turn, database_lock, make, open_study, retry_failed
-from .trial import Objective, TrialFailed
+from .space import MAX_GRID, SweepPlan, grid_size, parse_arguments, trial_name
+from .study import Turn, asking, database_lock, heartbeat, load_optuna, make, open_study, retry_failed, startable
+from .trial import Objective, PreparedTrial, TrialFailed
 
 logger = logging.getLogger(__name__)
 
@@ -109,22 +113,28 @@ def size(plan: SweepPlan) -> int:
     return grid_size(plan.params) if plan.trials is None else plan.trials
 
 
-def work(plan: SweepPlan, parent: int | None = None) -> None:
+def work(plan: SweepPlan, parent: int | None = None, fuse_max: int = 0) -> None:
     """One process's share of a sweep: run trials until none is left to start, then wait for those running elsewhere.
 
     ``study.optimize`` runs trials while one is left to start (see :class:`~.study.Turn`). A trial
-    whose process died is queued again once its heartbeat is stale, and this process runs it.
+    whose process died is queued again once its heartbeat is stale, and this process runs it. With
+    ``fuse_max`` of 2 or more, this process takes up to that many trials at a time and trains those that
+    can share a data pass together (:func:`train_group`).
 
     Args:
         plan: the sweep (see :func:`plan_sweep`).
         parent: a worker's main process; the worker takes no more trials once it is gone.
+        fuse_max: the most trials trained together; 0 (or 1): each trial alone.
 
     Raises:
-        Interrupted: SIGINT or SIGTERM stopped the trial this process was running.
+        Interrupted: SIGINT or SIGTERM stopped the trial (or trials) this process was running.
     """
     study = open_study(plan)
     turn = Turn(plan, study)
     objective = Objective(plan, started=turn.release)
+    if fuse_max > 1:
+        _work_fused(plan, study, turn, objective, parent, fuse_max)
+        return
 
     def next_trial(study: Any, trial: Any) -> None:  # study.optimize's callback after each trial
         if (parent is not None and os.getppid() != parent) or not turn.take():
@@ -146,6 +156,145 @@ def work(plan: SweepPlan, parent: int | None = None) -> None:
             waiting = True
             time.sleep(POLL_SECONDS)
     logger.warning("The sweep's main process is gone: this worker takes no more trials")
+
+
+def _work_fused(plan: SweepPlan, study: Any, turn: Turn, objective: Objective, parent: int | None, most: int) -> None:
+    """:func:`work` with fusion: ask the study for up to ``most`` trials under the turn, train them as a group."""
+    waiting = False
+    while parent is None or os.getppid() == parent:
+        if turn.take():
+            waiting = False
+            group: list[PreparedTrial] = []
+            try:
+                while True:
+                    with asking(study):
+                        trial = study.ask()
+                    values = objective.values(trial)
+                    group.append(PreparedTrial(trial, trial_name(plan.params, values), values))
+                    if len(group) == 1 and not _may_fuse(objective, group[0]):
+                        break  # it trains alone: the trials left are for processes free to start them
+                    if len(group) >= most or not startable(study, plan):
+                        break
+            except BaseException:
+                for prepared in group:
+                    tell(study, prepared.trial, state=load_optuna().trial.TrialState.FAIL)
+                raise
+            finally:
+                turn.release()
+            train_group(study, objective, group)
+        elif not any(t.state.name == "RUNNING" and t.params for t in study.get_trials(deepcopy=False)):
+            return
+        else:
+            if not waiting:
+                logger.info("Waiting for the trials that other processes are running")
+            waiting = True
+            time.sleep(POLL_SECONDS)
+    logger.warning("The sweep's main process is gone: this worker takes no more trials")
+
+
+def train_group(study: Any, objective: Objective, group: list[PreparedTrial]) -> None:
+    """Train trials the study gave this process together: those that can share a data pass as fused groups
+    (:class:`~.fused.FusedGroup`), the others alone; tell the study each one's end as it comes.
+
+    The first lines say which trials are fused and why the others are not.
+
+    Raises:
+        Interrupted: SIGINT or SIGTERM stopped the trials (each keeps its last saved epoch; told as failed, so
+            that the next start of the sweep runs them again from there).
+    """
+    optuna = load_optuna()
+    told: set[int] = set()
+
+    def told_of(prepared: PreparedTrial, metrics: dict[str, Any] | None, error: BaseException | None) -> None:
+        prepared.metrics = metrics
+        try:
+            if error is not None:
+                raise objective.failed(prepared, error)
+            value = objective.conclude(prepared)
+        except optuna.TrialPruned:
+            tell(study, prepared.trial, state=optuna.trial.TrialState.PRUNED)
+        except TrialFailed:
+            tell(study, prepared.trial, state=optuna.trial.TrialState.FAIL)
+        else:
+            tell(study, prepared.trial, value)
+        told.add(prepared.trial.number)
+
+    with ExitStack() as heartbeats:
+        for prepared in group:  # the storage's heartbeat for each trial, as study.optimize keeps it
+            heartbeats.enter_context(heartbeat(study, prepared.trial))
+        try:
+            fusable: dict[Any, list[PreparedTrial]] = {}
+            alone: list[PreparedTrial] = []
+            for prepared in group:
+                _prepare(objective, prepared)
+                if prepared.error is not None:
+                    told_of(prepared, None, prepared.error)
+                    continue
+                if prepared.experiment is None:
+                    told_of(prepared, prepared.metrics, None)
+                    continue
+                reason = unfusable(prepared.experiment)
+                if reason is None:
+                    fusable.setdefault(group_key(prepared.experiment), []).append(prepared)
+                else:
+                    logger.info("Trial %d %s is not fused: %s", prepared.trial.number, prepared.name, reason)
+                    alone.append(prepared)
+            groups = []
+            for members in fusable.values():
+                if len(members) == 1:
+                    prepared = members[0]
+                    logger.info(
+                        "Trial %d %s is not fused: no other trial at hand shares its data pass",
+                        prepared.trial.number, prepared.name,
+                    )  # fmt: skip
+                    alone.append(prepared)
+                    continue
+                numbers = ", ".join(str(p.trial.number) for p in members)
+                logger.info("Trials %s: fused, trained together as one model (%d trials)", numbers, len(members))
+                groups.append(members)
+            for members in groups:
+                experiments = [p.experiment for p in members if p.experiment is not None]
+                FusedGroup(experiments).run(partial(_told_of_member, told_of, members))
+            for prepared in alone:
+                try:
+                    metrics = prepared.experiment.run()  # type: ignore[union-attr]
+                except (Interrupted, KeyboardInterrupt):
+                    raise
+                except Exception as err:
+                    told_of(prepared, None, err)
+                else:
+                    told_of(prepared, metrics, None)
+        except BaseException:
+            for prepared in group:  # stopped: each is run again (from its last saved epoch) by the next start
+                if prepared.trial.number not in told:
+                    tell(study, prepared.trial, state=optuna.trial.TrialState.FAIL)
+            raise
+
+
+def _prepare(objective: Objective, prepared: PreparedTrial) -> None:
+    """``objective.prepare`` once; an error is kept in ``prepared.error``, for the study to be told."""
+    if not prepared.ready:
+        prepared.ready = True
+        try:
+            objective.prepare(prepared)
+        except Exception as err:
+            prepared.error = err
+
+
+def _may_fuse(objective: Objective, prepared: PreparedTrial) -> bool:
+    """Whether the first trial of a group can train fused (else the group is that trial alone)."""
+    _prepare(objective, prepared)
+    return prepared.experiment is not None and unfusable(prepared.experiment) is None
+
+
+def _told_of_member(told_of: Callable[..., None], members: list[PreparedTrial], k: int, *outcome: Any) -> None:
+    told_of(members[k], *outcome)
+
+
+def tell(study: Any, trial: Any, value: float | None = None, state: Any = None) -> None:
+    """``study.tell`` of a trial this process asked for (see :func:`~.study.asking`)."""
+    with asking(study):
+        study.tell(trial, value, state=state)
 
 
 def results(plan: SweepPlan) -> dict[str, Any]:

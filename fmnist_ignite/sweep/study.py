@@ -119,6 +119,31 @@ def open_study(plan: SweepPlan) -> optuna.Study:
     return study
 
 
+def heartbeat(study: optuna.Study, trial: optuna.Trial) -> Any:
+    """The storage's heartbeat for ``trial`` while in the ``with`` block, as ``study.optimize`` keeps it for its trials:
+    a trial whose process is killed is then taken for dead and queued again."""
+    from optuna.storages._heartbeat import get_heartbeat_thread  # no public name: what study.optimize itself uses
+
+    return get_heartbeat_thread(trial._trial_id, study._storage)
+
+
+@contextmanager
+def asking(study: optuna.Study) -> Iterator[None]:
+    """Ask and tell in the ``with`` block as ``study.optimize`` does (a fused sweep asks for several trials at once).
+
+    Optuna marks its optimize loop in a thread-local flag: outside it, ``ask`` warns that the storage's
+    heartbeat is meant for ``optimize``, and ``GridSampler``'s ``study.stop()`` after the grid's last
+    point raises. The fused sweep keeps the heartbeat itself (:func:`heartbeat`), as ``optimize`` does.
+    """
+    local = study._thread_local
+    before = local.in_optimize_loop
+    local.in_optimize_loop = True
+    try:
+        yield
+    finally:
+        local.in_optimize_loop = before
+
+
 def _shown(url: str) -> str:
     """The storage URL without its password."""
     return re.sub(r"(//[^/:@]*:)[^/@]*@", r"\1***@", url)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import socket
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ignite.engine import Engine, Events
@@ -46,6 +47,8 @@ class ReportToTrial:
     says when (``pruned_epoch``); the objective then raises ``optuna.TrialPruned``. The last epoch
     is never pruned. A resumed run first reports the epochs it trained before.
     """
+
+    fusion_aware = True  # driven by its trainer's events alone: a fused sweep may train it (sweep.fused)
 
     def __init__(self, context: Context, trial: optuna.Trial) -> None:
         self.context, self.trial, self.pruned_epoch = context, trial, 0
@@ -95,7 +98,8 @@ class Objective:
     The trial records where its run directory is (user attributes ``host`` and ``run_dir``) and, at its end,
     ``epochs``, ``best_value`` and ``test_accuracy`` (or ``error``): the results table is read from the study.
 
-    It keeps the data set it loaded last: trials with the same ``data`` settings load it once.
+    It keeps the data set it loaded last: trials with the same ``data`` settings load it once. A fused
+    sweep (:func:`fmnist_ignite.sweep.work`) calls its parts: :meth:`values`, :meth:`prepare`, :meth:`conclude`.
     """
 
     def __init__(self, plan: SweepPlan, started: Callable[[], None]) -> None:
@@ -104,46 +108,76 @@ class Objective:
 
     def __call__(self, trial: optuna.Trial) -> float:
         try:
-            values = {p.key: suggest(trial, p) for p in self.plan.params}
+            values = self.values(trial)
         finally:
             self.started()
-        name = trial_name(self.plan.params, values)
-        rundir = self.sweep.trial(name)
-        # Where the run directory is: machines that share the study need not share a folder.
-        trial.set_user_attr("host", socket.gethostname())
-        trial.set_user_attr("run_dir", str(rundir.path))
-        experiment: Experiment | None = None
-        swept = [f"{p.key}={p.text(values[p.key])}" for p in self.plan.params]
+        prepared = PreparedTrial(trial, trial_name(self.plan.params, values), values)
         try:
-            config = load_config(
-                self.plan.config, [*self.plan.overrides, *swept, f"output_dir={self.sweep}", f"name={name}"]
-            )
-            if rundir.exists():
-                _check_same_config(rundir, config)
-            if rundir.finished:
-                logger.info("Trial %d %s: finished before; its results are kept", trial.number, name)
-                metrics = rundir.read_metrics()
-            else:
-                experiment = self._experiment(rundir, config, trial)
-                logger.info("Trial %d %s: %s", trial.number, name, "resuming" if experiment.resuming else "training")
-                metrics = experiment.run()
-            if metrics.get("best_value") is None:
-                raise SweepError("the run has no best epoch (no epoch was trained)")
+            self.prepare(prepared)
+            if prepared.experiment is not None:
+                prepared.metrics = prepared.experiment.run()
         except (Interrupted, KeyboardInterrupt):
             raise  # failed without an error: the next start of the sweep resumes it
         except Exception as err:
-            error = first_line(err)
-            error = error if isinstance(err, FmnistIgniteError) else f"{type(err).__name__}: {error}"
-            trial.set_user_attr("error", error)
-            if experiment is not None:
-                trial.set_user_attr("epochs", len(experiment.history))
-            logger.warning("Trial %d %s failed: %s", trial.number, name, error)
-            raise TrialFailed(error) from err
+            raise self.failed(prepared, err) from err
+        return self.conclude(prepared)
+
+    def values(self, trial: optuna.Trial) -> dict[str, Any]:
+        """The trial's values of the swept keys (the sampler's, or those queued with it)."""
+        return {p.key: suggest(trial, p) for p in self.plan.params}
+
+    def prepare(self, prepared: PreparedTrial) -> None:
+        """The results of a trial finished before (``metrics``), else its run to train (``experiment``), new or resumed.
+
+        Raises:
+            FmnistIgniteError: the trial's config or run directory is wrong.
+        """
+        rundir = self.sweep.trial(prepared.name)
+        # Where the run directory is: machines that share the study need not share a folder.
+        prepared.trial.set_user_attr("host", socket.gethostname())
+        prepared.trial.set_user_attr("run_dir", str(rundir.path))
+        swept = [f"{p.key}={p.text(prepared.values[p.key])}" for p in self.plan.params]
+        config = load_config(
+            self.plan.config, [*self.plan.overrides, *swept, f"output_dir={self.sweep}", f"name={prepared.name}"]
+        )
+        if rundir.exists():
+            _check_same_config(rundir, config)
+        number = prepared.trial.number
+        if rundir.finished:
+            logger.info("Trial %d %s: finished before; its results are kept", number, prepared.name)
+            prepared.metrics = rundir.read_metrics()
+        else:
+            prepared.experiment = self._experiment(rundir, config, prepared.trial)
+            logger.info(
+                "Trial %d %s: %s", number, prepared.name, "resuming" if prepared.experiment.resuming else "training"
+            )
+
+    def failed(self, prepared: PreparedTrial, err: BaseException) -> TrialFailed:
+        """Record the trial's error (and the epochs it trained) in the study; the :class:`TrialFailed` to raise."""
+        trial = prepared.trial
+        error = first_line(err)
+        error = error if isinstance(err, FmnistIgniteError) else f"{type(err).__name__}: {error}"
+        trial.set_user_attr("error", error)
+        if prepared.experiment is not None:
+            trial.set_user_attr("epochs", len(prepared.experiment.history))
+        logger.warning("Trial %d %s failed: %s", trial.number, prepared.name, error)
+        return TrialFailed(error)
+
+    def conclude(self, prepared: PreparedTrial) -> float:
+        """Record a trained trial's results in the study; its best monitored value.
+
+        Raises:
+            TrialFailed: the run has no best epoch.
+            optuna.TrialPruned: the trial was pruned.
+        """
+        trial, metrics = prepared.trial, prepared.metrics or {}
+        if metrics.get("best_value") is None:
+            raise self.failed(prepared, SweepError("the run has no best epoch (no epoch was trained)"))
         for key in ("best_value", "test_accuracy"):
             trial.set_user_attr(key, metrics[key])
         trial.set_user_attr("epochs", metrics["epochs_trained"])
         logger.info(
-            "Trial %d %s: %s, %s %.4f, test accuracy %.4f", trial.number, name,
+            "Trial %d %s: %s, %s %.4f, test accuracy %.4f", trial.number, prepared.name,
             "pruned" if metrics.get("pruned_epoch") else "complete",
             self.plan.monitor, metrics["best_value"], metrics["test_accuracy"],
         )  # fmt: skip
@@ -164,6 +198,19 @@ class Objective:
         if self.plan.prune != "none":
             experiment.add_handler(ReportToTrial, trial=trial)
         return experiment
+
+
+@dataclass
+class PreparedTrial:
+    """A trial with its values: its run to train (``experiment``) or the results it had (``metrics``)."""
+
+    trial: optuna.Trial
+    name: str
+    values: dict[str, Any]
+    experiment: Experiment | None = None
+    metrics: dict[str, Any] | None = None
+    ready: bool = False  # prepared (see Objective.prepare)
+    error: BaseException | None = None  # preparing it failed
 
 
 def _check_same_config(rundir: RunDir, config: Config) -> None:

@@ -1,0 +1,157 @@
+"""Fused trials: trained together, each equal to its standalone run, with the same files."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from fmnist_ignite import Config, build_experiment
+from fmnist_ignite.data import load_data
+from fmnist_ignite.resume import resume_experiment
+from fmnist_ignite.sweep.fused import FusedGroup, group_key, unfusable
+from fmnist_ignite.sweep.trial import ReportToTrial
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Any:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def standalone(config: Config) -> tuple[list[dict], dict]:
+    experiment = build_experiment(config)
+    metrics = experiment.run()
+    return experiment.history, metrics
+
+
+def fused(configs: list[Config]) -> tuple[list[Any], dict[int, Any]]:
+    data = load_data(configs[0].with_absolute_paths().data)
+    experiments = [build_experiment(c, data) for c in configs]
+    assert [unfusable(e) for e in experiments] == [None] * len(configs)
+    assert len({group_key(e) for e in experiments}) == 1
+    outcome: dict[int, Any] = {}
+    FusedGroup(experiments).run(lambda k, metrics, error: outcome.__setitem__(k, error or metrics))
+    return experiments, outcome
+
+
+def assert_same_history(fused: list[dict], alone: list[dict]) -> None:
+    assert [r["epoch"] for r in fused] == [r["epoch"] for r in alone]
+    for a, b in zip(fused, alone, strict=True):
+        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-4)
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-3)
+        for key in ("val_accuracy", "train_accuracy"):
+            assert a[key] == pytest.approx(b[key], abs=2e-3)
+        assert a["lr"] == pytest.approx(b["lr"], rel=1e-9)
+
+
+def files(run: Path) -> set[str]:
+    """The run's files, TensorBoard's event files by folder (their names hold the time and the process)."""
+    return {
+        re.sub(r"events\.out\.tfevents\..*", "events", str(p.relative_to(run))) for p in run.rglob("*") if p.is_file()
+    }
+
+
+@pytest.mark.parametrize(
+    "swept",
+    [
+        [f"optimizer.lr={lr} optimizer.weight_decay={wd}".split() for lr in (0.01, 0.05) for wd in (0, 0.01)],
+        [[f"seed={seed}", "optimizer.lr=0.03"] for seed in (1, 2, 3)],
+    ],
+    ids=["lr-x-weight-decay", "seeds"],
+)
+def test_each_fused_trial_equals_its_standalone_run(
+    make_config: Callable[..., Config], swept: list[list[str]], tmp_path: Path
+) -> None:
+    configs = [make_config(*values, f"name=t{i}", "trainer.max_epochs=3") for i, values in enumerate(swept)]
+    experiments, outcome = fused(configs)
+    for i, (config, experiment) in enumerate(zip(configs, experiments, strict=True)):
+        alone, metrics = standalone(config.model_copy(update={"name": f"alone{i}"}))
+        assert_same_history(experiment.history, alone)
+        assert outcome[i]["test_accuracy"] == pytest.approx(metrics["test_accuracy"], abs=2e-3)
+        assert outcome[i]["test_loss"] == pytest.approx(metrics["test_loss"], rel=1e-4)
+        assert outcome[i]["best_epoch"] == metrics["best_epoch"]
+        assert files(experiment.run_dir) == files(tmp_path / "runs" / f"alone{i}")
+        saved = json.loads((experiment.run_dir / "history.json").read_text())
+        assert [r["val_loss"] for r in saved] == [r["val_loss"] for r in experiment.history]
+
+
+def test_early_stopping_stops_each_trial_at_its_standalone_epoch(make_config: Callable[..., Config]) -> None:
+    # A min_delta no epoch beats: those trials stop after `patience` epochs; the last one never stops.
+    settings = [("0.5", "1"), ("0.5", "2"), ("0", "3")]
+    configs = [
+        make_config(f"early_stopping.min_delta={delta}", f"early_stopping.patience={patience}", f"name=es{i}",
+                    "optimizer.lr=0.05", "trainer.max_epochs=5")
+        for i, (delta, patience) in enumerate(settings)
+    ]  # fmt: skip
+    experiments, outcome = fused(configs)
+    epochs = []
+    for i, (config, experiment) in enumerate(zip(configs, experiments, strict=True)):
+        alone, metrics = standalone(config.model_copy(update={"name": f"alone{i}"}))
+        assert_same_history(experiment.history, alone)
+        assert outcome[i]["best_epoch"] == metrics["best_epoch"]
+        assert outcome[i]["test_accuracy"] == pytest.approx(metrics["test_accuracy"], abs=2e-3)
+        best = torch.load(experiment.run_dir / "model.pt")
+        assert torch.equal(best["linear.weight"], experiment.context.monitor.best_state["linear.weight"])
+        epochs.append(len(alone))
+    assert epochs == [3, 4, 5]  # the first epoch is the best; then `patience` more
+
+
+def test_what_cannot_fuse_says_why(make_config: Callable[..., Config]) -> None:
+    assert unfusable(build_experiment(make_config("trainer.compile=true"))) == "trainer.compile is set"
+    handler = make_config("handlers=[{target: tests.plugins:CountingState}]")
+    assert unfusable(build_experiment(handler)) == ("its handler handlers[0] (CountingState) is not fusion-aware")
+    sizes = [build_experiment(make_config(f"data.batch_size={b}")) for b in (16, 32)]
+    assert group_key(sizes[0]) != group_key(sizes[1])
+
+
+class PruneAfter:
+    """A stand-in for an Optuna trial whose pruner prunes it after ``epoch``."""
+
+    number = 0
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch, self.reported = epoch, []
+
+    def report(self, value: float, step: int) -> None:
+        self.reported.append(step)
+
+    def should_prune(self) -> bool:
+        return self.reported[-1] >= self.epoch
+
+
+def test_a_pruned_trial_is_frozen_and_finished_while_the_others_go_on(make_config: Callable[..., Config]) -> None:
+    configs = [make_config(f"name=p{i}", "trainer.max_epochs=3", "monitor.restore_best=false") for i in range(2)]
+    data = load_data(configs[0].with_absolute_paths().data)
+    experiments = [build_experiment(c, data) for c in configs]
+    experiments[0].add_handler(ReportToTrial, trial=PruneAfter(1))
+    experiments[1].add_handler(ReportToTrial, trial=PruneAfter(99))
+    outcome: dict[int, Any] = {}
+    FusedGroup(experiments).run(lambda k, metrics, error: outcome.__setitem__(k, error or metrics))
+    assert (outcome[0]["pruned_epoch"], outcome[0]["epochs_trained"]) == (1, 1)
+    assert "pruned_epoch" not in outcome[1] and outcome[1]["epochs_trained"] == 3
+    pruned = experiments[0].run_dir
+    saved = torch.load(pruned / "checkpoints" / "checkpoint_1.pt", weights_only=False)["model"]
+    assert torch.equal(torch.load(pruned / "model.pt")["linear.weight"], saved["linear.weight"]), "frozen at epoch 1"
+    alone, _ = standalone(configs[1].model_copy(update={"name": "alone"}))
+    assert_same_history(experiments[1].history, alone)
+
+
+def test_a_fused_trial_resumed_alone_goes_on_as_its_standalone_run(make_config: Callable[..., Config]) -> None:
+    configs = [
+        make_config(f"optimizer.lr={lr}", f"name=r{i}", "trainer.max_epochs=2") for i, lr in enumerate((0.01, 0.05))
+    ]
+    experiments, _ = fused(configs)
+    resumed = resume_experiment(experiments[1].run_dir, overrides=["trainer.max_epochs=3"])
+    resumed.run()
+    standalone(configs[1].model_copy(update={"name": "alone"}))
+    extended = resume_experiment(Path(configs[1].output_dir) / "alone", overrides=["trainer.max_epochs=3"])
+    extended.run()
+    assert_same_history(resumed.history, extended.history)
