@@ -13,8 +13,9 @@ import torch
 
 from fmnist_ignite import Config, build_experiment
 from fmnist_ignite.data import load_data
+from fmnist_ignite.engine import EpochLoss, TrainStep
 from fmnist_ignite.resume import resume_experiment
-from fmnist_ignite.sweep.fused import FusedGroup, group_key, unfusable
+from fmnist_ignite.sweep.fused import FusedGroup, group_key, plain_sgd, sgd_together, unfusable
 from fmnist_ignite.sweep.trial import ReportToTrial
 
 
@@ -155,3 +156,58 @@ def test_a_fused_trial_resumed_alone_goes_on_as_its_standalone_run(make_config: 
     extended = resume_experiment(Path(configs[1].output_dir) / "alone", overrides=["trainer.max_epochs=3"])
     extended.run()
     assert_same_history(resumed.history, extended.history)
+
+
+def test_the_sgd_steps_taken_together_are_each_trials_own_sgd_step() -> None:
+    """Weight decay or none, momentum or none, Nesterov or not, each its own lr: as ``optimizer.step()``."""
+    settings = [
+        {"lr": 0.02, "momentum": 0.9, "nesterov": True, "weight_decay": 1e-3},
+        {"lr": 0.05, "momentum": 0.5, "nesterov": False, "weight_decay": 0.0},
+        {"lr": 0.1, "momentum": 0.0, "nesterov": False, "weight_decay": 1e-2},
+        {"lr": 0.005, "momentum": 0.9, "nesterov": True, "weight_decay": 0.0},
+    ]
+
+    def steps() -> list[TrainStep]:
+        torch.manual_seed(0)
+        made = []
+        for options in settings:
+            model = torch.nn.Linear(6, 3)
+            optimizer = torch.optim.SGD(model.parameters(), **options)  # type: ignore[arg-type]
+            made.append(TrainStep(model, optimizer, torch.device("cpu"), lambda *a: a, EpochLoss(torch.device("cpu"))))
+        return made
+
+    alone, together = steps(), steps()
+    assert all(plain_sgd(step) for step in together)
+    for i in range(3):  # the first step makes the momentum buffers, the next ones use them
+        torch.manual_seed(i)
+        gradients = [[torch.randn_like(p) for p in step.model.parameters()] for step in alone]
+        for made in (alone, together):
+            for step, grads in zip(made, gradients, strict=True):
+                for param, grad in zip(step.model.parameters(), grads, strict=True):
+                    param.grad = grad.clone()
+        for step in alone:
+            step.optimizer.step()
+        sgd_together(together)
+        for a, t in zip(alone, together, strict=True):
+            for p, q in zip(a.model.parameters(), t.model.parameters(), strict=True):
+                torch.testing.assert_close(q, p, rtol=1e-6, atol=1e-7)
+                state_a, state_t = a.optimizer.state[p], t.optimizer.state[q]
+                assert state_a.keys() == state_t.keys()
+                if "momentum_buffer" in state_a:
+                    torch.testing.assert_close(state_t["momentum_buffer"], state_a["momentum_buffer"])
+
+
+def test_an_optimizer_other_than_plain_sgd_takes_its_own_step() -> None:
+    model = torch.nn.Linear(2, 2)
+    cpu = torch.device("cpu")
+
+    def step(optimizer: torch.optim.Optimizer, clip: float | None = None) -> TrainStep:
+        return TrainStep(model, optimizer, cpu, lambda *a: a, EpochLoss(cpu), grad_clip_norm=clip)
+
+    assert plain_sgd(step(torch.optim.SGD(model.parameters(), lr=0.1)))
+    assert not plain_sgd(step(torch.optim.Adam(model.parameters(), lr=0.1)))
+    assert not plain_sgd(step(torch.optim.SGD(model.parameters(), lr=0.1, dampening=0.1)))
+    assert not plain_sgd(step(torch.optim.SGD(model.parameters(), lr=0.1), clip=1.0))
+    counted = torch.optim.SGD(model.parameters(), lr=0.1)
+    torch.optim.lr_scheduler.StepLR(counted, step_size=1)  # counts the optimizer's steps
+    assert not plain_sgd(step(counted))

@@ -199,11 +199,11 @@ def sweep_run_id(study: optuna.Study) -> str | None:
 
 def finish_sweep_run(study: optuna.Study) -> None:
     """Mark the sweep's MLflow run ``FINISHED``, if it has one; a store that fails is a warning."""
-    from mlflow.tracking import MlflowClient
-
     saved = study.user_attrs.get(SWEEP_RUN)
     if saved is None:
-        return
+        return  # before importing MLflow, which takes a second
+    from mlflow.tracking import MlflowClient
+
     with bounded_requests(LATER):
         try:
             MlflowClient(saved["tracking_uri"]).set_terminated(saved["run_id"], "FINISHED")
