@@ -132,58 +132,44 @@ def work(plan: SweepPlan, parent: int | None = None, fuse_max: int = 0) -> None:
     study = open_study(plan)
     turn = Turn(plan, study)
     objective = Objective(plan, started=turn.release)
-    if fuse_max > 1:
-        _work_fused(plan, study, turn, objective, parent, fuse_max)
-        return
 
     def next_trial(study: Any, trial: Any) -> None:  # study.optimize's callback after each trial
         if (parent is not None and os.getppid() != parent) or not turn.take():
             study.stop()
 
+    def one_by_one() -> None:
+        try:
+            study.optimize(objective, catch=(TrialFailed,), callbacks=[next_trial])
+        finally:
+            turn.release()
+
+    def fused() -> None:  # up to fuse_max trials asked under the turn, then trained as a group
+        group: list[PreparedTrial] = []
+        try:
+            while True:
+                with asking(study):
+                    trial = study.ask()
+                values = objective.values(trial)
+                group.append(PreparedTrial(trial, trial_name(plan.params, values), values))
+                if len(group) == 1 and not _may_fuse(objective, group[0]):
+                    break  # it trains alone: the trials left are for processes free to start them
+                if len(group) >= fuse_max or not startable(study, plan):
+                    break
+        except BaseException:
+            for prepared in group:
+                tell(study, prepared.trial, state=load_optuna().trial.TrialState.FAIL)
+            raise
+        finally:
+            turn.release()
+        train_group(study, objective, group)
+
     waiting = False
     while parent is None or os.getppid() == parent:
         if turn.take():
             waiting = False
-            try:
-                study.optimize(objective, catch=(TrialFailed,), callbacks=[next_trial])
-            finally:
-                turn.release()
+            (fused if fuse_max > 1 else one_by_one)()
         elif not any(t.state.name == "RUNNING" and t.params for t in study.get_trials(deepcopy=False)):
             return  # (one without values was left by a process stopped while Optuna asked for it: never in the table)
-        else:
-            if not waiting:
-                logger.info("Waiting for the trials that other processes are running")
-            waiting = True
-            time.sleep(POLL_SECONDS)
-    logger.warning("The sweep's main process is gone: this worker takes no more trials")
-
-
-def _work_fused(plan: SweepPlan, study: Any, turn: Turn, objective: Objective, parent: int | None, most: int) -> None:
-    """:func:`work` with fusion: ask the study for up to ``most`` trials under the turn, train them as a group."""
-    waiting = False
-    while parent is None or os.getppid() == parent:
-        if turn.take():
-            waiting = False
-            group: list[PreparedTrial] = []
-            try:
-                while True:
-                    with asking(study):
-                        trial = study.ask()
-                    values = objective.values(trial)
-                    group.append(PreparedTrial(trial, trial_name(plan.params, values), values))
-                    if len(group) == 1 and not _may_fuse(objective, group[0]):
-                        break  # it trains alone: the trials left are for processes free to start them
-                    if len(group) >= most or not startable(study, plan):
-                        break
-            except BaseException:
-                for prepared in group:
-                    tell(study, prepared.trial, state=load_optuna().trial.TrialState.FAIL)
-                raise
-            finally:
-                turn.release()
-            train_group(study, objective, group)
-        elif not any(t.state.name == "RUNNING" and t.params for t in study.get_trials(deepcopy=False)):
-            return
         else:
             if not waiting:
                 logger.info("Waiting for the trials that other processes are running")
