@@ -17,7 +17,7 @@ import yaml
 from ignite.engine import Events
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .errors import ConfigError
+from .errors import ConfigError, did_you_mean
 from .registry import DATASETS, MODELS, OPTIMIZERS, SCHEDULERS
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
@@ -141,11 +141,9 @@ def make_transform(name: str, kwargs: Mapping[str, Any], where: str = "data.tran
 
     names = transform_names()
     if name not in names:
-        hint = difflib.get_close_matches(name, names, n=1)
-        suggestion = f" (did you mean '{hint[0]}'?)" if hint else ""
         raise ValueError(
-            f"{where}: unknown transform {name!r}{suggestion}; give the name of a torchvision.transforms.v2 class, "
-            "e.g. RandomCrop or RandomHorizontalFlip"
+            f"{where}: unknown transform {name!r}{did_you_mean(name, names)}; "
+            "give the name of a torchvision.transforms.v2 class, e.g. RandomCrop or RandomHorizontalFlip"
         )
     try:
         return getattr(v2, name)(**kwargs)
@@ -495,8 +493,7 @@ class HandlerConfig(_Section):
     @classmethod
     def _known_event(cls, value: str) -> str:
         if value not in ENGINE_EVENTS:
-            hint = difflib.get_close_matches(value.upper(), ENGINE_EVENTS, n=1)
-            suggestion = f" (did you mean '{hint[0]}'?)" if hint else ""
+            suggestion = did_you_mean(value.upper(), ENGINE_EVENTS)
             raise ValueError(f"unknown event {value!r}{suggestion}; choose one of {', '.join(ENGINE_EVENTS)}")
         return value
 

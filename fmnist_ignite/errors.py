@@ -6,10 +6,12 @@ exit code (:attr:`FmnistIgniteError.exit_code`).
 
 from __future__ import annotations
 
+import difflib
 import os
 import shlex
 import shutil
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 
@@ -107,3 +109,9 @@ class LostContact(RunError):
 
     Every process that is left says it, not rank 0 alone: rank 0 may be the one that stopped.
     """
+
+
+def did_you_mean(name: str, choices: Sequence[str]) -> str:
+    """`` (did you mean 'CHOICE'?)``, the choice closest to ``name``, for a one-line error; ``""`` if none is."""
+    close = difflib.get_close_matches(name, choices, n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""

@@ -6,7 +6,6 @@ their ``state_dict()``, never by name. Building one is :mod:`fmnist_ignite.build
 
 from __future__ import annotations
 
-import difflib
 import logging
 import random
 import signal
@@ -25,7 +24,7 @@ from .checkpoint import Checkpointer
 from .config import Config, HandlerConfig
 from .context import Context
 from .data import ImageData, Loader
-from .errors import ConfigError, RunDirError, TrainingError
+from .errors import ConfigError, RunDirError, TrainingError, did_you_mean
 from .evaluation import evaluate
 from .events import RunEvents
 from .fileio import atomic_torch_save
@@ -289,10 +288,9 @@ class Experiment:
         columns = self.context.history.columns(declared)
         metric = self.config.monitor.metric
         if metric not in columns:
-            close = difflib.get_close_matches(metric, columns, n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
             raise ConfigError(
-                f"monitor.metric: the history has no column '{metric}'{hint}; choose one of {', '.join(columns)} "
+                f"monitor.metric: the history has no column '{metric}'{did_you_mean(metric, columns)}; "
+                f"choose one of {', '.join(columns)} "
                 "(a handler that writes a metric itself names its column in history_columns)"
             )
 

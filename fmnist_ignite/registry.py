@@ -15,13 +15,12 @@ config, a user's plugin can do too.
 
 from __future__ import annotations
 
-import difflib
 import importlib
 from collections.abc import Callable
 from importlib.metadata import entry_points
 from typing import Any, TypeVar
 
-from .errors import ConfigError
+from .errors import ConfigError, did_you_mean
 
 T = TypeVar("T")
 
@@ -77,9 +76,8 @@ class Registry:
         """The one-line message for a name that is neither registered nor a dotted path (the schema's and
         :meth:`get`'s)."""
         names = self.names()
-        hint = difflib.get_close_matches(ref, names, n=1)
-        suggestion = f" (did you mean '{hint[0]}'?)" if hint else ""
-        return f"unknown {self.kind} {ref!r}{suggestion}; choose one of {', '.join(names)} or 'package.module:Name'"
+        choices = f"choose one of {', '.join(names)} or 'package.module:Name'"
+        return f"unknown {self.kind} {ref!r}{did_you_mean(ref, names)}; {choices}"
 
     def check(self, ref: str) -> str:
         """``ref`` itself when a config may name it (a registered name or ``package.module:Name``), for the

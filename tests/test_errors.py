@@ -19,6 +19,7 @@ from fmnist_ignite.errors import (
     RunDirError,
     SweepError,
     TrainingError,
+    did_you_mean,
     first_line,
     program_name,
 )
@@ -169,3 +170,8 @@ def test_program_name_is_python_when_the_shell_finds_the_running_interpreter(
     assert program_name() == "python -m fmnist_ignite"
     monkeypatch.setattr(errors.sys, "argv", [str(invoked / "work" / ".venv" / "bin" / "fmnist-ignite")])
     assert program_name() == "fmnist-ignite"
+
+
+def test_did_you_mean_names_the_closest_choice_or_nothing() -> None:
+    assert did_you_mean("val_acc", ["val_loss", "val_accuracy", "train_loss"]) == " (did you mean 'val_accuracy'?)"
+    assert did_you_mean("zzz", ["val_loss", "val_accuracy"]) == ""
