@@ -27,12 +27,17 @@ def evaluate(
     """Accuracy, loss, confusion matrix and per-class accuracy of ``model`` on ``loader``."""
     evaluator = create_evaluator(model, device, prepare_batch, len(classes))
     metrics = evaluator.run(loader).metrics
-    confusion = metrics["confusion"].cpu().double()
-    per_class = (confusion.diag() / confusion.sum(1).clamp(min=1)).tolist()
+    return evaluation_results(float(metrics["accuracy"]), float(metrics["loss"]), metrics["confusion"], classes)
+
+
+def evaluation_results(accuracy: float, loss: float, confusion: torch.Tensor, classes: Sequence[str]) -> dict[str, Any]:
+    """The test's results as a run writes them: accuracy, loss, the confusion matrix and per-class accuracy."""
+    matrix = confusion.cpu().double()
+    per_class = (matrix.diag() / matrix.sum(1).clamp(min=1)).tolist()
     return {
-        "accuracy": float(metrics["accuracy"]),
-        "loss": float(metrics["loss"]),
-        "confusion": confusion.long().tolist(),
+        "accuracy": accuracy,
+        "loss": loss,
+        "confusion": matrix.long().tolist(),
         "per_class_accuracy": dict(zip(classes, per_class, strict=True)),
     }
 

@@ -29,6 +29,7 @@ from ignite.engine import Events
 from ..build import Validation
 from ..data.loaders import TensorLoader
 from ..engine import TrainStep, train_step_of
+from ..evaluation import evaluation_results
 from ..experiment import Experiment
 from ..history import attached_metrics
 from ..interrupt import Interrupted, StopRequest, stop_on_signals
@@ -387,14 +388,7 @@ class FusedGroup:
             loss, correct, confusion, count = self._evaluate(members, first.loaders["test"], len(classes))
             assert confusion is not None
             for i, k in enumerate(members):
-                matrix = confusion[i].cpu().double()
-                per_class = (matrix.diag() / matrix.sum(1).clamp(min=1)).tolist()
-                tests[k] = {
-                    "accuracy": float(correct[i]) / count,
-                    "loss": float(loss[i]) / count,
-                    "confusion": matrix.long().tolist(),
-                    "per_class_accuracy": dict(zip(classes, per_class, strict=True)),
-                }
+                tests[k] = evaluation_results(float(correct[i]) / count, float(loss[i]) / count, confusion[i], classes)
         for k in members:
             stack = self.sessions.pop(k)
             try:
