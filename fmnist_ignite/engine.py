@@ -238,6 +238,12 @@ class EpochLoss:
         self.correct.append(correct)
         self.samples += size
 
+    def record_steps(self, losses: torch.Tensor, correct: torch.Tensor, samples: int) -> None:
+        """Keep several steps' losses and correct counts at once (``(steps,)`` tensors; ``samples`` in all)."""
+        self.losses.extend(losses.unbind())
+        self.correct.extend(correct.unbind())
+        self.samples += samples
+
     def complete(self, engine: Engine) -> None:
         losses = torch.stack(self.losses) if self.losses else torch.empty(0, device=self.device)
         correct = torch.stack(self.correct) if self.correct else torch.empty(0, dtype=torch.long, device=self.device)

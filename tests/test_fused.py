@@ -6,7 +6,7 @@ import json
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import torch
@@ -15,7 +15,7 @@ from fmnist_ignite import Config, build_experiment
 from fmnist_ignite.data import load_data
 from fmnist_ignite.engine import EpochLoss, TrainStep
 from fmnist_ignite.resume import resume_experiment
-from fmnist_ignite.sweep.fused import FusedGroup, group_key, plain_sgd, sgd_together, unfusable
+from fmnist_ignite.sweep.fused import FusedGroup, FusedWeights, group_key, plain_sgd, unfusable
 from fmnist_ignite.sweep.trial import ReportToTrial
 
 
@@ -158,12 +158,14 @@ def test_a_fused_trial_resumed_alone_goes_on_as_its_standalone_run(make_config: 
     assert_same_history(resumed.history, extended.history)
 
 
-def test_the_sgd_steps_taken_together_are_each_trials_own_sgd_step() -> None:
-    """Weight decay or none, momentum or none, Nesterov or not, each its own lr: as ``optimizer.step()``."""
-    settings = [
+def test_the_fused_step_is_each_trials_own_optimizer_step() -> None:
+    """Weight decay or none, momentum or none, Nesterov or not, each its own lr, an Adam among them: as
+    ``optimizer.step()``, with the models' weights current while fused and the buffers in their states after."""
+    settings: list[dict[str, Any]] = [
         {"lr": 0.02, "momentum": 0.9, "nesterov": True, "weight_decay": 1e-3},
         {"lr": 0.05, "momentum": 0.5, "nesterov": False, "weight_decay": 0.0},
         {"lr": 0.1, "momentum": 0.0, "nesterov": False, "weight_decay": 1e-2},
+        {"adam": True, "lr": 0.01},
         {"lr": 0.005, "momentum": 0.9, "nesterov": True, "weight_decay": 0.0},
     ]
 
@@ -172,29 +174,68 @@ def test_the_sgd_steps_taken_together_are_each_trials_own_sgd_step() -> None:
         made = []
         for options in settings:
             model = torch.nn.Linear(6, 3)
-            optimizer = torch.optim.SGD(model.parameters(), **options)  # type: ignore[arg-type]
+            optimizer: torch.optim.Optimizer
+            if options.get("adam"):
+                optimizer = torch.optim.Adam(model.parameters(), lr=options["lr"])
+            else:
+                optimizer = torch.optim.SGD(model.parameters(), **options)
             made.append(TrainStep(model, optimizer, torch.device("cpu"), lambda *a: a, EpochLoss(torch.device("cpu"))))
         return made
 
     alone, together = steps(), steps()
-    assert all(plain_sgd(step) for step in together)
-    for i in range(3):  # the first step makes the momentum buffers, the next ones use them
-        torch.manual_seed(i)
-        gradients = [[torch.randn_like(p) for p in step.model.parameters()] for step in alone]
-        for made in (alone, together):
-            for step, grads in zip(made, gradients, strict=True):
+    assert [plain_sgd(step) for step in together] == [True, True, True, False, True]
+    linears = [cast(torch.nn.Linear, step.model) for step in together]
+    for rounds in ((0, 1), (2,)):  # fused for two steps (the first makes the buffers), then again from the states
+        weights = FusedWeights(together, linears)
+        for i in rounds:
+            torch.manual_seed(i)
+            gradients = [[torch.randn_like(p) for p in step.model.parameters()] for step in alone]
+            for step, grads in zip(alone, gradients, strict=True):
                 for param, grad in zip(step.model.parameters(), grads, strict=True):
                     param.grad = grad.clone()
-        for step in alone:
-            step.optimizer.step()
-        sgd_together(together)
+                step.optimizer.step()
+            weights.zero_grad()
+            weights.weight.grad = torch.cat([grads[0] for grads in gradients])
+            weights.bias.grad = torch.cat([grads[1] for grads in gradients])
+            weights.step()
+            for a, t in zip(alone, together, strict=True):  # each model's own parameters see the step
+                for p, q in zip(a.model.parameters(), t.model.parameters(), strict=True):
+                    torch.testing.assert_close(q, p, rtol=1e-6, atol=1e-7)
+        weights.release()
         for a, t in zip(alone, together, strict=True):
             for p, q in zip(a.model.parameters(), t.model.parameters(), strict=True):
+                assert q.data.untyped_storage().nbytes() == q.numel() * q.element_size()  # its own tensor again
                 torch.testing.assert_close(q, p, rtol=1e-6, atol=1e-7)
                 state_a, state_t = a.optimizer.state[p], t.optimizer.state[q]
                 assert state_a.keys() == state_t.keys()
-                if "momentum_buffer" in state_a:
-                    torch.testing.assert_close(state_t["momentum_buffer"], state_a["momentum_buffer"])
+                for key, value in state_a.items():
+                    torch.testing.assert_close(state_t[key], value)
+
+
+def test_a_model_computes_with_its_fused_weights() -> None:
+    torch.manual_seed(0)
+    models = [torch.nn.Linear(4, 3) for _ in range(3)]
+    steps = [
+        TrainStep(
+            m,
+            torch.optim.SGD(m.parameters(), lr=0.1),
+            torch.device("cpu"),
+            lambda *a: a,
+            EpochLoss(torch.device("cpu")),
+        )
+        for m in models
+    ]
+    x = torch.randn(5, 4)
+    expected = torch.stack([m(x) for m in models], 1)
+    weights = FusedWeights(steps, models)
+    torch.testing.assert_close(weights.logits(x), expected)
+    with torch.no_grad():
+        weights.weight.add_(1.0)
+    torch.testing.assert_close(models[1](x), expected[:, 1] + x.sum(1, keepdim=True))  # a view of the fused rows
+    weights.release()
+    with torch.no_grad():
+        weights.weight.add_(1.0)
+    torch.testing.assert_close(models[1](x), expected[:, 1] + x.sum(1, keepdim=True))  # its own tensor again
 
 
 def test_an_optimizer_other_than_plain_sgd_takes_its_own_step() -> None:

@@ -19,6 +19,7 @@ from fmnist_ignite import Config, build_experiment, resume_experiment
 from fmnist_ignite.config import HandlerConfig
 from fmnist_ignite.events import RunEvents
 from fmnist_ignite.handlers import TensorBoard, attach_handler
+from fmnist_ignite.handlers.tensorboard import fast_checksums
 
 from .conftest import BASE
 from .helpers import Rig, make_rig, small_config
@@ -225,3 +226,27 @@ def test_a_full_disk_while_tensorboard_writes_is_one_line_naming_the_folder(
     assert code == 1
     assert err.startswith(f"error: cannot write {tb}: No space left on device (TensorBoard logs); ")
     assert len(err.splitlines()) == 1 and "Traceback" not in out + err and "Exception in thread" not in out + err
+
+
+def test_the_records_checksums_are_tensorboards_own_and_its_reader_checks_them(tmp_path: Path) -> None:
+    from tensorboard.compat.tensorflow_stub import pywrap_tensorflow
+    from tensorboard.summary.writer import record_writer
+    from torch.utils.tensorboard import SummaryWriter
+
+    assert fast_checksums()
+    generator = torch.Generator().manual_seed(0)
+    for size in (0, 1, 7, 8, 100, 4096, 100_003):
+        data = bytes(torch.randint(0, 256, (size,), dtype=torch.uint8, generator=generator).tolist())
+        assert record_writer.masked_crc32c(data) == pywrap_tensorflow.masked_crc32c(data)
+    assert record_writer.masked_crc32c is not pywrap_tensorflow.masked_crc32c
+    with SummaryWriter(log_dir=str(tmp_path)) as writer:
+        writer.add_scalar("loss", 0.5, 1)
+        writer.add_image("picture", torch.rand(3, 64, 64), 1)
+    [path] = tmp_path.glob("events.out.tfevents.*")
+    reader = pywrap_tensorflow.PyRecordReader_New(str(path))  # checks each record's two checksums
+    records = 0
+    with pytest.raises(Exception, match="No more events"):
+        while True:
+            reader.GetNext()
+            records += 1
+    assert records == 3  # the file's version, the scalar, the image

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack, suppress
 from typing import Any, cast
@@ -102,43 +103,108 @@ def plain_sgd(step: TrainStep) -> bool:
     )
 
 
-def sgd_together(steps: Sequence[TrainStep]) -> None:
-    """The SGD step of every trial in ``steps`` (each :func:`plain_sgd`), in a few ``torch._foreach_*`` calls.
+class FusedWeights:
+    """The weights of a group's trials side by side in one tensor: one matrix product, one SGD step for all.
 
-    The arithmetic is :class:`torch.optim.SGD`'s (``grad + weight_decay * param``; the momentum buffer
-    ``buf * momentum + grad``, kept in each optimizer's state as its own step keeps it; with Nesterov
-    ``grad + momentum * buf``; ``param - lr * grad``), with each trial's own ``lr``, ``weight_decay``
-    and ``momentum``: one call per operation for all trials instead of one optimizer step per trial,
-    the per-step cost that dominates a fused group of small models.
+    ``(K*C, D)`` and ``(K*C,)`` leaves hold the ``K`` linear layers' weights and biases; while fused,
+    each layer's own parameters are views of its rows (``param.data``), so every trial's model reads
+    its current weights at every moment, and an optimizer's in-place step on them changes the
+    fused tensors. :meth:`step` takes the :func:`plain_sgd` trials' steps in a few operations on the
+    whole ``(K, C, D)`` block, with each trial's own ``lr``, ``weight_decay``, ``momentum`` and
+    Nesterov flag read from its optimizer at every step (so schedules that set ``lr`` work) and the
+    arithmetic of :class:`torch.optim.SGD`; any other trial's gradients are views of its rows and
+    its own optimizer takes its step. :meth:`release` gives each layer its own tensors again and
+    each momentum buffer to its optimizer's state, as its own steps would have left them.
+
+    Args:
+        steps: the trials' training steps (their optimizers and clipping).
+        linears: the trials' linear layers, all of one shape, in the same order.
     """
-    kinds: dict[tuple[bool, bool, bool], list[tuple[torch.Tensor, torch.Tensor, dict[str, Any], Any]]] = {}
-    for step in steps:
-        optimizer = step.optimizer
-        group = optimizer.param_groups[0]
-        kind = (group["weight_decay"] != 0, group["momentum"] != 0, bool(group["nesterov"]))
-        for param in group["params"]:
-            if param.grad is not None:
-                kinds.setdefault(kind, []).append((param, param.grad, group, optimizer.state[param]))
-    with torch.no_grad():
-        for (decay, momentum, nesterov), items in kinds.items():
-            params = [item[0] for item in items]
-            grads: list[torch.Tensor] | tuple[torch.Tensor, ...] = [item[1] for item in items]
-            groups = [item[2] for item in items]
-            if decay:
-                grads = torch._foreach_add(grads, torch._foreach_mul(params, [g["weight_decay"] for g in groups]))
-            if momentum:
-                momenta = [g["momentum"] for g in groups]
-                states = [item[3] for item in items]
-                if all("momentum_buffer" in state for state in states):
-                    buffers = [state["momentum_buffer"] for state in states]
-                    torch._foreach_mul_(buffers, momenta)
-                    torch._foreach_add_(buffers, grads)
-                else:  # the first step: each buffer starts as the gradient
-                    buffers = [torch.clone(grad).detach() for grad in grads]
-                    for state, buffer in zip(states, buffers, strict=True):
-                        state["momentum_buffer"] = buffer
-                grads = torch._foreach_add(grads, torch._foreach_mul(buffers, momenta)) if nesterov else buffers
-            torch._foreach_add_(params, torch._foreach_mul(grads, [-g["lr"] for g in groups]))
+
+    def __init__(self, steps: Sequence[TrainStep], linears: Sequence[torch.nn.Linear]) -> None:
+        self.steps, self.linears = list(steps), list(linears)
+        self.plain = [plain_sgd(step) for step in self.steps]
+        self.groups = [step.optimizer.param_groups[0] for step in self.steps]
+        with torch.no_grad():
+            self.weight = torch.cat([linear.weight for linear in self.linears]).requires_grad_()
+            self.bias = torch.cat([linear.bias for linear in self.linears]).requires_grad_()
+            K, C = len(self.linears), self.linears[0].out_features
+            self.shape = (K, C)
+            self.buffers: tuple[torch.Tensor, torch.Tensor] | None = None
+            self.had_buffer = [False] * K
+            if any(plain and group["momentum"] != 0 for plain, group in zip(self.plain, self.groups, strict=True)):
+                buffers = torch.zeros_like(self.weight), torch.zeros_like(self.bias)
+                for k, linear in enumerate(self.linears):  # those that took steps go on from their buffers
+                    states = [self.steps[k].optimizer.state.get(p, {}) for p in (linear.weight, linear.bias)]
+                    if self.plain[k] and all("momentum_buffer" in state for state in states):
+                        self.had_buffer[k] = True
+                        for buffer, state in zip(buffers, states, strict=True):
+                            buffer[k * C : (k + 1) * C] = state["momentum_buffer"]
+                self.buffers = buffers
+            for k, linear in enumerate(self.linears):
+                linear.weight.data = self.weight.detach()[k * C : (k + 1) * C]
+                linear.bias.data = self.bias.detach()[k * C : (k + 1) * C]
+        self.stepped = False
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Every trial's logits for the flat images ``x``: ``(B, K, C)``, in the autograd graph."""
+        return torch.addmm(self.bias, x, self.weight.t()).view(len(x), *self.shape)
+
+    def zero_grad(self) -> None:
+        self.weight.grad = self.bias.grad = None
+
+    @torch.no_grad()
+    def step(self) -> None:
+        """Every trial's optimizer step on the gradients of the fused tensors (see the class's text)."""
+        K, C = self.shape
+        grads = self.weight.grad, self.bias.grad
+        assert grads[0] is not None and grads[1] is not None
+        if not all(self.plain):
+            for k, step in enumerate(self.steps):
+                if not self.plain[k]:
+                    self.linears[k].weight.grad = grads[0][k * C : (k + 1) * C]
+                    self.linears[k].bias.grad = grads[1][k * C : (k + 1) * C]
+                    step.update()
+        # The plain trials' settings; any other trial's rows get 0: no change (its own step is above).
+        settings = torch.tensor(
+            [
+                (group["lr"], group["weight_decay"], group["momentum"], float(group["nesterov"]))
+                if plain
+                else (0.0, 0.0, 0.0, 0.0)
+                for plain, group in zip(self.plain, self.groups, strict=True)
+            ],
+            dtype=self.weight.dtype,
+            device=self.weight.device,
+        )
+        lr, decay, momentum, nesterov = settings.unbind(1)
+        decaying, accelerated = bool(decay.any()), bool(nesterov.any())
+        for param, grad, index in zip((self.weight, self.bias), grads, range(2), strict=True):
+            shape = (K, C, -1)
+            p, d = param.detach().view(shape), grad.view(shape)
+            if decaying:  # grad + weight_decay * param
+                d = torch.addcmul(d, p, decay.view(K, 1, 1))
+            if self.buffers is not None:  # buf * momentum + grad (a first step: 0 * momentum + grad), as SGD's
+                buffer = self.buffers[index].view(shape)
+                buffer.mul_(momentum.view(K, 1, 1)).add_(d)
+                if accelerated:  # Nesterov: grad + momentum * buf
+                    ahead = torch.addcmul(d, buffer, momentum.view(K, 1, 1))
+                    d = ahead if bool(nesterov.all()) else torch.where(nesterov.view(K, 1, 1) > 0, ahead, buffer)
+                else:
+                    d = buffer
+            p.addcmul_(d, lr.view(K, 1, 1), value=-1.0)
+        self.stepped = True
+
+    @torch.no_grad()
+    def release(self) -> None:
+        """Each layer its own tensors again (current values); each momentum buffer into its optimizer's state."""
+        C = self.shape[1]
+        for k, linear in enumerate(self.linears):
+            linear.weight.data = linear.weight.data.clone()
+            linear.bias.data = linear.bias.data.clone()
+            buffered = self.plain[k] and self.groups[k]["momentum"] != 0 and (self.stepped or self.had_buffer[k])
+            if self.buffers is not None and buffered:
+                for param, buffer in zip((linear.weight, linear.bias), self.buffers, strict=True):
+                    self.steps[k].optimizer.state[param]["momentum_buffer"] = buffer[k * C : (k + 1) * C].clone()
 
 
 def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -269,73 +335,119 @@ class FusedGroup:
         return groups
 
     def _weights(self, members: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """The members' weights side by side: ``(K*C, D)`` and ``(K*C,)``, in the autograd graph."""
-        linears = [cast(LogisticRegression, self.experiments[k].model).linear for k in members]
-        weight = torch.cat([linear.weight for linear in linears])
-        bias = torch.cat([linear.bias for linear in linears])
-        return weight, bias
+        """The members' weights side by side: ``(K*C, D)`` and ``(K*C,)``."""
+        linears = [self._linear(k) for k in members]
+        return torch.cat([linear.weight for linear in linears]), torch.cat([linear.bias for linear in linears])
+
+    def _linear(self, k: int) -> torch.nn.Linear:
+        return cast(LogisticRegression, self.experiments[k].model).linear
+
+    def _fuse(self, members: list[int]) -> FusedWeights:
+        return FusedWeights([self.steps[k] for k in members], [self._linear(k) for k in members])
+
+    def _iteration_event(self, k: int, event: Any) -> bool:
+        """Call trial ``k``'s handlers of an iteration event; an error ends that trial alone; whether none came.
+
+        As :meth:`ignite.engine.Engine.fire_event` calls them (the live list of handlers, the engine
+        given to those that take it), without its per-call debug message: this runs ``K`` times a step.
+        """
+        trainer = self.experiments[k].trainer
+        trainer.last_event_name = event
+        try:
+            for func, args, kwargs in trainer._event_handlers[event]:
+                if args and isinstance(args[0], weakref.ref):
+                    func(args[0](), *args[1:], **kwargs)
+                else:
+                    func(*args, **kwargs)
+        except Interrupted:
+            raise
+        except Exception as err:
+            self._fail(k, err)
+            return False
+        return True
 
     def _epoch(self, members: list[int]) -> list[int]:
-        """One epoch of training of ``members`` (their ``EPOCH_STARTED`` fired); those still in the group."""
+        """One epoch of training of ``members`` (their ``EPOCH_STARTED`` fired); those still in the group.
+
+        Per seed, one batch, one :class:`FusedWeights` product and step for its trials; each trial's
+        iteration handlers are called as its trainer would call them; the losses and correct counts
+        are kept per step for the whole group and given to each trial's :class:`EpochLoss` at the end.
+        """
         if not members:
             return members
-        groups = self._by_seed(members, "train")
-        first = {seed: self.experiments[ks[0]] for seed, ks in groups.items()}
-        iterators = {seed: iter(e.loaders["train"]) for seed, e in first.items()}
+        seeds = self._by_seed(members, "train")
+        seed_of = {k: seed for seed, ks in seeds.items() for k in ks}
+        loaders = {seed: self.experiments[ks[0]].loaders["train"] for seed, ks in seeds.items()}
+        iterators = {seed: iter(loader) for seed, loader in loaders.items()}
         prepare = self.steps[members[0]].prepare_batch
-        # Which trainers have handlers per iteration (a schedule, the TensorBoard's batch loss): only those fire.
-        fires = {
-            k: (
-                bool(self.experiments[k].trainer._event_handlers[Events.ITERATION_STARTED]),
-                bool(self.experiments[k].trainer._event_handlers[Events.ITERATION_COMPLETED]),
-            )
-            for k in members
-        }
-        plain = {k: plain_sgd(self.steps[k]) for k in members}  # their steps are taken together
-        for _ in range(len(first[next(iter(first))].loaders["train"])):
-            batches = {seed: next(iterator) for seed, iterator in iterators.items()}
-            for k in members:
-                state = self.experiments[k].trainer.state
-                state.iteration += 1
-                if fires[k][0] or fires[k][1]:  # the handlers may read the batch
-                    state.batch = batches[self.experiments[k].loaders["train"].seed]  # type: ignore[assignment]
-                if fires[k][0] and not self._fire(k, Events.ITERATION_STARTED):
-                    members = [m for m in members if m != k]
-                    groups = self._by_seed(members, "train")
-            if not members:
-                return members
-            total = None
-            results: dict[int, tuple[torch.Tensor, torch.Tensor, int]] = {}
-            for seed, ks in groups.items():
-                x, y = prepare(batches[seed], self.device, True)
-                weight, bias = self._weights(ks)
-                logits = torch.addmm(bias, x.flatten(1), weight.t()).view(len(y), len(ks), -1)
-                losses = cross_entropy(logits, y).mean(0)  # each trial's own mean: its gradients are its own
-                total = losses.sum() if total is None else total + losses.sum()
-                correct = logits.detach().argmax(2).eq_(y[:, None]).sum(0)
-                detached = losses.detach()
+        started, completed = Events.ITERATION_STARTED, Events.ITERATION_COMPLETED
+        handlers = {k: self.experiments[k].trainer._event_handlers for k in members}
+        fused: dict[int, tuple[list[int], FusedWeights, list[tuple[torch.Tensor, torch.Tensor, int]]]] = {}
+
+        def flush(seed: int) -> None:  # the steps taken so far to each trial's epoch totals; its own tensors again
+            ks, weights, steps = fused.pop(seed)
+            weights.release()
+            if steps:
+                losses, correct = torch.stack([s[0] for s in steps]), torch.stack([s[1] for s in steps])
+                samples = sum(s[2] for s in steps)
                 for i, k in enumerate(ks):
-                    results[k] = (detached[i], correct[i], len(y))
-            for k in members:
-                if plain[k]:  # zero_grad()'s set_to_none, without its per-call cost
-                    for param in self.steps[k].parameters:
-                        param.grad = None
-                else:
-                    self.steps[k].optimizer.zero_grad()
-            assert total is not None
-            total.backward()
-            together = [k for k in members if plain[k]]
-            sgd_together([self.steps[k] for k in together])
-            for k in list(members):
-                step, trainer = self.steps[k], self.experiments[k].trainer
-                if not plain[k]:
-                    step.update()
-                loss, correct_k, n = results[k]
-                step.stats.record(loss, correct_k, n)
-                trainer.state.output = loss  # type: ignore[assignment]
-                if fires[k][1] and not self._fire(k, Events.ITERATION_COMPLETED):
-                    members.remove(k)
-                    groups = self._by_seed(members, "train")
+                    self.steps[k].stats.record_steps(losses[:, i], correct[:, i], samples)
+
+        def leave(lost: list[int]) -> None:  # trials that failed: their seeds' trials fused again without them
+            nonlocal members
+            members = [k for k in members if k not in lost]
+            for seed in {seed_of[k] for k in lost}:
+                flush(seed)
+                ks = [k for k in seeds[seed] if k in members]
+                seeds[seed] = ks
+                if ks:
+                    fused[seed] = (ks, self._fuse(ks), [])
+
+        for seed, ks in seeds.items():
+            fused[seed] = (ks, self._fuse(ks), [])
+        outputs: dict[int, torch.Tensor] = {}
+        try:
+            for _ in range(len(next(iter(loaders.values())))):
+                batches = {seed: next(iterator) for seed, iterator in iterators.items()}
+                lost = []
+                for k in members:
+                    state = self.experiments[k].trainer.state
+                    state.iteration += 1
+                    if handlers[k][started] or handlers[k][completed]:  # they may read the batch
+                        state.batch = batches[seed_of[k]]  # type: ignore[assignment]
+                        if handlers[k][started] and not self._iteration_event(k, started):
+                            lost.append(k)
+                if lost:
+                    leave(lost)
+                    lost = []
+                if not members:
+                    return members
+                total = None
+                for seed, (ks, weights, steps) in fused.items():
+                    x, y = prepare(batches[seed], self.device, True)
+                    logits = weights.logits(x.flatten(1))
+                    losses = cross_entropy(logits, y).mean(0)  # each trial's own mean: its gradients are its own
+                    total = losses.sum() if total is None else total + losses.sum()
+                    detached = losses.detach()
+                    steps.append((detached, logits.detach().argmax(2).eq_(y[:, None]).sum(0), len(y)))
+                    outputs.update(zip(ks, detached.unbind(), strict=True))
+                    weights.zero_grad()
+                assert total is not None
+                total.backward()
+                for _, weights, _ in fused.values():
+                    weights.step()
+                for k in members:
+                    if handlers[k][completed]:
+                        self.experiments[k].trainer.state.output = outputs[k]  # type: ignore[assignment]
+                        if not self._iteration_event(k, completed):
+                            lost.append(k)
+                if lost:
+                    leave(lost)
+            for k in members:  # the last step's loss, as a trainer leaves it
+                self.experiments[k].trainer.state.output = outputs[k]  # type: ignore[assignment]
+        finally:
+            for seed in list(fused):
+                flush(seed)
         return members
 
     @torch.no_grad()
