@@ -11,6 +11,7 @@ import random
 import signal
 import time
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Executor, ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Literal, cast
@@ -30,7 +31,7 @@ from .events import RunEvents
 from .fileio import atomic_torch_save
 from .handlers import attach_handler
 from .interrupt import Interrupted, StopRequest, stop_on_signals
-from .reports import format_report, write_results
+from .reports import format_report, start_results
 from .rundir import RunDir, shown
 from .runfiles import InputDescription
 
@@ -419,6 +420,16 @@ class Experiment:
         :func:`~fmnist_ignite.evaluation.evaluate`) of the weights :meth:`final_weights` chose, if made elsewhere
         (a fused sweep tests its trials in one pass).
         """
+        with ThreadPoolExecutor(3, thread_name_prefix="fmnist-ignite-figures") as pool:
+            return self.finishing(test, pool)()
+
+    def finishing(self, test: dict[str, Any] | None, pool: Executor) -> Callable[[], dict[str, Any]]:
+        """:meth:`finish` in two steps: up to the pictures now, which are drawn and written in ``pool``; the rest
+        (``RUN_FINISHED``, ``metrics.json``) when the returned function is called, once they are written.
+
+        A fused sweep starts every trial's end this way, then completes each: the pictures of the ones
+        after are drawn while it completes the ones before.
+        """
         start = time.perf_counter()
         monitor, records = self.context.monitor, self.history
         weights, epoch = self.final_weights()
@@ -436,28 +447,37 @@ class Experiment:
             "per_class_accuracy": test["per_class_accuracy"],
         }
         if not self.writer:  # a data-parallel run's other processes: rank 0 writes and reports
-            self.trainer.state.results = {"metrics": metrics, "report": {}, "figures": {}}  # type: ignore[attr-defined]
-            self.trainer.fire_event(RunEvents.RUN_FINISHED)
-            return metrics
+
+            def told() -> dict[str, Any]:
+                self.trainer.state.results = {"metrics": metrics, "report": {}, "figures": {}}  # type: ignore[attr-defined]
+                self.trainer.fire_event(RunEvents.RUN_FINISHED)
+                return metrics
+
+            return told
         atomic_torch_save(self.rundir.model, self.model.state_dict())
         samples = self._sample_predictions()
-        report, figures = write_results(
-            self.rundir, records, monitor.best_epoch, test, self.data.classes, weights, samples
+        results = start_results(
+            self.rundir, records, monitor.best_epoch, test, self.data.classes, weights, samples, pool
         )
-        self.trainer.state.results = {"metrics": metrics, "report": report, "figures": figures}  # type: ignore[attr-defined]
-        self.trainer.fire_event(RunEvents.RUN_FINISHED)
-        self.rundir.write_metrics(metrics)
-        record.info("%s", format_report(report))
-        outcome.info(
-            "Test (%s weights, epoch %d): accuracy %.4f loss %.4f",
-            weights,
-            epoch,
-            metrics["test_accuracy"],
-            metrics["test_loss"],
-        )
-        logger.debug("timing: end of run %.3f s (test, model.pt, report, pictures)", time.perf_counter() - start)
-        outcome.info("%s", self._where_the_results_are(figures))
-        return metrics
+
+        def complete() -> dict[str, Any]:
+            results.wait()
+            self.trainer.state.results = {"metrics": metrics, "report": results.report, "figures": results.figures}  # type: ignore[attr-defined]
+            self.trainer.fire_event(RunEvents.RUN_FINISHED)
+            self.rundir.write_metrics(metrics)
+            record.info("%s", format_report(results.report))
+            outcome.info(
+                "Test (%s weights, epoch %d): accuracy %.4f loss %.4f",
+                weights,
+                epoch,
+                metrics["test_accuracy"],
+                metrics["test_loss"],
+            )
+            logger.debug("timing: end of run %.3f s (test, model.pt, report, pictures)", time.perf_counter() - start)
+            outcome.info("%s", self._where_the_results_are(results.figures))
+            return metrics
+
+        return complete
 
     def final_weights(self) -> tuple[str, int]:
         """Put the weights the run is tested with into the model: the best epoch's if ``monitor.restore_best``

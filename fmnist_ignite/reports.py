@@ -9,7 +9,9 @@ drawn with Pillow (:mod:`fmnist_ignite.plots`), in milliseconds each.
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -203,6 +205,47 @@ def save_figure(figure: Image.Image, path: Path) -> None:
     atomic_write(path, lambda f: f.write(buffer.getvalue()))
 
 
+@dataclass
+class Results:
+    """What :func:`start_results` started: the report (written), the pictures' paths, and their writing."""
+
+    report: dict[str, Any]
+    figures: dict[str, Path]
+    writing: list[Future[None]] = field(default_factory=list)
+
+    def wait(self) -> None:
+        """Return once every picture is written (raises the first picture's error, if any)."""
+        for future in self.writing:
+            future.result()
+
+
+def start_results(
+    rundir: RunDir,
+    records: Sequence[dict[str, Any]],
+    best_epoch: int,
+    test: dict[str, Any],
+    classes: Sequence[str],
+    weights: str,
+    samples: tuple[torch.Tensor, Sequence[int], Sequence[int]],
+    pool: Executor,
+) -> Results:
+    """Write ``report.json`` now; draw and write the pictures of a finished run in ``pool`` (see :func:`write_results`).
+
+    The caller goes on while they are drawn: a fused sweep writes its trials' pictures while it
+    finishes the others. :meth:`Results.wait` returns once they are written.
+    """
+    report = classification_report(test["confusion"], classes)
+    atomic_write_json(rundir.report, {"split": "test", "weights": weights, **report})
+    figures: dict[str, Callable[[], Image.Image]] = {
+        "predictions": lambda: predictions_figure(samples[0], samples[1], samples[2], classes),
+        "confusion_matrix": lambda: confusion_figure(test["confusion"], classes),
+        "history": lambda: history_figure(records, best_epoch or None),
+    }
+    paths = {name: rundir.figure(name) for name in ("history", "confusion_matrix", "predictions")}
+    writing = [pool.submit(lambda d, p: save_figure(d(), p), draw, paths[name]) for name, draw in figures.items()]
+    return Results(report, paths, writing)
+
+
 def write_results(
     rundir: RunDir,
     records: Sequence[dict[str, Any]],
@@ -213,6 +256,9 @@ def write_results(
     samples: tuple[torch.Tensor, Sequence[int], Sequence[int]],
 ) -> tuple[dict[str, Any], dict[str, Path]]:
     """Write ``report.json`` and the pictures of a finished run.
+
+    The three pictures are drawn and written side by side: Pillow lets go of the interpreter's lock
+    while it reduces, pastes and encodes (a third less time on two cores than one after the other).
 
     Args:
         rundir: the run directory.
@@ -226,15 +272,7 @@ def write_results(
     Returns:
         the report, and the path of each picture by name.
     """
-    report = classification_report(test["confusion"], classes)
-    atomic_write_json(rundir.report, {"split": "test", "weights": weights, **report})
-    figures = {
-        "history": history_figure(records, best_epoch or None),
-        "confusion_matrix": confusion_figure(test["confusion"], classes),
-        "predictions": predictions_figure(samples[0], samples[1], samples[2], classes),
-    }
-    paths = {}
-    for name, figure in figures.items():
-        paths[name] = rundir.figure(name)
-        save_figure(figure, paths[name])
-    return report, paths
+    with ThreadPoolExecutor(3, thread_name_prefix="fmnist-ignite-figures") as pool:
+        results = start_results(rundir, records, best_epoch, test, classes, weights, samples, pool)
+        results.wait()
+    return results.report, results.figures

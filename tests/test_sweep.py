@@ -50,10 +50,10 @@ def no_run_pictures(monkeypatch: pytest.MonkeyPatch) -> None:
     The subprocess tests below keep them, and test_reports checks them.
     """
 
-    def report_only(rundir: Any, records: Any, best_epoch: Any, test: dict, classes: Any, *args: Any) -> tuple:
-        return reports.classification_report(test["confusion"], classes), {}
+    def report_only(rundir: Any, records: Any, best_epoch: Any, test: dict, classes: Any, *args: Any) -> Any:
+        return reports.Results(reports.classification_report(test["confusion"], classes), {})
 
-    monkeypatch.setattr("fmnist_ignite.experiment.write_results", report_only)
+    monkeypatch.setattr("fmnist_ignite.experiment.start_results", report_only)
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:

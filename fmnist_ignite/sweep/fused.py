@@ -20,6 +20,7 @@ import logging
 import time
 import weakref
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, suppress
 from typing import Any, cast
 
@@ -157,8 +158,8 @@ class FusedWeights:
     def step(self) -> None:
         """Every trial's optimizer step on the gradients of the fused tensors (see the class's text)."""
         K, C = self.shape
+        assert self.weight.grad is not None and self.bias.grad is not None
         grads = self.weight.grad, self.bias.grad
-        assert grads[0] is not None and grads[1] is not None
         if not all(self.plain):
             for k, step in enumerate(self.steps):
                 if not self.plain[k]:
@@ -501,13 +502,27 @@ class FusedGroup:
             assert confusion is not None
             for i, k in enumerate(members):
                 tests[k] = evaluation_results(float(correct[i]) / count, float(loss[i]) / count, confusion[i], classes)
-        for k in members:
-            stack = self.sessions.pop(k)
-            try:
-                metrics = self.experiments[k].finish(tests[k])
-            except Exception as err:
-                stack.__exit__(type(err), err, err.__traceback__)
-                done(k, None, err)
-                continue
-            stack.close()
-            done(k, metrics, None)
+        # Every trial's end started (model.pt, report.json; its pictures queued), then each completed in turn: the
+        # pictures of the ones after are drawn and written by the pool while the ones before complete.
+        with ThreadPoolExecutor(2, thread_name_prefix="fmnist-ignite-figures") as pool:
+            completions: dict[int, Callable[[], dict[str, Any]]] = {}
+            for k in members:
+                try:
+                    completions[k] = self.experiments[k].finishing(tests[k], pool)
+                except Exception as err:
+                    self._ended_with(k, err, done)
+            for k, complete in completions.items():
+                try:
+                    metrics = complete()
+                except Exception as err:
+                    self._ended_with(k, err, done)
+                    continue
+                self.sessions.pop(k).close()
+                done(k, metrics, None)
+
+    def _ended_with(
+        self, k: int, err: Exception, done: Callable[[int, dict[str, Any] | None, BaseException | None], None]
+    ) -> None:
+        stack = self.sessions.pop(k)
+        stack.__exit__(type(err), err, err.__traceback__)
+        done(k, None, err)

@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import warnings
+import weakref
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from types import ModuleType
@@ -78,6 +79,29 @@ def _retry(study: optuna.Study, trial: FrozenTrial) -> None:
     _quietly(load_optuna().storages.RetryHeartbeatStaleTrialCallback)(study, trial)
 
 
+def _write_ahead(storage: Any) -> None:
+    """SQLite's write-ahead log for the study's database: each of Optuna's many small commits (a trial's
+    values, its reports each epoch, its end) writes the log once instead of the database and its journal.
+
+    ``synchronous=NORMAL``: a commit survives its process being killed; only a power cut may lose the
+    last ones (a trial then runs again). The log needs the processes on one machine, as SQLite does here.
+    """
+    from sqlalchemy import event
+
+    def pragmas(connection: Any, _record: Any) -> None:
+        cursor = connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    engine = storage.engine
+    event.listen(engine, "connect", pragmas)
+    engine.dispose()  # the connection that made the tables goes; the next ones are made with the log
+    # Closed when the storage goes (at the latest when the interpreter exits): the last connection to close
+    # moves the log into the database and removes it, leaving study.db whole on its own.
+    weakref.finalize(storage, engine.dispose)
+
+
 def open_study(plan: SweepPlan) -> optuna.Study:
     """The sweep's study, created if absent; it must have been started with the same definition (kept in it).
 
@@ -96,6 +120,8 @@ def open_study(plan: SweepPlan) -> optuna.Study:
             )  # fmt: skip
         except Exception as err:  # a bad URL, a missing driver, a server that does not answer
             raise SweepError(f"cannot open the study storage {_shown(plan.storage)}: {_driver_hint(err)}") from None
+        if plan.storage.startswith("sqlite"):
+            _write_ahead(storage)
     grid = None
     if plan.trials is None:
         grid = optuna.samplers.GridSampler({p.key: list(p.values) for p in plan.params})
