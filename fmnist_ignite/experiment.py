@@ -40,6 +40,7 @@ logger = logging.getLogger(__name__)
 # results are; the command line prints it on stdout. The outcome (the last two) shows even with -q.
 record = logging.getLogger("fmnist_ignite.run")
 outcome = logging.getLogger("fmnist_ignite.run.outcome")
+SAMPLES = 32  # the test images predictions.png shows, with their predicted classes
 
 
 class RNGState:
@@ -423,12 +424,15 @@ class Experiment:
         with ThreadPoolExecutor(3, thread_name_prefix="fmnist-ignite-figures") as pool:
             return self.finishing(test, pool)()
 
-    def finishing(self, test: dict[str, Any] | None, pool: Executor) -> Callable[[], dict[str, Any]]:
+    def finishing(
+        self, test: dict[str, Any] | None, pool: Executor, predicted: list[int] | None = None
+    ) -> Callable[[], dict[str, Any]]:
         """:meth:`finish` in two steps: up to the pictures now, which are drawn and written in ``pool``; the rest
         (``RUN_FINISHED``, ``metrics.json``) when the returned function is called, once they are written.
 
         A fused sweep starts every trial's end this way, then completes each: the pictures of the ones
-        after are drawn while it completes the ones before.
+        after are drawn while it completes the ones before. ``predicted``: the classes the tested weights
+        give the first :data:`SAMPLES` test images (``predictions.png``), if found elsewhere.
         """
         start = time.perf_counter()
         monitor, records = self.context.monitor, self.history
@@ -455,7 +459,7 @@ class Experiment:
 
             return told
         atomic_torch_save(self.rundir.model, self.model.state_dict())
-        samples = self._sample_predictions()
+        samples = self._sample_predictions(predicted)
         results = start_results(
             self.rundir, records, monitor.best_epoch, test, self.data.classes, weights, samples, pool
         )
@@ -495,12 +499,13 @@ class Experiment:
             where += f"; tensorboard --logdir {shown(self.rundir.tensorboard)}"
         return where
 
-    def _sample_predictions(self, count: int = 32) -> tuple[torch.Tensor, list[int], list[int]]:
-        images, labels = self.data.test_images[:count], self.data.test_labels[:count]
-        x, _ = self.context.prepare_batch((images, labels), self.context.device, False)
-        self.model.eval()
-        with torch.no_grad():
-            predicted = self.model(x).argmax(1).tolist()
+    def _sample_predictions(self, predicted: list[int] | None = None) -> tuple[torch.Tensor, list[int], list[int]]:
+        images, labels = self.data.test_images[:SAMPLES], self.data.test_labels[:SAMPLES]
+        if predicted is None:
+            x, _ = self.context.prepare_batch((images, labels), self.context.device, False)
+            self.model.eval()
+            with torch.no_grad():
+                predicted = self.model(x).argmax(1).tolist()
         return images, labels.tolist(), predicted
 
 

@@ -32,7 +32,7 @@ from ..build import Validation
 from ..data.loaders import TensorLoader
 from ..engine import TrainStep, train_step_of
 from ..evaluation import evaluation_results
-from ..experiment import Experiment
+from ..experiment import SAMPLES, Experiment
 from ..history import attached_metrics
 from ..interrupt import Interrupted, StopRequest, stop_on_signals
 from ..models import LogisticRegression
@@ -487,6 +487,14 @@ class FusedGroup:
             count += len(y)
         return loss, correct, None if confusion is None else confusion.view(K, classes, classes), count
 
+    @torch.no_grad()
+    def _predicted(self, members: list[int], images: torch.Tensor, labels: torch.Tensor) -> dict[int, list[int]]:
+        """The class each member's weights give each of ``images``, in one product for all."""
+        x, _ = self.steps[members[0]].prepare_batch((images, labels), self.device, False)
+        weight, bias = self._weights(members)
+        classes = torch.addmm(bias, x.flatten(1), weight.t()).view(len(x), len(members), -1).argmax(2)
+        return {k: classes[:, i].tolist() for i, k in enumerate(members)}
+
     def _finish(self, done: Callable[[int, dict[str, Any] | None, BaseException | None], None]) -> None:
         """Test every trial still in the group in one pass (its final weights), then finish each run."""
         for k, err in self.failed.items():
@@ -502,13 +510,14 @@ class FusedGroup:
             assert confusion is not None
             for i, k in enumerate(members):
                 tests[k] = evaluation_results(float(correct[i]) / count, float(loss[i]) / count, confusion[i], classes)
+            predicted = self._predicted(members, first.data.test_images[:SAMPLES], first.data.test_labels[:SAMPLES])
         # Every trial's end started (model.pt, report.json; its pictures queued), then each completed in turn: the
         # pictures of the ones after are drawn and written by the pool while the ones before complete.
         with ThreadPoolExecutor(2, thread_name_prefix="fmnist-ignite-figures") as pool:
             completions: dict[int, Callable[[], dict[str, Any]]] = {}
             for k in members:
                 try:
-                    completions[k] = self.experiments[k].finishing(tests[k], pool)
+                    completions[k] = self.experiments[k].finishing(tests[k], pool, predicted[k])
                 except Exception as err:
                     self._ended_with(k, err, done)
             for k, complete in completions.items():
