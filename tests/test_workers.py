@@ -25,6 +25,8 @@ def test_run_sweep_is_the_programs_and_refuses_no_workers(tmp_path: Path) -> Non
     assert fmnist_ignite.run_sweep is workers.run_sweep
     with pytest.raises(ConfigError, match="^--workers must be at least 1$"):
         workers.run_sweep(BASE, ["seed=1,2"], workers=0)
+    with pytest.raises(ConfigError, match=r"^fuse_max must be 0 or more \(0 or 1: each trial alone\), not -1$"):
+        workers.run_sweep(BASE, ["seed=1,2"], fuse_max=-1)
 
 
 def test_ctrl_c_stops_every_worker_after_its_epoch_and_the_same_command_resumes_them(

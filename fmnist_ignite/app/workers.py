@@ -63,7 +63,7 @@ def run_sweep(
     if workers < 1:
         raise ConfigError("--workers must be at least 1")
     if fuse_max < 0:
-        raise ConfigError("--fuse-max must be at least 1")
+        raise ConfigError(f"fuse_max must be 0 or more (0 or 1: each trial alone), not {fuse_max}")
     _quiet_optuna()
     plan = plan_sweep(config, arguments, name, trials, sampler, prune, storage)
     workers = min(workers, size(plan))

@@ -167,32 +167,28 @@ class FusedWeights:
                     self.linears[k].bias.grad = grads[1][k * C : (k + 1) * C]
                     step.update()
         # The plain trials' settings; any other trial's rows get 0: no change (its own step is above).
-        settings = torch.tensor(
-            [
-                (group["lr"], group["weight_decay"], group["momentum"], float(group["nesterov"]))
-                if plain
-                else (0.0, 0.0, 0.0, 0.0)
-                for plain, group in zip(self.plain, self.groups, strict=True)
-            ],
-            dtype=self.weight.dtype,
-            device=self.weight.device,
-        )
-        lr, decay, momentum, nesterov = settings.unbind(1)
-        decaying, accelerated = bool(decay.any()), bool(nesterov.any())
+        rows = [
+            (group["lr"], group["weight_decay"], group["momentum"], float(group["nesterov"])) if plain else (0.0,) * 4
+            for plain, group in zip(self.plain, self.groups, strict=True)
+        ]
+        decaying, accelerated = any(row[1] for row in rows), any(row[3] for row in rows)
+        everywhere = all(row[3] for row in rows)
+        settings = torch.tensor(rows, dtype=self.weight.dtype, device=self.weight.device).view(K, 4, 1, 1).unbind(1)
+        lr, decay, momentum, nesterov = settings
         for param, grad, index in zip((self.weight, self.bias), grads, range(2), strict=True):
             shape = (K, C, -1)
             p, d = param.detach().view(shape), grad.view(shape)
             if decaying:  # grad + weight_decay * param
-                d = torch.addcmul(d, p, decay.view(K, 1, 1))
-            if self.buffers is not None:  # buf * momentum + grad (a first step: 0 * momentum + grad), as SGD's
+                d = torch.addcmul(d, p, decay)
+            if self.buffers is not None:  # grad + buf * momentum (a first step: grad + 0), as SGD's
                 buffer = self.buffers[index].view(shape)
-                buffer.mul_(momentum.view(K, 1, 1)).add_(d)
+                torch.addcmul(d, buffer, momentum, out=buffer)
                 if accelerated:  # Nesterov: grad + momentum * buf
-                    ahead = torch.addcmul(d, buffer, momentum.view(K, 1, 1))
-                    d = ahead if bool(nesterov.all()) else torch.where(nesterov.view(K, 1, 1) > 0, ahead, buffer)
+                    ahead = torch.addcmul(d, buffer, momentum)
+                    d = ahead if everywhere else torch.where(nesterov > 0, ahead, buffer)
                 else:
                     d = buffer
-            p.addcmul_(d, lr.view(K, 1, 1), value=-1.0)
+            p.addcmul_(d, lr, value=-1.0)
         self.stepped = True
 
     @torch.no_grad()
