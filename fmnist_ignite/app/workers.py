@@ -12,7 +12,8 @@ import logging
 import multiprocessing
 import os
 import signal
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -70,7 +71,12 @@ def run_sweep(
     fuse_max = min(fuse_max, -(-size(plan) // workers))  # each worker its share of the trials
     try:
         if workers == 1:
-            work(plan, fuse_max=fuse_max)
+            from ..sweep.results import FinishedTrials
+            from ..sweep.study import open_study
+
+            finished = FinishedTrials(plan, open_study(plan))
+            with _runs_quiet():
+                work(plan, fuse_max=fuse_max, ended=lambda: _say(finished))
         else:
             _run_workers(plan, workers, fuse_max)
     except Interrupted as err:
@@ -118,6 +124,23 @@ def _run_workers(plan: Any, workers: int, fuse_max: int = 0) -> None:
     for process in processes:
         if process.exitcode:
             logger.warning("%s stopped with exit code %s", process.name, process.exitcode)
+
+
+@contextmanager
+def _runs_quiet() -> Iterator[None]:
+    """While trials run in this process: one line as each ends (:class:`~fmnist_ignite.sweep.results.FinishedTrials`),
+    as with workers; not each run's record (epochs, reports: in its run directory), unless ``-v``."""
+    quiet = console.current_verbosity() <= 0
+    names = {"fmnist_ignite.run": logging.WARNING, "fmnist_ignite.run.outcome": logging.WARNING}
+    saved = {name: logging.getLogger(name).level for name in names}
+    if quiet:
+        for name, level in names.items():
+            logging.getLogger(name).setLevel(level)
+    try:
+        yield
+    finally:
+        for name, level in saved.items():
+            logging.getLogger(name).setLevel(level)
 
 
 def _say(finished: Any) -> None:

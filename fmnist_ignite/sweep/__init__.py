@@ -113,7 +113,9 @@ def size(plan: SweepPlan) -> int:
     return grid_size(plan.params) if plan.trials is None else plan.trials
 
 
-def work(plan: SweepPlan, parent: int | None = None, fuse_max: int = 0) -> None:
+def work(
+    plan: SweepPlan, parent: int | None = None, fuse_max: int = 0, ended: Callable[[], None] | None = None
+) -> None:
     """One process's share of a sweep: run trials until none is left to start, then wait for those running elsewhere.
 
     ``study.optimize`` runs trials while one is left to start (see :class:`~.study.Turn`). A trial
@@ -125,6 +127,7 @@ def work(plan: SweepPlan, parent: int | None = None, fuse_max: int = 0) -> None:
         plan: the sweep (see :func:`plan_sweep`).
         parent: a worker's main process; the worker takes no more trials once it is gone.
         fuse_max: the most trials trained together; 0 (or 1): each trial alone.
+        ended: called each time a trial of this process has ended and the study was told.
 
     Raises:
         Interrupted: SIGINT or SIGTERM stopped the trial (or trials) this process was running.
@@ -134,6 +137,8 @@ def work(plan: SweepPlan, parent: int | None = None, fuse_max: int = 0) -> None:
     objective = Objective(plan, started=turn.release)
 
     def next_trial(study: Any, trial: Any) -> None:  # study.optimize's callback after each trial
+        if ended is not None:
+            ended()
         if (parent is not None and os.getppid() != parent) or not turn.take():
             study.stop()
 
@@ -161,7 +166,7 @@ def work(plan: SweepPlan, parent: int | None = None, fuse_max: int = 0) -> None:
             raise
         finally:
             turn.release()
-        train_group(study, objective, group)
+        train_group(study, objective, group, ended)
 
     waiting = False
     while parent is None or os.getppid() == parent:
@@ -178,7 +183,9 @@ def work(plan: SweepPlan, parent: int | None = None, fuse_max: int = 0) -> None:
     logger.warning("The sweep's main process is gone: this worker takes no more trials")
 
 
-def train_group(study: Any, objective: Objective, group: list[PreparedTrial]) -> None:
+def train_group(
+    study: Any, objective: Objective, group: list[PreparedTrial], ended: Callable[[], None] | None = None
+) -> None:
     """Train trials the study gave this process together: those that can share a data pass as fused groups
     (:class:`~.fused.FusedGroup`), the others alone; tell the study each one's end as it comes.
 
@@ -204,6 +211,8 @@ def train_group(study: Any, objective: Objective, group: list[PreparedTrial]) ->
         else:
             tell(study, prepared.trial, value)
         told.add(prepared.trial.number)
+        if ended is not None:
+            ended()
 
     with ExitStack() as heartbeats:
         for prepared in group:  # the storage's heartbeat for each trial, as study.optimize keeps it

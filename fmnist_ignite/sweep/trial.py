@@ -148,9 +148,10 @@ class Objective:
             prepared.metrics = rundir.read_metrics()
         else:
             prepared.experiment = self._experiment(rundir, config, prepared.trial)
-            logger.info(
-                "Trial %d %s: %s", number, prepared.name, "resuming" if prepared.experiment.resuming else "training"
-            )
+            if prepared.experiment.resuming:  # (each trial's end is one line: sweep.results.FinishedTrials)
+                logger.info("Trial %d %s: resuming from its last saved epoch", number, prepared.name)
+            else:
+                logger.debug("Trial %d %s: training", number, prepared.name)
 
     def failed(self, prepared: PreparedTrial, err: BaseException) -> TrialFailed:
         """Record the trial's error (and the epochs it trained) in the study; the :class:`TrialFailed` to raise."""
@@ -160,7 +161,7 @@ class Objective:
         trial.set_user_attr("error", error)
         if prepared.experiment is not None:
             trial.set_user_attr("epochs", len(prepared.experiment.history))
-        logger.warning("Trial %d %s failed: %s", trial.number, prepared.name, error)
+        logger.debug("Trial %d %s failed: %s", trial.number, prepared.name, error)  # FinishedTrials says it
         return TrialFailed(error)
 
     def conclude(self, prepared: PreparedTrial) -> float:
@@ -176,7 +177,7 @@ class Objective:
         for key in ("best_value", "test_accuracy"):
             trial.set_user_attr(key, metrics[key])
         trial.set_user_attr("epochs", metrics["epochs_trained"])
-        logger.info(
+        logger.debug(  # FinishedTrials says it
             "Trial %d %s: %s, %s %.4f, test accuracy %.4f", trial.number, prepared.name,
             "pruned" if metrics.get("pruned_epoch") else "complete",
             self.plan.monitor, metrics["best_value"], metrics["test_accuracy"],
