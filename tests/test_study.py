@@ -53,8 +53,10 @@ def test_samplers_and_pruners_are_optunas_by_short_name() -> None:
 def test_a_grid_is_handed_out_in_the_order_given(tmp_path: Path) -> None:
     plan = plan_of(tmp_path, "optimizer.lr=0.3,0.1,0.2", "seed=2,1")
     seen: list[dict] = []
-    open_study(plan).optimize(lambda t: seen.append({p.key: suggest(t, p) for p in plan.params}) or 0.0)
-    assert seen == grid_points(plan.params)  # and GridSampler stopped the study at the end of its grid
+    study = open_study(plan)
+    study.optimize(lambda t: seen.append({p.key: suggest(t, p) for p in plan.params}) or 0.0, n_trials=6)
+    assert seen == grid_points(plan.params)
+    assert not startable(study, plan)  # what stops the sweep at the end of its grid (not GridSampler's check)
 
 
 def test_a_study_started_with_other_values_is_refused(tmp_path: Path) -> None:
