@@ -28,6 +28,17 @@ def _font(size: float) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
     return ImageFont.load_default(size=round(size * SCALE))
 
 
+@lru_cache(maxsize=4096)
+def _text_mask(text: str, size: float, anchor: str) -> tuple[Image.Image, tuple[int, int]]:
+    """``text`` rendered by Pillow at ``size``, as a mask, and where its corner lies from the ``anchor`` point."""
+    font = _font(size)
+    bbox = font.getbbox(text, anchor=anchor)
+    left, top, right, bottom = math.floor(bbox[0]), math.floor(bbox[1]), math.ceil(bbox[2]), math.ceil(bbox[3])
+    mask = Image.new("L", (max(1, right - left), max(1, bottom - top)), 0)
+    ImageDraw.Draw(mask).text((-left, -top), text, font=font, anchor=anchor, fill=255)
+    return mask, (left, top)
+
+
 def blues(share: float) -> tuple[int, int, int]:
     """The colour of ``share`` (0 to 1) on a white-to-dark-blue scale (matplotlib's ``Blues``)."""
     position = min(max(share, 0.0), 1.0) * (len(BLUES) - 1)
@@ -56,9 +67,13 @@ class Canvas:
     def text(
         self, xy: tuple[float, float], text: str, size: float = 10, anchor: str = "mm", fill: Ink = "black"
     ) -> None:
-        """``text`` placed by Pillow's ``anchor`` (``"mm"``: its middle at ``xy``; ``"rm"``: its right end)."""
-        x, y = xy
-        self.draw.text((x * SCALE, y * SCALE), text, font=_font(size), anchor=anchor, fill=fill)
+        """``text`` placed by Pillow's ``anchor`` (``"mm"``: its middle at ``xy``; ``"rm"``: its right end).
+
+        Each text is rendered once (:func:`_text_mask`) and then pasted in ``fill``: a run's pictures, and
+        a sweep's, draw the same labels and numbers again and again.
+        """
+        mask, (left, top) = _text_mask(text, size, anchor)
+        self.draw.bitmap((round(xy[0] * SCALE) + left, round(xy[1] * SCALE) + top), mask, fill=fill)
 
     def text_width(self, text: str, size: float = 10) -> float:
         """How wide ``text`` is, in final pixels."""

@@ -87,6 +87,21 @@ def test_text_is_drawn_and_measured() -> None:
     assert canvas.text_width("abcdefgh", 20) == pytest.approx(2 * long, rel=0.15)
 
 
+@pytest.mark.parametrize("anchor", ["mm", "rm", "lm", "la"])
+def test_text_rendered_once_and_pasted_is_pillows_own_drawing(anchor: str) -> None:
+    from PIL import ImageDraw
+
+    texts = [("T-shirt/top", 11, "black"), ("0.8512", 14, (214, 39, 40)), ("Ankle boot (Bag)", 10, "#1f77b4")]
+    canvas = Canvas(200, 60)
+    expected = Image.new("RGB", (200 * SCALE, 60 * SCALE), "white")
+    draw = ImageDraw.Draw(expected)
+    for k, (text, size, fill) in enumerate(texts * 2):  # the second time from the cache
+        xy = (100, 10 + 8 * k)
+        canvas.text(xy, text, size=size, anchor=anchor, fill=fill)
+        draw.text((xy[0] * SCALE, xy[1] * SCALE), text, font=plots._font(size), anchor=anchor, fill=fill)
+    assert np.array_equal(np.asarray(canvas._image), np.asarray(expected))
+
+
 def test_rotated_text_is_upright() -> None:
     canvas = Canvas(60, 200)
     canvas.rotated_text((30, 100), "accuracy label", angle=90, size=12, end=False)
