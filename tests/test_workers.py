@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import os
 import pty
+import re
 import signal
 import subprocess
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -113,3 +115,24 @@ def test_workers_on_a_terminal_say_one_line_per_trial_and_leave_each_runs_record
         assert {"history.csv", "confusion_matrix.png", "predictions.png", "metrics.json"} <= {
             p.name for p in run.iterdir()
         }
+
+
+def test_a_sweep_in_this_process_says_a_line_as_each_trial_ends_and_keeps_the_runs_records_in_their_folders(
+    cli: Any, tmp_path: Path, system_dir: Path
+) -> None:
+    args = ["sweep", BASE, *small_overrides(tmp_path, system_dir), "trainer.max_epochs=1", "optimizer.lr=0.01,0.02"]
+    code, out, err = cli(*args)
+    assert code == 0, err
+    sweep = tmp_path / "runs" / "small-sweep"
+    said = err.splitlines()  # the lines of the sweep itself; the table is the output
+    assert said[0] == "Trials 0, 1: fused, trained together as one model (2 trials)"
+    assert [re.sub(r"=0\.\d{4} ", "=X ", line) for line in said[1:]] == [
+        f"trial 1/2 done: val_accuracy=X (optimizer.lr=0.01) -> {sweep / 'lr-0.01'}",
+        f"trial 2/2 done: val_accuracy=X (optimizer.lr=0.02) -> {sweep / 'lr-0.02'}",
+    ]
+    assert "Epoch [" not in out + err and "Test (" not in out + err  # in each run's folder
+    assert (sweep / "lr-0.01" / "history.csv").exists() and (sweep / "lr-0.02" / "report.json").exists()
+
+    code, out, err = cli(*args, "--name", "loud", "-v")
+    assert code == 0, err
+    assert (out + err).count("Epoch [1]") == 2  # -v: each run's record as well

@@ -76,7 +76,7 @@ def run_sweep(
 
             finished = FinishedTrials(plan, open_study(plan))
             with _runs_quiet():
-                work(plan, fuse_max=fuse_max, ended=lambda: _say(finished))
+                work(plan, fuse_max=fuse_max, ended=lambda trial: _say_line(finished.line(trial)))
         else:
             _run_workers(plan, workers, fuse_max)
     except Interrupted as err:
@@ -141,6 +141,11 @@ def _runs_quiet() -> Iterator[None]:
     finally:
         for name, level in saved.items():
             logging.getLogger(name).setLevel(level)
+
+
+def _say_line(line: str | None) -> None:
+    if line:
+        logger.info("%s", line)
 
 
 def _say(finished: Any) -> None:

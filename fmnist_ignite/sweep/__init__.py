@@ -114,7 +114,7 @@ def size(plan: SweepPlan) -> int:
 
 
 def work(
-    plan: SweepPlan, parent: int | None = None, fuse_max: int = 0, ended: Callable[[], None] | None = None
+    plan: SweepPlan, parent: int | None = None, fuse_max: int = 0, ended: Callable[[Any], None] | None = None
 ) -> None:
     """One process's share of a sweep: run trials until none is left to start, then wait for those running elsewhere.
 
@@ -127,7 +127,7 @@ def work(
         plan: the sweep (see :func:`plan_sweep`).
         parent: a worker's main process; the worker takes no more trials once it is gone.
         fuse_max: the most trials trained together; 0 (or 1): each trial alone.
-        ended: called each time a trial of this process has ended and the study was told.
+        ended: called with each trial of this process that has ended, as the study has it (``FrozenTrial``).
 
     Raises:
         Interrupted: SIGINT or SIGTERM stopped the trial (or trials) this process was running.
@@ -138,7 +138,7 @@ def work(
 
     def next_trial(study: Any, trial: Any) -> None:  # study.optimize's callback after each trial
         if ended is not None:
-            ended()
+            ended(trial)
         if (parent is not None and os.getppid() != parent) or not turn.take():
             study.stop()
 
@@ -184,7 +184,7 @@ def work(
 
 
 def train_group(
-    study: Any, objective: Objective, group: list[PreparedTrial], ended: Callable[[], None] | None = None
+    study: Any, objective: Objective, group: list[PreparedTrial], ended: Callable[[Any], None] | None = None
 ) -> None:
     """Train trials the study gave this process together: those that can share a data pass as fused groups
     (:class:`~.fused.FusedGroup`), the others alone; tell the study each one's end as it comes.
@@ -205,14 +205,14 @@ def train_group(
                 raise objective.failed(prepared, error)
             value = objective.conclude(prepared)
         except optuna.TrialPruned:
-            tell(study, prepared.trial, state=optuna.trial.TrialState.PRUNED)
+            frozen = tell(study, prepared.trial, state=optuna.trial.TrialState.PRUNED)
         except TrialFailed:
-            tell(study, prepared.trial, state=optuna.trial.TrialState.FAIL)
+            frozen = tell(study, prepared.trial, state=optuna.trial.TrialState.FAIL)
         else:
-            tell(study, prepared.trial, value)
+            frozen = tell(study, prepared.trial, value)
         told.add(prepared.trial.number)
         if ended is not None:
-            ended()
+            ended(frozen)
 
     with ExitStack() as heartbeats:
         for prepared in group:  # the storage's heartbeat for each trial, as study.optimize keeps it
@@ -286,10 +286,10 @@ def _told_of_member(told_of: Callable[..., None], members: list[PreparedTrial], 
     told_of(members[k], *outcome)
 
 
-def tell(study: Any, trial: Any, value: float | None = None, state: Any = None) -> None:
-    """``study.tell`` of a trial this process asked for (see :func:`~.study.asking`)."""
+def tell(study: Any, trial: Any, value: float | None = None, state: Any = None) -> Any:
+    """``study.tell`` of a trial this process asked for (see :func:`~.study.asking`); the trial as the study has it."""
     with asking(study):
-        study.tell(trial, value, state=state)
+        return study.tell(trial, value, state=state)
 
 
 def results(plan: SweepPlan) -> dict[str, Any]:

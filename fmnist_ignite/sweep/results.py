@@ -87,15 +87,16 @@ class FinishedTrials:
 
     def new_lines(self) -> list[str]:
         """A line for each trial that ended since the last call."""
-        lines = []
-        for trial in self._finished():
-            if trial.number in self.said:
-                continue
-            self.said.add(trial.number)
-            name = trial_name(self.plan.params, trial.params)
-            self.names.add(name)
-            lines.append(self._line(trial, name, min(len(self.names), self.total)))
-        return lines
+        return [line for trial in self._finished() if (line := self.line(trial))]
+
+    def line(self, trial: optuna.trial.FrozenTrial) -> str | None:
+        """The line of a trial that ended (as ``study.tell`` returns it), unless it was said already."""
+        if trial.number in self.said or not (trial.state.name in ("COMPLETE", "PRUNED") or _failed(trial)):
+            return None
+        self.said.add(trial.number)
+        name = trial_name(self.plan.params, trial.params)
+        self.names.add(name)
+        return self._line(trial, name, min(len(self.names), self.total))
 
     def _line(self, trial: optuna.trial.FrozenTrial, name: str, done: int) -> str:
         attrs = trial.user_attrs
