@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable, Sequence
-from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -229,10 +229,22 @@ def start_results(
     samples: tuple[torch.Tensor, Sequence[int], Sequence[int]],
     pool: Executor,
 ) -> Results:
-    """Write ``report.json`` now; draw and write the pictures of a finished run in ``pool`` (see :func:`write_results`).
+    """Write ``report.json`` now; draw and write the pictures of a finished run in ``pool``.
 
-    The caller goes on while they are drawn: a fused sweep writes its trials' pictures while it
-    finishes the others. :meth:`Results.wait` returns once they are written.
+    The caller goes on while they are drawn (:meth:`Results.wait` returns once they are written):
+    with a pool of two or three threads, the three pictures are drawn and written side by side
+    (Pillow lets go of the interpreter's lock while it reduces, pastes and encodes), and a fused
+    sweep draws its trials' pictures while it finishes the others.
+
+    Args:
+        rundir: the run directory.
+        records: the history.
+        best_epoch: the monitor's best epoch, marked on the history picture.
+        test: the test evaluation (see :func:`~fmnist_ignite.evaluation.evaluate`).
+        classes: the class names.
+        weights: ``best`` or ``last``: which weights were tested.
+        samples: ``(images, labels, predictions)`` for the predictions grid.
+        pool: where the pictures are drawn and written.
     """
     report = classification_report(test["confusion"], classes)
     atomic_write_json(rundir.report, {"split": "test", "weights": weights, **report})
@@ -244,35 +256,3 @@ def start_results(
     paths = {name: rundir.figure(name) for name in ("history", "confusion_matrix", "predictions")}
     writing = [pool.submit(lambda d, p: save_figure(d(), p), draw, paths[name]) for name, draw in figures.items()]
     return Results(report, paths, writing)
-
-
-def write_results(
-    rundir: RunDir,
-    records: Sequence[dict[str, Any]],
-    best_epoch: int,
-    test: dict[str, Any],
-    classes: Sequence[str],
-    weights: str,
-    samples: tuple[torch.Tensor, Sequence[int], Sequence[int]],
-) -> tuple[dict[str, Any], dict[str, Path]]:
-    """Write ``report.json`` and the pictures of a finished run.
-
-    The three pictures are drawn and written side by side: Pillow lets go of the interpreter's lock
-    while it reduces, pastes and encodes (a third less time on two cores than one after the other).
-
-    Args:
-        rundir: the run directory.
-        records: the history.
-        best_epoch: the monitor's best epoch, marked on the history picture.
-        test: the test evaluation (see :func:`~fmnist_ignite.evaluation.evaluate`).
-        classes: the class names.
-        weights: ``best`` or ``last``: which weights were tested.
-        samples: ``(images, labels, predictions)`` for the predictions grid.
-
-    Returns:
-        the report, and the path of each picture by name.
-    """
-    with ThreadPoolExecutor(3, thread_name_prefix="fmnist-ignite-figures") as pool:
-        results = start_results(rundir, records, best_epoch, test, classes, weights, samples, pool)
-        results.wait()
-    return results.report, results.figures

@@ -82,7 +82,7 @@ def group_key(experiment: Experiment) -> tuple[Any, ...]:
 
 
 def plain_sgd(step: TrainStep) -> bool:
-    """Whether trial's step is a plain :class:`torch.optim.SGD` step that :func:`sgd_together` may take for it.
+    """Whether a trial's step is a plain :class:`torch.optim.SGD` step that :meth:`FusedWeights.step` may take for it.
 
     Plain: one parameter group, no dampening, ``maximize``, ``differentiable`` or ``fused``, a float
     learning rate, no gradient clipping, no step hooks, and no torch ``LRScheduler`` counting its steps
@@ -266,10 +266,24 @@ class FusedGroup:
             stack.__exit__(type(err), err, err.__traceback__)
         self.failed[k] = err
 
-    def _fire(self, k: int, event: Any) -> bool:
-        """Fire ``event`` on trial ``k``'s trainer; an error ends that trial alone; whether none came."""
+    def _fire(self, k: int, event: Any, direct: bool = False) -> bool:
+        """Fire ``event`` on trial ``k``'s trainer; an error ends that trial alone; whether none came.
+
+        ``direct``: call its handlers as :meth:`ignite.engine.Engine.fire_event` calls them (the live list,
+        the engine given to those that take it), without its per-call debug message: for the iteration
+        events, fired ``K`` times a step.
+        """
+        trainer = self.experiments[k].trainer
         try:
-            self.experiments[k].trainer.fire_event(event)
+            if not direct:
+                trainer.fire_event(event)
+                return True
+            trainer.last_event_name = event
+            for func, args, kwargs in trainer._event_handlers[event]:
+                if args and isinstance(args[0], weakref.ref):
+                    func(args[0](), *args[1:], **kwargs)
+                else:
+                    func(*args, **kwargs)
         except Interrupted:
             raise
         except Exception as err:
@@ -342,27 +356,6 @@ class FusedGroup:
     def _fuse(self, members: list[int]) -> FusedWeights:
         return FusedWeights([self.steps[k] for k in members], [self._linear(k) for k in members])
 
-    def _iteration_event(self, k: int, event: Any) -> bool:
-        """Call trial ``k``'s handlers of an iteration event; an error ends that trial alone; whether none came.
-
-        As :meth:`ignite.engine.Engine.fire_event` calls them (the live list of handlers, the engine
-        given to those that take it), without its per-call debug message: this runs ``K`` times a step.
-        """
-        trainer = self.experiments[k].trainer
-        trainer.last_event_name = event
-        try:
-            for func, args, kwargs in trainer._event_handlers[event]:
-                if args and isinstance(args[0], weakref.ref):
-                    func(args[0](), *args[1:], **kwargs)
-                else:
-                    func(*args, **kwargs)
-        except Interrupted:
-            raise
-        except Exception as err:
-            self._fail(k, err)
-            return False
-        return True
-
     def _epoch(self, members: list[int]) -> list[int]:
         """One epoch of training of ``members`` (their ``EPOCH_STARTED`` fired); those still in the group.
 
@@ -412,7 +405,7 @@ class FusedGroup:
                     state.iteration += 1
                     if handlers[k][started] or handlers[k][completed]:  # they may read the batch
                         state.batch = batches[seed_of[k]]  # type: ignore[assignment]
-                        if handlers[k][started] and not self._iteration_event(k, started):
+                        if handlers[k][started] and not self._fire(k, started, direct=True):
                             lost.append(k)
                 if lost:
                     leave(lost)
@@ -436,7 +429,7 @@ class FusedGroup:
                 for k in members:
                     if handlers[k][completed]:
                         self.experiments[k].trainer.state.output = outputs[k]  # type: ignore[assignment]
-                        if not self._iteration_event(k, completed):
+                        if not self._fire(k, completed, direct=True):
                             lost.append(k)
                 if lost:
                     leave(lost)
