@@ -7,6 +7,7 @@ import json
 import os
 import re
 import tempfile
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
@@ -65,10 +66,18 @@ def _place_new(tmp: str, path: Path) -> None:
         os.unlink(tmp)
 
 
+_UMASK_LOCK = threading.Lock()
+
+
 def current_umask() -> int:
-    """The process's umask (files made through ``tempfile`` would otherwise be private)."""
-    mask = os.umask(0)
-    os.umask(mask)
+    """The process's umask (files made through ``tempfile`` would otherwise be private).
+
+    Reading it means setting it and putting it back; the lock keeps two threads (a run's pictures
+    are written side by side) from putting back the 0 the other set in between.
+    """
+    with _UMASK_LOCK:
+        mask = os.umask(0)
+        os.umask(mask)
     return mask
 
 

@@ -70,7 +70,9 @@ class Canvas:
         """``text`` placed by Pillow's ``anchor`` (``"mm"``: its middle at ``xy``; ``"rm"``: its right end).
 
         Each text is rendered once (:func:`_text_mask`) and then pasted in ``fill``: a run's pictures, and
-        a sweep's, draw the same labels and numbers again and again.
+        a sweep's, draw the same labels and numbers again and again. The text is placed at the nearest
+        whole pixel of the drawing (half a pixel of the final picture at most); there it is pixel for
+        pixel what Pillow's ``ImageDraw.text`` draws.
         """
         mask, (left, top) = _text_mask(text, size, anchor)
         self.draw.bitmap((round(xy[0] * SCALE) + left, round(xy[1] * SCALE) + top), mask, fill=fill)

@@ -108,6 +108,24 @@ def test_files_get_the_umask_permissions_not_private_ones(tmp_path: Path, umask_
 def test_current_umask_reads_without_changing_it(umask_022: None) -> None:
     assert current_umask() == 0o022
     assert current_umask() == 0o022
+
+
+def test_threads_reading_the_umask_at_once_leave_it_as_it_was(umask_022: None) -> None:
+    import sys
+    import threading
+
+    seen: list[int] = []
+    threads = [threading.Thread(target=lambda: seen.extend(current_umask() for _ in range(3000))) for _ in range(4)]
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads take turns between any two calls: without the lock, 0 is read back
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert set(seen) == {0o022} and current_umask() == 0o022
     assert os.umask(0o022) == 0o022
 
 

@@ -212,6 +212,34 @@ def test_the_fused_step_is_each_trials_own_optimizer_step() -> None:
                     torch.testing.assert_close(state_t[key], value)
 
 
+def test_momentum_a_schedule_turns_on_while_fused_starts_its_buffer_as_sgd_does() -> None:
+    def made() -> TrainStep:
+        torch.manual_seed(0)
+        model = torch.nn.Linear(4, 3)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.0)
+        return TrainStep(model, optimizer, torch.device("cpu"), lambda *a: a, EpochLoss(torch.device("cpu")))
+
+    alone, together = made(), made()
+    weights = FusedWeights([together], [cast(torch.nn.Linear, together.model)])
+    for i, momentum in enumerate((0.0, 0.9, 0.9)):
+        for step in (alone, together):
+            step.optimizer.param_groups[0]["momentum"] = momentum
+        torch.manual_seed(i)
+        grads = [torch.randn_like(p) for p in alone.model.parameters()]
+        for param, grad in zip(alone.model.parameters(), grads, strict=True):
+            param.grad = grad.clone()
+        alone.optimizer.step()
+        weights.zero_grad()
+        weights.weight.grad, weights.bias.grad = grads[0].clone(), grads[1].clone()
+        weights.step()
+    weights.release()
+    for p, q in zip(alone.model.parameters(), together.model.parameters(), strict=True):
+        torch.testing.assert_close(q, p)
+        torch.testing.assert_close(
+            together.optimizer.state[q]["momentum_buffer"], alone.optimizer.state[p]["momentum_buffer"]
+        )
+
+
 def test_a_model_computes_with_its_fused_weights() -> None:
     torch.manual_seed(0)
     models = [torch.nn.Linear(4, 3) for _ in range(3)]

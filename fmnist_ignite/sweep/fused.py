@@ -175,6 +175,8 @@ class FusedWeights:
         everywhere = all(row[3] for row in rows)
         settings = torch.tensor(rows, dtype=self.weight.dtype, device=self.weight.device).view(K, 4, 1, 1).unbind(1)
         lr, decay, momentum, nesterov = settings
+        if self.buffers is None and any(row[2] for row in rows):  # a schedule gave a trial momentum this step
+            self.buffers = torch.zeros_like(self.weight.detach()), torch.zeros_like(self.bias.detach())
         for param, grad, index in zip((self.weight, self.bias), grads, range(2), strict=True):
             shape = (K, C, -1)
             p, d = param.detach().view(shape), grad.view(shape)
@@ -393,10 +395,10 @@ class FusedGroup:
                 if ks:
                     fused[seed] = (ks, self._fuse(ks), [])
 
-        for seed, ks in seeds.items():
-            fused[seed] = (ks, self._fuse(ks), [])
         outputs: dict[int, torch.Tensor] = {}
         try:
+            for seed, ks in seeds.items():
+                fused[seed] = (ks, self._fuse(ks), [])
             for _ in range(len(next(iter(loaders.values())))):
                 batches = {seed: next(iterator) for seed, iterator in iterators.items()}
                 lost = []
