@@ -95,6 +95,17 @@ def write_cifar_archive(root: Path, per_batch: int = 20, n_test: int = 30) -> Pa
     return archive
 
 
+@pytest.fixture
+def torch_one_thread() -> Iterator[None]:
+    """torch on one thread for the test (modules whose tests train several runs in one process use it)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def system_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A read-only stand-in for /usr/share/datasets/fashion-mnist with small data."""

@@ -18,13 +18,7 @@ from fmnist_ignite.resume import resume_experiment
 from fmnist_ignite.sweep.fused import FusedGroup, FusedWeights, group_key, plain_sgd, unfusable
 from fmnist_ignite.sweep.trial import ReportToTrial
 
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Any:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")  # trials side by side in one process, as a sweep runs them
 
 
 def standalone(config: Config) -> tuple[list[dict], dict]:

@@ -15,7 +15,6 @@ from typing import Any
 
 import optuna
 import pytest
-import torch
 
 from fmnist_ignite import compare_runs, reports
 from fmnist_ignite.app.cli import main
@@ -30,12 +29,7 @@ from .helpers import ONE_THREAD, sweep_command
 QUICK_HEARTBEAT = {**ONE_THREAD, HEARTBEAT_VARIABLE: "1"}
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Any:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")  # trials side by side in one process, as a sweep runs them
 
 
 @pytest.fixture
