@@ -160,9 +160,6 @@ def _worker(plan: Any, verbosity: int, number: int, threads: int, fuse_max: int 
     if hasattr(os, "setpgid"):
         os.setpgid(0, 0)
     console.setup_logging(verbosity if verbosity > 0 else -1, lines="stderr")
-    if verbosity <= 0:  # the main process says how each trial ended; the run's record is in its run directory
-        logging.getLogger("fmnist_ignite.run.outcome").setLevel(logging.WARNING)
-        logging.getLogger("fmnist_ignite.sweep.trial").setLevel(logging.ERROR)
     for handler in logging.getLogger().handlers:
         handler.setFormatter(logging.Formatter(f"worker {number}: %(message)s"))
     _quiet_optuna()
@@ -170,7 +167,8 @@ def _worker(plan: Any, verbosity: int, number: int, threads: int, fuse_max: int 
 
     torch.set_num_threads(threads)
     try:
-        work(plan, parent=os.getppid(), fuse_max=fuse_max)
+        with _runs_quiet():  # the main process says how each trial ended; the run's record is in its run directory
+            work(plan, parent=os.getppid(), fuse_max=fuse_max)
     except (Interrupted, KeyboardInterrupt):
         pass
     except SweepError as err:
