@@ -249,10 +249,10 @@ def start_results(
     report = classification_report(test["confusion"], classes)
     atomic_write_json(rundir.report, {"split": "test", "weights": weights, **report})
     figures: dict[str, Callable[[], Image.Image]] = {
-        "predictions": lambda: predictions_figure(samples[0], samples[1], samples[2], classes),
-        "confusion_matrix": lambda: confusion_figure(test["confusion"], classes),
         "history": lambda: history_figure(records, best_epoch or None),
+        "confusion_matrix": lambda: confusion_figure(test["confusion"], classes),
+        "predictions": lambda: predictions_figure(samples[0], samples[1], samples[2], classes),
     }
-    paths = {name: rundir.figure(name) for name in ("history", "confusion_matrix", "predictions")}
+    paths = {name: rundir.figure(name) for name in figures}
     writing = [pool.submit(lambda d, p: save_figure(d(), p), draw, paths[name]) for name, draw in figures.items()]
     return Results(report, paths, writing)

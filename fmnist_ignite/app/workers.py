@@ -150,7 +150,7 @@ def _say_line(line: str | None) -> None:
 
 def _say(finished: Any) -> None:
     for line in finished.new_lines():
-        logger.info("%s", line)
+        _say_line(line)
 
 
 def _worker(plan: Any, verbosity: int, number: int, threads: int, fuse_max: int = 0) -> None:

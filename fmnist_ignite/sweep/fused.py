@@ -149,7 +149,7 @@ class FusedWeights:
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """Every trial's logits for the flat images ``x``: ``(B, K, C)``, in the autograd graph."""
-        return torch.addmm(self.bias, x, self.weight.t()).view(len(x), *self.shape)
+        return fused_logits(self.weight, self.bias, x, self.shape[0])
 
     def zero_grad(self) -> None:
         self.weight.grad = self.bias.grad = None
@@ -204,6 +204,12 @@ class FusedWeights:
             if self.buffers is not None and buffered:
                 for param, buffer in zip((linear.weight, linear.bias), self.buffers, strict=True):
                     self.steps[k].optimizer.state[param]["momentum_buffer"] = buffer[k * C : (k + 1) * C].clone()
+
+
+def fused_logits(weight: torch.Tensor, bias: torch.Tensor, x: torch.Tensor, trials: int) -> torch.Tensor:
+    """The logits of ``trials`` linear models side by side (``(K*C, D)`` weights, ``(K*C,)`` biases) for the flat
+    images ``x``: one matrix product, ``(B, K, C)``."""
+    return torch.addmm(bias, x, weight.t()).view(len(x), trials, -1)
 
 
 def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -468,7 +474,7 @@ class FusedGroup:
         count = 0
         for batch in loader:
             x, y = prepare(batch, self.device, True)
-            logits = torch.addmm(bias, x.flatten(1), weight.t()).view(len(y), K, -1)
+            logits = fused_logits(weight, bias, x.flatten(1), K)
             loss += cross_entropy(logits, y).sum(0).double()
             predicted = logits.argmax(2)
             correct += predicted.eq(y[:, None]).sum(0)
@@ -483,7 +489,7 @@ class FusedGroup:
         """The class each member's weights give each of ``images``, in one product for all."""
         x, _ = self.steps[members[0]].prepare_batch((images, labels), self.device, False)
         weight, bias = self._weights(members)
-        classes = torch.addmm(bias, x.flatten(1), weight.t()).view(len(x), len(members), -1).argmax(2)
+        classes = fused_logits(weight, bias, x.flatten(1), len(members)).argmax(2)
         return {k: classes[:, i].tolist() for i, k in enumerate(members)}
 
     def _finish(self, done: Callable[[int, dict[str, Any] | None, BaseException | None], None]) -> None:

@@ -82,7 +82,7 @@ class FinishedTrials:
 
     def _finished(self) -> list[optuna.trial.FrozenTrial]:
         trials = [t for trials in points(self.plan, self.study.get_trials(deepcopy=False)).values() for t in trials]
-        ended = [t for t in trials if t.state.name in ("COMPLETE", "PRUNED") or _failed(t)]
+        ended = [t for t in trials if _ended(t)]
         return sorted(ended, key=lambda t: (t.datetime_complete or datetime.max, t.number))
 
     def new_lines(self) -> list[str]:
@@ -91,7 +91,7 @@ class FinishedTrials:
 
     def line(self, trial: optuna.trial.FrozenTrial) -> str | None:
         """The line of a trial that ended (as ``study.tell`` returns it), unless it was said already."""
-        if trial.number in self.said or not (trial.state.name in ("COMPLETE", "PRUNED") or _failed(trial)):
+        if trial.number in self.said or not _ended(trial):
             return None
         self.said.add(trial.number)
         name = trial_name(self.plan.params, trial.params)
@@ -108,6 +108,11 @@ class FinishedTrials:
         value = attrs.get("best_value")
         score = f"{self.plan.monitor}={value:.4f}" if isinstance(value, float | int) else self.plan.monitor + "=-"
         return f"trial {done}/{self.total} {ended}: {score} ({values}) -> {where}"
+
+
+def _ended(trial: optuna.trial.FrozenTrial) -> bool:
+    """Complete, pruned or failed with an error (not stopped by a signal: the next start resumes it)."""
+    return trial.state.name in ("COMPLETE", "PRUNED") or _failed(trial)
 
 
 def _failed(trial: optuna.trial.FrozenTrial) -> bool:
