@@ -12,6 +12,7 @@ import io
 import json
 import logging
 import os
+import re
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -184,22 +185,23 @@ class Checkpointer:
         Raises:
             ConfigError: names the object and the offending type and place.
         """
-        for name, obj in self.state.items():
-            state = obj.state_dict()
+        states = {name: obj.state_dict() for name, obj in self.state.items()}
+        for name, state in states.items():
             problem = _unsafe_leaf(state, "state_dict()")
-            if problem is None:
-                buffer = io.BytesIO()
-                torch.save(state, buffer)
-                buffer.seek(0)
-                try:
-                    torch.load(buffer, weights_only=True)
-                except Exception as err:  # the loader's refusal, whatever its form
-                    problem = first_line(err)
             if problem is not None:
-                raise ConfigError(
-                    f"{name}: its {problem}, which a checkpoint cannot restore safely; "
-                    "keep only tensors, numbers, strings, bools, None, lists, tuples and dicts in state_dict()"
-                )
+                self._refuse(name, problem)
+        if _refused_by_loader(states) is not None:  # all in one go; one at a time only to say which
+            for name, state in states.items():
+                problem = _refused_by_loader(state)
+                if problem is not None:
+                    self._refuse(name, problem)
+
+    @staticmethod
+    def _refuse(name: str, problem: str) -> None:
+        raise ConfigError(
+            f"{name}: its {problem}, which a checkpoint cannot restore safely; "
+            "keep only tensors, numbers, strings, bools, None, lists, tuples and dicts in state_dict()"
+        )
 
     def load_newest(self, device: torch.device) -> Path | None:
         """Load the newest checkpoint that can be read *and* applied to every stateful object.
@@ -287,6 +289,20 @@ class Checkpointer:
                 "put config.yaml back as it was (a resume changes settings only through --resume key=value, "
                 "and only those it allows)"
             )
+
+
+def _refused_by_loader(state: Any) -> str | None:
+    """Why ``torch.load(..., weights_only=True)`` refuses ``state`` once saved; ``None`` if it loads it."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+    try:
+        torch.load(buffer, weights_only=True)
+    except Exception as err:  # the loader's refusal, whatever its form
+        found = re.search(r"WeightsUnpickler error: (.*?)(?:\. |\.?$)", str(err), re.MULTILINE)
+        reason = found.group(1) if found else first_line(err)
+        return f"state_dict() holds what torch.load(weights_only=True) refuses ({reason})"
+    return None
 
 
 def _unsafe_leaf(value: Any, where: str) -> str | None:

@@ -3,16 +3,20 @@
 The pictures of a run are simple (a few curves, a 10x10 table, a grid of images), and Pillow
 draws each in milliseconds; matplotlib took about a second to import and another to lay them
 out and render, a sixth of a whole training run. Everything is drawn at twice the size and
-reduced, which smooths lines and text.
+reduced, which smooths lines and text. :func:`png_bytes` writes the PNG files.
 """
 
 from __future__ import annotations
 
+import io
 import math
+import struct
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
+import numpy as np
 from PIL import Image, ImageColor, ImageDraw, ImageFont
 
 SCALE = 2
@@ -21,6 +25,39 @@ BLUES = ("#f7fbff", "#deebf7", "#c6dbef", "#9dcae1", "#6aaed6", "#4191c6", "#207
 GRID = "#e4e4e4"
 Box = tuple[float, float, float, float]
 Ink = str | tuple[int, int, int]
+
+
+PNG_COLOR_TYPES = {"L": 0, "RGB": 2, "RGBA": 6}
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    """``image`` as a PNG file: every row filtered as its difference from the row above, compressed by zlib
+    at its fastest level.
+
+    Pillow tries PNG's five filters on every row and keeps the best; on these pictures (flat areas,
+    lines, text) the one filter gives files of about the same size in half the time, and numpy's
+    subtraction and zlib's compression let go of the interpreter's lock, so the pictures of several
+    runs are encoded side by side. Decoded, the pixels are the image's (tested against Pillow's
+    reader). Modes other than ``L``, ``RGB`` and ``RGBA`` are written by Pillow.
+    """
+    color_type = PNG_COLOR_TYPES.get(image.mode)
+    if color_type is None:
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG", compress_level=1)
+        return buffer.getvalue()
+    width, height = image.size
+    pixels = np.asarray(image).reshape(height, -1)
+    rows = np.empty((height, pixels.shape[1] + 1), dtype=np.uint8)
+    rows[:, 0] = 2  # "up": each byte less the one above it (zero above the first row), modulo 256
+    rows[0, 1:] = pixels[0]
+    np.subtract(pixels[1:], pixels[:-1], out=rows[1:, 1:])
+    header = struct.pack(">IIBBBBB", width, height, 8, color_type, 0, 0, 0)
+    data = zlib.compress(rows.data, 1)
+    return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", header) + _chunk(b"IDAT", data) + _chunk(b"IEND", b"")
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
 @lru_cache(maxsize=16)

@@ -8,7 +8,6 @@ drawn with Pillow (:mod:`fmnist_ignite.plots`), in milliseconds each.
 
 from __future__ import annotations
 
-import io
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
@@ -19,7 +18,7 @@ import torch
 from PIL import Image
 
 from .fileio import atomic_write, atomic_write_json
-from .plots import COLORS, Canvas, Curve, blues, line_panel
+from .plots import COLORS, Canvas, Curve, blues, line_panel, png_bytes
 from .rundir import RunDir
 
 HISTORY_SIZE = (1000, 400)
@@ -199,10 +198,9 @@ def _image_grid(
 
 
 def save_figure(figure: Image.Image, path: Path) -> None:
-    """Write a picture as PNG atomically."""
-    buffer = io.BytesIO()
-    figure.save(buffer, format="PNG", compress_level=1)
-    atomic_write(path, lambda f: f.write(buffer.getvalue()))
+    """Write a picture as PNG atomically (see :func:`~fmnist_ignite.plots.png_bytes`)."""
+    data = png_bytes(figure)
+    atomic_write(path, lambda f: f.write(data))
 
 
 @dataclass

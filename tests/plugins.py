@@ -273,6 +273,10 @@ class NumpyDraws:
         self.draws = list(state["draws"])
 
 
+class TaggedTensor(torch.Tensor):
+    """A tensor subclass: plain data to a walk through a state, refused by a ``weights_only`` load."""
+
+
 class UnsafeState:
     """A stateful handler whose state a ``weights_only`` load refuses (``kind`` picks the offending type)."""
 
@@ -293,7 +297,8 @@ class UnsafeState:
             "datetime": datetime.datetime(2026, 1, 1),
             "deque": collections.deque([1, 2]),
             "path": Path("x"),
-        }[self.kind]
+            "tensor_subclass": torch.zeros(1).as_subclass(TaggedTensor),
+        }.get(self.kind)
         return {"ok": 1, "value": value}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

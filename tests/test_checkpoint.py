@@ -112,6 +112,21 @@ def test_state_that_cannot_be_resumed_is_refused_before_training(
     assert not cfg.run_dir.exists(), "nothing is written"
 
 
+def test_state_the_loader_refuses_is_refused_before_training_with_the_loaders_reason(
+    make_config: Callable[..., Config],
+) -> None:
+    cfg = make_config("handlers=[{target: 'tests.plugins:UnsafeState', kwargs: {kind: tensor_subclass}}]")
+    experiment = build_experiment(cfg)
+    with pytest.raises(ConfigError) as info:  # a tensor to a walk through the state; a class the loader does not know
+        experiment.run()
+    assert str(info.value) == (
+        "handlers[0]: its state_dict() holds what torch.load(weights_only=True) refuses (Unsupported global: GLOBAL "
+        "tests.plugins.TaggedTensor was not an allowed global by default), which a checkpoint cannot restore "
+        "safely; keep only tensors, numbers, strings, bools, None, lists, tuples and dicts in state_dict()"
+    )
+    assert not cfg.run_dir.exists(), "nothing is written"
+
+
 def test_resume_falls_back_past_a_checkpoint_that_loads_but_does_not_fit(
     make_config: Callable[..., Config], caplog: pytest.LogCaptureFixture
 ) -> None:

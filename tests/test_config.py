@@ -49,6 +49,14 @@ def test_saved_config_round_trips(tmp_path: Path) -> None:
     assert load_config(path) == cfg
 
 
+@pytest.mark.parametrize("name", ["base", "cifar10", "image_folder"])
+def test_saved_config_text_is_pyyamls_safe_dump(name: str) -> None:
+    cfg = load_config(
+        REPO / "configs" / f"{name}.yaml", ["name=long-" + "x" * 90, "data.root='/a päth/with: colon'", "seed=0"]
+    )
+    assert cfg.to_yaml() == yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+
+
 def test_config_is_immutable() -> None:
     cfg = load_config()
     with pytest.raises(Exception, match="frozen"):

@@ -188,7 +188,6 @@ def test_the_fused_step_is_each_trials_own_optimizer_step() -> None:
                 for param, grad in zip(step.model.parameters(), grads, strict=True):
                     param.grad = grad.clone()
                 step.optimizer.step()
-            weights.zero_grad()
             weights.weight.grad = torch.cat([grads[0] for grads in gradients])
             weights.bias.grad = torch.cat([grads[1] for grads in gradients])
             weights.step()
@@ -223,7 +222,6 @@ def test_momentum_a_schedule_turns_on_while_fused_starts_its_buffer_as_sgd_does(
         for param, grad in zip(alone.model.parameters(), grads, strict=True):
             param.grad = grad.clone()
         alone.optimizer.step()
-        weights.zero_grad()
         weights.weight.grad, weights.bias.grad = grads[0].clone(), grads[1].clone()
         weights.step()
     weights.release()
@@ -232,6 +230,34 @@ def test_momentum_a_schedule_turns_on_while_fused_starts_its_buffer_as_sgd_does(
         torch.testing.assert_close(
             together.optimizer.state[q]["momentum_buffer"], alone.optimizer.state[p]["momentum_buffer"]
         )
+
+
+@pytest.mark.parametrize("batch", [1, 7, 128])
+def test_the_fused_gradients_are_those_autograd_gives_each_trials_own_mean_cross_entropy(batch: int) -> None:
+    torch.manual_seed(batch)
+    models = [torch.nn.Linear(12, 5) for _ in range(4)]
+    steps = [
+        TrainStep(
+            m,
+            torch.optim.SGD(m.parameters(), lr=0.1),
+            torch.device("cpu"),
+            lambda *a: a,
+            EpochLoss(torch.device("cpu")),
+        )
+        for m in models
+    ]
+    x, labels = torch.randn(batch, 12) * 3, torch.randint(0, 5, (batch,))
+    weights = FusedWeights(steps, models)
+    losses, correct = weights.forward_backward(x, labels)
+    for k, model in enumerate(models):  # each trial alone, as its standalone step computes it
+        logits = model(x)
+        loss = torch.nn.functional.cross_entropy(logits, labels)
+        loss.backward()
+        torch.testing.assert_close(losses[k], loss.detach())
+        assert int(correct[k]) == int(logits.argmax(1).eq(labels).sum())
+        assert model.weight.grad is not None and model.bias.grad is not None
+        torch.testing.assert_close(weights.weight.grad[k * 5 : (k + 1) * 5], model.weight.grad)
+        torch.testing.assert_close(weights.bias.grad[k * 5 : (k + 1) * 5], model.bias.grad)
 
 
 def test_a_model_computes_with_its_fused_weights() -> None:

@@ -9,10 +9,23 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image, ImageColor
 
 from fmnist_ignite import plots
-from fmnist_ignite.plots import BLUES, COLORS, SCALE, Canvas, Curve, blues, line_panel, nice_ticks, tick_label
+from fmnist_ignite.plots import (
+    BLUES,
+    COLORS,
+    SCALE,
+    Canvas,
+    Curve,
+    blues,
+    line_panel,
+    nice_ticks,
+    png_bytes,
+    tick_label,
+)
 
 
 def pixels(canvas: Canvas) -> np.ndarray:
@@ -36,13 +49,39 @@ def test_a_canvas_is_white_and_its_picture_has_the_final_size() -> None:
 def test_a_picture_saves_as_a_png_that_decodes() -> None:
     canvas = Canvas(64, 48)
     canvas.line([(0, 0), (63, 47)], fill="red", width=2)
-    buffer = io.BytesIO()
-    canvas.image().save(buffer, "PNG")
-    assert buffer.getvalue().startswith(b"\x89PNG\r\n\x1a\n")
-    decoded = Image.open(io.BytesIO(buffer.getvalue()))
-    decoded.load()
+    data = png_bytes(canvas.image())
+    assert data.startswith(b"\x89PNG\r\n\x1a\n")
+    decoded = Image.open(io.BytesIO(data))
+    decoded.load()  # Pillow checks each chunk's CRC as it reads
     assert (decoded.format, decoded.size, decoded.mode) == ("PNG", (64, 48), "RGB")
     assert np.array_equal(np.asarray(decoded), np.asarray(canvas.image()))
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    mode=st.sampled_from(["L", "RGB", "RGBA", "P", "1"]),
+    width=st.integers(1, 40),
+    height=st.integers(1, 30),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_png_bytes_decode_to_the_same_pixels_in_every_mode(mode: str, width: int, height: int, seed: int) -> None:
+    channels = {"L": 1, "RGB": 3, "RGBA": 4}.get(mode, 1)
+    values = np.random.default_rng(seed).integers(0, 256, (height, width, channels), dtype=np.uint8)
+    image = Image.fromarray(values.squeeze(2) if channels == 1 else values, "L" if channels == 1 else mode)
+    image = image.convert(mode)  # P and 1: written by Pillow itself
+    decoded = Image.open(io.BytesIO(png_bytes(image)))
+    decoded.load()
+    assert (decoded.size, decoded.mode) == (image.size, mode)
+    assert np.array_equal(np.asarray(decoded), np.asarray(image))
+
+
+def test_png_bytes_of_a_run_picture_are_about_the_size_of_pillows_own() -> None:
+    canvas = Canvas(400, 300)
+    line_panel(canvas, (0, 0, 400, 300), "loss", [Curve("train", [1, 2, 3, 4], [0.9, 0.6, 0.5, 0.45], COLORS[0])])
+    image = canvas.image()
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG", compress_level=1)
+    assert len(png_bytes(image)) < 1.3 * len(buffer.getvalue())
 
 
 def test_shapes_land_where_their_final_coordinates_say() -> None:

@@ -13,7 +13,6 @@ import os
 import re
 import time
 from collections.abc import Callable, Sequence
-from contextlib import ExitStack
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
@@ -28,7 +27,7 @@ from ..rundir import SweepDir
 from .fused import FusedGroup, group_key, unfusable
 from .results import sweep_results
 from .space import MAX_GRID, SweepPlan, grid_size, parse_arguments, trial_name
-from .study import Turn, asking, database_lock, heartbeat, load_optuna, make, open_study, retry_failed, startable
+from .study import Turn, asking, database_lock, heartbeats, load_optuna, make, open_study, retry_failed
 from .trial import Objective, PreparedTrial, TrialFailed
 
 logger = logging.getLogger(__name__)
@@ -158,7 +157,7 @@ def work(
                 group.append(PreparedTrial(trial, trial_name(plan.params, values), values))
                 if len(group) == 1 and not _may_fuse(objective, group[0]):
                     break  # it trains alone: the trials left are for processes free to start them
-                if len(group) >= fuse_max or not startable(study, plan):
+                if len(group) >= min(fuse_max, turn.left):  # (the turn is held: no other process starts one)
                     break
         except BaseException:
             for prepared in group:
@@ -214,9 +213,7 @@ def train_group(
         if ended is not None:
             ended(frozen)
 
-    with ExitStack() as heartbeats:
-        for prepared in group:  # the storage's heartbeat for each trial, as study.optimize keeps it
-            heartbeats.enter_context(heartbeat(study, prepared.trial))
+    with heartbeats(study, [prepared.trial for prepared in group]):  # as study.optimize keeps it for its trial
         try:
             fusable: dict[Any, list[PreparedTrial]] = {}
             alone: list[PreparedTrial] = []

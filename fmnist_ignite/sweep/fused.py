@@ -127,8 +127,8 @@ class FusedWeights:
         self.plain = [plain_sgd(step) for step in self.steps]
         self.groups = [step.optimizer.param_groups[0] for step in self.steps]
         with torch.no_grad():
-            self.weight = torch.cat([linear.weight for linear in self.linears]).requires_grad_()
-            self.bias = torch.cat([linear.bias for linear in self.linears]).requires_grad_()
+            self.weight = torch.cat([linear.weight for linear in self.linears])
+            self.bias = torch.cat([linear.bias for linear in self.linears])
             K, C = len(self.linears), self.linears[0].out_features
             self.shape = (K, C)
             self.buffers: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -148,11 +148,33 @@ class FusedWeights:
         self.stepped = False
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
-        """Every trial's logits for the flat images ``x``: ``(B, K, C)``, in the autograd graph."""
+        """Every trial's logits for the flat images ``x``: ``(B, K, C)``."""
         return fused_logits(self.weight, self.bias, x, self.shape[0])
 
-    def zero_grad(self) -> None:
-        self.weight.grad = self.bias.grad = None
+    @torch.no_grad()
+    def forward_backward(self, x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each trial's mean cross-entropy on the flat images ``x`` and its count of correct predictions, ``(K,)``
+        each; the gradients of those losses in ``weight.grad`` and ``bias.grad``.
+
+        The gradients are written out rather than left to autograd (a third of a step's time here): for
+        a linear model under cross-entropy, the gradient of the mean loss with respect to the logits is
+        the softmax minus the one-hot labels, over the batch size; the weights' is that times the
+        images, the biases' its sum over the batch (tested against autograd). The log-softmax is taken
+        over the classes laid out ``(B, C, K)``, which runs many times faster than over a last
+        dimension of ten.
+        """
+        K, C = self.shape
+        B = len(labels)
+        logits = self.logits(x)
+        log_p = torch.log_softmax(logits.transpose(1, 2), 1)  # (B, C, K)
+        index = labels.view(B, 1, 1).expand(B, 1, K)
+        losses = log_p.gather(1, index).sum(0).view(K).div_(-B)
+        correct = logits.argmax(2).eq_(labels[:, None]).sum(0)
+        grad = log_p.exp_().scatter_add_(1, index, log_p.new_full((1, 1, 1), -1.0).expand(B, 1, K)).div_(B)
+        grad = grad.transpose(1, 2).reshape(B, K * C)
+        self.weight.grad = torch.mm(grad.t(), x)
+        self.bias.grad = grad.sum(0)
+        return losses, correct
 
     @torch.no_grad()
     def step(self) -> None:
@@ -420,20 +442,12 @@ class FusedGroup:
                     lost = []
                 if not members:
                     return members
-                total = None
                 for seed, (ks, weights, steps) in fused.items():
                     x, y = prepare(batches[seed], self.device, True)
-                    logits = weights.logits(x.flatten(1))
-                    losses = cross_entropy(logits, y).mean(0)  # each trial's own mean: its gradients are its own
-                    total = losses.sum() if total is None else total + losses.sum()
-                    detached = losses.detach()
-                    steps.append((detached, logits.detach().argmax(2).eq_(y[:, None]).sum(0), len(y)))
-                    outputs.update(zip(ks, detached.unbind(), strict=True))
-                    weights.zero_grad()
-                assert total is not None
-                total.backward()
-                for _, weights, _ in fused.values():
+                    losses, correct = weights.forward_backward(x.flatten(1), y)
                     weights.step()
+                    steps.append((losses, correct, len(y)))
+                    outputs.update(zip(ks, losses.unbind(), strict=True))
                 for k in members:
                     if handlers[k][completed]:
                         self.experiments[k].trainer.state.output = outputs[k]  # type: ignore[assignment]

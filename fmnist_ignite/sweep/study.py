@@ -13,9 +13,10 @@ import inspect
 import logging
 import os
 import re
+import threading
 import warnings
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
@@ -163,12 +164,42 @@ def open_study(plan: SweepPlan) -> optuna.Study:
     return study
 
 
-def heartbeat(study: optuna.Study, trial: optuna.Trial) -> Any:
-    """The storage's heartbeat for ``trial`` while in the ``with`` block, as ``study.optimize`` keeps it for its trials:
-    a trial whose process is killed is then taken for dead and queued again."""
-    from optuna.storages._heartbeat import get_heartbeat_thread  # no public name: what study.optimize itself uses
+@contextmanager
+def heartbeats(study: optuna.Study, trials: Sequence[optuna.Trial]) -> Iterator[None]:
+    """The storage's heartbeat for each of ``trials`` while in the ``with`` block, as ``study.optimize`` keeps it for
+    its trial: a trial whose process is killed is then taken for dead and queued again.
 
-    return get_heartbeat_thread(trial._trial_id, study._storage)
+    One thread beats for all of a fused group's trials (``optimize`` starts one per trial: each start
+    waits for that thread's first write).
+    """
+    storage: Any = study._storage if isinstance(study._storage, _heartbeat_base()) else None
+    interval = None if storage is None else storage.get_heartbeat_interval()
+    if interval is None:
+        yield
+        return
+    ids = [trial._trial_id for trial in trials]
+    stop = threading.Event()
+
+    def beat() -> None:
+        while True:
+            for trial_id in ids:
+                storage.record_heartbeat(trial_id)
+            if stop.wait(interval):
+                return
+
+    thread = threading.Thread(target=beat, name="fmnist-ignite-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def _heartbeat_base() -> type:
+    from optuna.storages._heartbeat import BaseHeartbeat  # no public name: the storages that keep heartbeats
+
+    return BaseHeartbeat
 
 
 @contextmanager
@@ -260,18 +291,25 @@ def retry_failed(study: optuna.Study, plan: SweepPlan) -> None:
 
 
 def startable(study: optuna.Study, plan: SweepPlan) -> bool:
-    """Whether a trial is left to start: one queued, a grid point never started, or a sampled one within ``trials``.
+    """Whether a trial is left to start: one queued, a grid point never started, or a sampled one within ``trials``."""
+    return to_start(study, plan) > 0
 
-    Trials that run earlier ones again (queued by :func:`retry_failed` or the heartbeat) do not count.
+
+def to_start(study: optuna.Study, plan: SweepPlan) -> int:
+    """How many trials are left to start: those queued, and the grid's points never started or the sampled trials
+    that ``trials`` has room for.
+
+    Trials that run earlier ones again (queued by :func:`retry_failed` or the heartbeat) do not count
+    against ``trials``.
     """
     _quietly(load_optuna().storages.fail_stale_trials, study)  # a dead process's trial is queued again
     trials = study.get_trials(deepcopy=False)
-    if any(t.state.name == "WAITING" for t in trials):
-        return True
+    queued = sum(t.state.name == "WAITING" for t in trials)
     if plan.trials is None:
         started = points(plan, trials)
-        return any(trial_name(plan.params, values) not in started for values in grid_points(plan.params))
-    return sum("again" not in t.user_attrs and "failed_trial" not in t.system_attrs for t in trials) < plan.trials
+        return queued + sum(trial_name(plan.params, values) not in started for values in grid_points(plan.params))
+    counted = sum("again" not in t.user_attrs and "failed_trial" not in t.system_attrs for t in trials)
+    return queued + max(0, plan.trials - counted)
 
 
 class Turn:
@@ -289,14 +327,17 @@ class Turn:
     def __init__(self, plan: SweepPlan, study: optuna.Study) -> None:
         self.plan, self.study, self.sweep = plan, study, SweepDir(plan.sweep_dir)
         self.held = ExitStack()
+        self.left = 0
 
     def take(self) -> bool:
-        """Whether a trial is left to start; if so the locks stay held for it (an error lets them go)."""
+        """Whether a trial is left to start; if so the locks stay held for it (an error lets them go), and
+        :attr:`left` says how many may be started under them (no other process starts one meanwhile)."""
         self.release()  # never twice: a second flock of this process would wait for the first
         with ExitStack() as held:
             held.enter_context(self.sweep.lock())
             held.enter_context(database_lock(self.plan.storage, self.plan.study))
-            if not startable(self.study, self.plan):
+            self.left = to_start(self.study, self.plan)
+            if not self.left:
                 return False
             self.held = held.pop_all()
         return True
