@@ -76,6 +76,16 @@ def _text_mask(text: str, size: float, anchor: str) -> tuple[Image.Image, tuple[
     return mask, (left, top)
 
 
+@lru_cache(maxsize=1024)
+def _turned_mask(text: str, angle: float, size: float) -> tuple[Image.Image, float]:
+    """``text`` rendered by Pillow at ``size`` and turned ``angle`` degrees, as a mask; and its length unturned."""
+    font = _font(size)
+    right, bottom = font.getbbox(text)[2:]
+    mask = Image.new("L", (int(right) + 2, int(bottom) + 2), 0)
+    ImageDraw.Draw(mask).text((0, 0), text, font=font, fill=255)
+    return mask.rotate(angle, resample=Image.Resampling.BICUBIC, expand=True), float(right)
+
+
 def blues(share: float) -> tuple[int, int, int]:
     """The colour of ``share`` (0 to 1) on a white-to-dark-blue scale (matplotlib's ``Blues``)."""
     position = min(max(share, 0.0), 1.0) * (len(BLUES) - 1)
@@ -121,12 +131,11 @@ class Canvas:
     def rotated_text(
         self, xy: tuple[float, float], text: str, angle: float, size: float = 10, end: bool = True
     ) -> None:
-        """``text`` turned ``angle`` degrees anticlockwise, its end (or with ``end=False`` its middle) at ``xy``."""
-        font = _font(size)
-        right, bottom = font.getbbox(text)[2:]
-        mask = Image.new("L", (int(right) + 2, int(bottom) + 2), 0)
-        ImageDraw.Draw(mask).text((0, 0), text, font=font, fill=255)
-        turned = mask.rotate(angle, resample=Image.Resampling.BICUBIC, expand=True)
+        """``text`` turned ``angle`` degrees anticlockwise, its end (or with ``end=False`` its middle) at ``xy``.
+
+        Each text is rendered and turned once (:func:`_turned_mask`), as :meth:`text` renders once.
+        """
+        turned, right = _turned_mask(text, angle, size)
         # The text's end lies half its length from the centre, turned with it (y grows downwards).
         reach = right / 2 if end else 0.0
         x = xy[0] * SCALE - turned.width / 2 - reach * math.cos(math.radians(angle))

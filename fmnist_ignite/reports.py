@@ -38,28 +38,29 @@ def classification_report(confusion: Sequence[Sequence[int]], classes: Sequence[
         >>> report["confused_pairs"][0]
         {'true': 'cat', 'predicted': 'dog', 'count': 2}
     """
-    matrix = torch.tensor(confusion, dtype=torch.float64)
-    true_counts, predicted_counts, hits = matrix.sum(1), matrix.sum(0), matrix.diag()
+    counts = [[int(v) for v in row] for row in torch.as_tensor(confusion).tolist()]  # plain numbers: no tensor indexing
+    n = len(classes)
+    true_counts = [sum(row) for row in counts]
+    predicted_counts = [sum(row[j] for row in counts) for j in range(n)]
+    hits = [counts[i][i] for i in range(n)]
     per_class = {}
     for i, name in enumerate(classes):
-        precision = float(hits[i] / predicted_counts[i]) if predicted_counts[i] else 0.0
-        recall = float(hits[i] / true_counts[i]) if true_counts[i] else 0.0
+        precision = hits[i] / predicted_counts[i] if predicted_counts[i] else 0.0
+        recall = hits[i] / true_counts[i] if true_counts[i] else 0.0
         f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        per_class[name] = {"precision": precision, "recall": recall, "f1": f1, "support": int(true_counts[i])}
-    off_diagonal = [
-        (int(matrix[i, j]), i, j) for i in range(len(classes)) for j in range(len(classes)) if i != j and matrix[i, j]
-    ]
+        per_class[name] = {"precision": precision, "recall": recall, "f1": f1, "support": true_counts[i]}
+    off_diagonal = [(counts[i][j], i, j) for i in range(n) for j in range(n) if i != j and counts[i][j]]
     pairs = [
         {"true": classes[i], "predicted": classes[j], "count": count}
         for count, i, j in sorted(off_diagonal, key=lambda t: (-t[0], t[1], t[2]))[:top]
     ]
-    total = float(matrix.sum())
+    total = sum(true_counts)
     return {
-        "accuracy": float(hits.sum() / total) if total else 0.0,
+        "accuracy": sum(hits) / total if total else 0.0,
         "macro_f1": sum(c["f1"] for c in per_class.values()) / max(1, len(per_class)),
         "per_class": per_class,
         "confused_pairs": pairs,
-        "confusion": [[int(v) for v in row] for row in confusion],
+        "confusion": counts,
     }
 
 
@@ -96,7 +97,7 @@ def history_figure(records: Sequence[dict[str, Any]], best_epoch: int | None = N
 
 def confusion_figure(confusion: Sequence[Sequence[int]], classes: Sequence[str]) -> Image.Image:
     """The confusion matrix with class names and counts, each row shaded by its share of that class."""
-    matrix = torch.tensor(confusion, dtype=torch.float64)
+    matrix = torch.as_tensor(confusion, dtype=torch.float64)
     shares = (matrix / matrix.sum(1, keepdim=True).clamp(min=1)).tolist()
     n = len(classes)
     canvas = Canvas(*CONFUSION_SIZE)

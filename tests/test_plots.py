@@ -150,6 +150,20 @@ def test_rotated_text_is_upright() -> None:
     assert abs((rows.min() + rows.max()) / 2 - 100) < 6
 
 
+def test_rotated_text_from_the_cache_is_drawn_as_the_first_time() -> None:
+    def drawn() -> np.ndarray:
+        canvas = Canvas(120, 120)
+        canvas.rotated_text((60, 60), "Ankle boot", angle=45, size=11)
+        canvas.rotated_text((20, 60), "share of the true class", angle=90, size=11, end=False)
+        return pixels(canvas)
+
+    plots._turned_mask.cache_clear()
+    first = drawn()
+    assert plots._turned_mask.cache_info().misses == 2
+    assert np.array_equal(drawn(), first)
+    assert plots._turned_mask.cache_info().hits == 2
+
+
 def test_the_blues_scale() -> None:
     assert blues(0.0) == ImageColor.getrgb(BLUES[0]) == (247, 251, 255)
     assert blues(1.0) == ImageColor.getrgb(BLUES[-1]) == (8, 48, 107)

@@ -7,6 +7,8 @@ import json
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from fmnist_ignite.data import FASHION_CLASSES
@@ -76,6 +78,26 @@ def test_classification_report_by_hand() -> None:
         {"true": "b", "predicted": "a", "count": 2},
     ]
     assert report["accuracy"] == pytest.approx(8 / 14)
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    st.integers(1, 6).flatmap(
+        lambda n: st.lists(st.lists(st.integers(0, 10**6), min_size=n, max_size=n), min_size=n, max_size=n)
+    )
+)
+def test_classification_report_is_the_matrix_arithmetic_in_float64(rows: list[list[int]]) -> None:
+    classes = [f"c{i}" for i in range(len(rows))]
+    matrix = torch.tensor(rows, dtype=torch.float64)
+    hits, true, predicted = matrix.diag(), matrix.sum(1), matrix.sum(0)
+    for report in (classification_report(rows, classes), classification_report(torch.tensor(rows), classes)):
+        for i, name in enumerate(classes):
+            row = report["per_class"][name]
+            assert row["precision"] == (float(hits[i] / predicted[i]) if predicted[i] else 0.0)
+            assert row["recall"] == (float(hits[i] / true[i]) if true[i] else 0.0)
+            assert row["support"] == int(true[i]) and type(row["support"]) is int
+        assert report["accuracy"] == (float(hits.sum() / matrix.sum()) if matrix.sum() else 0.0)
+        assert report["confusion"] == rows and all(type(v) is int for r in report["confusion"] for v in r)
 
 
 def test_tensorboard_has_train_and_validation_runs_figures_and_hparams(finished: dict) -> None:

@@ -69,14 +69,16 @@ def run_sweep(
     plan = plan_sweep(config, arguments, name, trials, sampler, prune, storage)
     workers = min(workers, size(plan))
     fuse_max = min(fuse_max, -(-size(plan) // workers))  # each worker its share of the trials
+    study = None
     try:
         if workers == 1:
             from ..sweep.results import FinishedTrials
             from ..sweep.study import open_study
 
-            finished = FinishedTrials(plan, open_study(plan))
+            study = open_study(plan)  # once: for the trials, their lines and the results
+            finished = FinishedTrials(plan, study)
             with _runs_quiet():
-                work(plan, fuse_max=fuse_max, ended=lambda trial: _say_line(finished.line(trial)))
+                work(plan, fuse_max=fuse_max, ended=lambda trial: _say_line(finished.line(trial)), study=study)
         else:
             _run_workers(plan, workers, fuse_max)
     except Interrupted as err:
@@ -85,7 +87,7 @@ def run_sweep(
             "its last saved epoch; run the same command again to go on",
             err.signum,
         ) from None
-    return results(plan)
+    return results(plan, study)
 
 
 def _run_workers(plan: Any, workers: int, fuse_max: int = 0) -> None:

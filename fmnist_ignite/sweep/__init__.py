@@ -113,7 +113,11 @@ def size(plan: SweepPlan) -> int:
 
 
 def work(
-    plan: SweepPlan, parent: int | None = None, fuse_max: int = 0, ended: Callable[[Any], None] | None = None
+    plan: SweepPlan,
+    parent: int | None = None,
+    fuse_max: int = 0,
+    ended: Callable[[Any], None] | None = None,
+    study: Any = None,
 ) -> None:
     """One process's share of a sweep: run trials until none is left to start, then wait for those running elsewhere.
 
@@ -127,11 +131,12 @@ def work(
         parent: a worker's main process; the worker takes no more trials once it is gone.
         fuse_max: the most trials trained together; 0 (or 1): each trial alone.
         ended: called with each trial of this process that has ended, as the study has it (``FrozenTrial``).
+        study: the sweep's study, opened by :func:`~.study.open_study` in this process (default: opened here).
 
     Raises:
         Interrupted: SIGINT or SIGTERM stopped the trial (or trials) this process was running.
     """
-    study = open_study(plan)
+    study = study if study is not None else open_study(plan)
     turn = Turn(plan, study)
     objective = Objective(plan, started=turn.release)
 
@@ -289,11 +294,12 @@ def tell(study: Any, trial: Any, value: float | None = None, state: Any = None) 
         return study.tell(trial, value, state=state)
 
 
-def results(plan: SweepPlan) -> dict[str, Any]:
+def results(plan: SweepPlan, study: Any = None) -> dict[str, Any]:
     """Write ``results.csv`` and ``results.png`` from the study; the rows (see :func:`.results.sweep_results`).
 
-    The sweep's MLflow run, if it has one, is marked finished.
+    The sweep's MLflow run, if it has one, is marked finished. ``study``: the sweep's study, opened in this
+    process (default: opened here).
     """
-    study = open_study(plan)
+    study = study if study is not None else open_study(plan)
     finish_sweep_run(study)
     return sweep_results(study, plan)
