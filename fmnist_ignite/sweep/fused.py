@@ -296,20 +296,27 @@ class FusedGroup:
             stack.__exit__(type(err), err, err.__traceback__)
         self.failed[k] = err
 
-    def _fire(self, k: int, event: Any, direct: bool = False) -> bool:
-        """Fire ``event`` on trial ``k``'s trainer; an error ends that trial alone; whether none came.
-
-        ``direct``: call its handlers as :meth:`ignite.engine.Engine.fire_event` calls them (the live list,
-        the engine given to those that take it), without its per-call debug message: for the iteration
-        events, fired ``K`` times a step.
-        """
-        trainer = self.experiments[k].trainer
+    def _fire(self, k: int, event: Any) -> bool:
+        """Fire ``event`` on trial ``k``'s trainer; an error ends that trial alone; whether none came."""
         try:
-            if not direct:
-                trainer.fire_event(event)
-                return True
-            trainer.last_event_name = event
-            for func, args, kwargs in trainer._event_handlers[event]:
+            self.experiments[k].trainer.fire_event(event)
+        except Interrupted:
+            raise
+        except Exception as err:
+            self._fail(k, err)
+            return False
+        return True
+
+    def _call(self, k: int, trainer: Any, event: Any, handlers: list[Any]) -> bool:
+        """Call ``handlers``, trial ``k``'s ``trainer``'s list for ``event``, as :meth:`_fire` would: an error ends
+        that trial alone; whether none came.
+
+        They are called as :meth:`ignite.engine.Engine.fire_event` calls them (the engine given to those
+        that take it), without its per-call debug message: for the iteration events, called ``K`` times a step.
+        """
+        trainer.last_event_name = event
+        try:
+            for func, args, kwargs in handlers:
                 if args and isinstance(args[0], weakref.ref):
                     func(args[0](), *args[1:], **kwargs)
                 else:
@@ -401,7 +408,9 @@ class FusedGroup:
         iterators = {seed: iter(loader) for seed, loader in loaders.items()}
         prepare = self.steps[members[0]].prepare_batch
         started, completed = Events.ITERATION_STARTED, Events.ITERATION_COMPLETED
-        handlers = {k: self.experiments[k].trainer._event_handlers for k in members}
+        trainers = {k: self.experiments[k].trainer for k in members}
+        states = {k: trainer.state for k, trainer in trainers.items()}
+        handlers = {k: trainer._event_handlers for k, trainer in trainers.items()}  # each read live, once an event
         fused: dict[int, tuple[list[int], FusedWeights, list[tuple[torch.Tensor, torch.Tensor, int]]]] = {}
 
         def flush(seed: int) -> None:  # the steps taken so far to each trial's epoch totals; its own tensors again
@@ -431,11 +440,13 @@ class FusedGroup:
                 batches = {seed: next(iterator) for seed, iterator in iterators.items()}
                 lost = []
                 for k in members:
-                    state = self.experiments[k].trainer.state
+                    state = states[k]
                     state.iteration += 1
-                    if handlers[k][started] or handlers[k][completed]:  # they may read the batch
+                    table = handlers[k]
+                    on_start = table[started]
+                    if on_start or table[completed]:  # they may read the batch
                         state.batch = batches[seed_of[k]]  # type: ignore[assignment]
-                        if handlers[k][started] and not self._fire(k, started, direct=True):
+                        if on_start and not self._call(k, trainers[k], started, on_start):
                             lost.append(k)
                 if lost:
                     leave(lost)
@@ -449,9 +460,10 @@ class FusedGroup:
                     steps.append((losses, correct, len(y)))
                     outputs.update(zip(ks, losses.unbind(), strict=True))
                 for k in members:
-                    if handlers[k][completed]:
-                        self.experiments[k].trainer.state.output = outputs[k]  # type: ignore[assignment]
-                        if not self._fire(k, completed, direct=True):
+                    on_end = handlers[k][completed]
+                    if on_end:
+                        states[k].output = outputs[k]  # type: ignore[assignment]
+                        if not self._call(k, trainers[k], completed, on_end):
                             lost.append(k)
                 if lost:
                     leave(lost)
