@@ -232,20 +232,17 @@ def test_momentum_a_schedule_turns_on_while_fused_starts_its_buffer_as_sgd_does(
         )
 
 
+def sgd_steps(models: list[torch.nn.Linear]) -> list[TrainStep]:
+    """A plain SGD training step for each model."""
+    cpu = torch.device("cpu")
+    return [TrainStep(m, torch.optim.SGD(m.parameters(), lr=0.1), cpu, lambda *a: a, EpochLoss(cpu)) for m in models]
+
+
 @pytest.mark.parametrize("batch", [1, 7, 128])
 def test_the_fused_gradients_are_those_autograd_gives_each_trials_own_mean_cross_entropy(batch: int) -> None:
     torch.manual_seed(batch)
     models = [torch.nn.Linear(12, 5) for _ in range(4)]
-    steps = [
-        TrainStep(
-            m,
-            torch.optim.SGD(m.parameters(), lr=0.1),
-            torch.device("cpu"),
-            lambda *a: a,
-            EpochLoss(torch.device("cpu")),
-        )
-        for m in models
-    ]
+    steps = sgd_steps(models)
     x, labels = torch.randn(batch, 12) * 3, torch.randint(0, 5, (batch,))
     weights = FusedWeights(steps, models)
     losses, correct = weights.forward_backward(x, labels)
@@ -263,16 +260,7 @@ def test_the_fused_gradients_are_those_autograd_gives_each_trials_own_mean_cross
 def test_a_model_computes_with_its_fused_weights() -> None:
     torch.manual_seed(0)
     models = [torch.nn.Linear(4, 3) for _ in range(3)]
-    steps = [
-        TrainStep(
-            m,
-            torch.optim.SGD(m.parameters(), lr=0.1),
-            torch.device("cpu"),
-            lambda *a: a,
-            EpochLoss(torch.device("cpu")),
-        )
-        for m in models
-    ]
+    steps = sgd_steps(models)
     x = torch.randn(5, 4)
     expected = torch.stack([m(x) for m in models], 1)
     weights = FusedWeights(steps, models)

@@ -239,6 +239,14 @@ def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.transpose(1, 2), labels[:, None].expand(-1, logits.shape[1]), reduction="none")
 
 
+def _call_handlers(handlers: list[Any]) -> None:
+    for func, args, kwargs in handlers:
+        if args and isinstance(args[0], weakref.ref):
+            func(args[0](), *args[1:], **kwargs)
+        else:
+            func(*args, **kwargs)
+
+
 class FusedGroup:
     """Trains fusable experiments (see :func:`unfusable`, equal :func:`group_key`) together and finishes each.
 
@@ -298,14 +306,7 @@ class FusedGroup:
 
     def _fire(self, k: int, event: Any) -> bool:
         """Fire ``event`` on trial ``k``'s trainer; an error ends that trial alone; whether none came."""
-        try:
-            self.experiments[k].trainer.fire_event(event)
-        except Interrupted:
-            raise
-        except Exception as err:
-            self._fail(k, err)
-            return False
-        return True
+        return self._guarded(k, self.experiments[k].trainer.fire_event, event)
 
     def _call(self, k: int, trainer: Any, event: Any, handlers: list[Any]) -> bool:
         """Call ``handlers``, trial ``k``'s ``trainer``'s list for ``event``, as :meth:`_fire` would: an error ends
@@ -315,12 +316,13 @@ class FusedGroup:
         that take it), without its per-call debug message: for the iteration events, called ``K`` times a step.
         """
         trainer.last_event_name = event
+        return self._guarded(k, _call_handlers, handlers)
+
+    def _guarded(self, k: int, call: Callable[..., Any], *args: Any) -> bool:
+        """``call(*args)`` for trial ``k``: an error ends that trial alone (a signal's :class:`Interrupted` stops
+        the group); whether none came."""
         try:
-            for func, args, kwargs in handlers:
-                if args and isinstance(args[0], weakref.ref):
-                    func(args[0](), *args[1:], **kwargs)
-                else:
-                    func(*args, **kwargs)
+            call(*args)
         except Interrupted:
             raise
         except Exception as err:
