@@ -297,7 +297,7 @@ def _refused_by_loader(state: Any) -> str | None:
     torch.save(state, buffer)
     buffer.seek(0)
     try:
-        torch.load(buffer, weights_only=True)
+        torch.load(buffer, weights_only=True, map_location="cpu")
     except Exception as err:  # the loader's refusal, whatever its form
         found = re.search(r"WeightsUnpickler error: (.*?)(?:\. |\.?$)", str(err), re.MULTILINE)
         reason = found.group(1) if found else first_line(err)

@@ -15,7 +15,17 @@ import pytest
 from fmnist_ignite import ConfigError
 from fmnist_ignite.rundir import SweepDir, exclusive_lock
 from fmnist_ignite.sweep.space import SweepPlan, grid_points, parse_arguments
-from fmnist_ignite.sweep.study import HEARTBEAT_VARIABLE, Turn, make, open_study, retry_failed, startable
+from fmnist_ignite.sweep.study import (
+    HEARTBEAT_VARIABLE,
+    Turn,
+    asking,
+    heartbeats,
+    make,
+    open_study,
+    retry_failed,
+    startable,
+    to_start,
+)
 from fmnist_ignite.sweep.trial import suggest
 
 COMPLETE, FAIL = optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL
@@ -81,6 +91,66 @@ def test_a_failed_grid_point_is_queued_again_once_per_start(tmp_path: Path) -> N
     waiting = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
     assert [(t.system_attrs["fixed_params"], t.user_attrs) for t in waiting] == [({"seed": "2"}, {"again": 1})]
     assert startable(study, plan)
+
+
+def test_the_trials_left_to_start_are_counted_and_the_turn_knows_how_many(tmp_path: Path) -> None:
+    plan = plan_of(tmp_path, "seed=1,2,3,4")
+    study = open_study(plan)
+    assert to_start(study, plan) == 4
+    with asking(study):  # two trials as the sweep runs them: one complete, one failed
+        for state in (COMPLETE, FAIL):
+            trial = study.ask()
+            suggest(trial, plan.params[0])
+            study.tell(trial, 0.5 if state == COMPLETE else None, state=state)
+    assert to_start(study, plan) == 2, "points 3 and 4; a failed point waits for the next start"
+    retry_failed(study, plan)
+    assert to_start(study, plan) == 3, "and point 2, queued again"
+    turn = Turn(plan, study)
+    assert turn.take() and turn.left == 3
+    with asking(study):
+        asked = [study.ask() for _ in range(turn.left)]  # what a fused group asks for under the turn
+    turn.release()
+    assert sorted(suggest(t, plan.params[0]) for t in asked) == ["2", "3", "4"], "each point once"
+    assert to_start(study, plan) == 0 and not turn.take()
+    (tmp_path / "sampled").mkdir()
+    sampled = replace(plan_of(tmp_path / "sampled", "seed=choice(1,2,3)", trials=5), study="sampled")
+    study = open_study(sampled)
+    add(study, sampled, {"seed": "1"}, COMPLETE)
+    add(study, sampled, {"seed": "2"}, FAIL)
+    assert to_start(study, sampled) == 3
+    retry_failed(study, sampled)
+    assert to_start(study, sampled) == 4, "the queued one does not count against the budget"
+
+
+def test_one_thread_beats_for_every_trial_of_a_group_and_an_error_does_not_stop_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv(HEARTBEAT_VARIABLE, "1")
+    plan = plan_of(tmp_path, "seed=1,2,3")
+    study = open_study(plan)
+    with asking(study):
+        trials = [study.ask() for _ in range(3)]
+    storage, beats = study._storage, []
+    record = storage.record_heartbeat
+
+    def flaky(trial_id: int) -> None:
+        beats.append(trial_id)
+        if len(beats) == 2:
+            raise RuntimeError("database is locked\nmore")
+        record(trial_id)
+
+    monkeypatch.setattr(storage, "record_heartbeat", flaky)
+    threads = threading.active_count()
+    with caplog.at_level("WARNING", logger="fmnist_ignite"), heartbeats(study, trials):
+        assert threading.active_count() == threads + 1, "one thread for the group"
+        deadline = time.monotonic() + 30
+        while len(beats) < 6 and time.monotonic() < deadline:  # a beat now, the next a second later
+            time.sleep(0.05)
+    assert threading.active_count() == threads, "gone at the end of the block"
+    ids = [t._trial_id for t in trials]
+    assert beats[:6] == ids + ids, "every trial, at once and again a beat later, the failed one included"
+    warning = f"Trial {trials[1].number}: its heartbeat could not be recorded (database is locked); trying again in 1 s"
+    assert warning in caplog.text
 
 
 def test_trials_run_again_do_not_count_against_the_budget(tmp_path: Path) -> None:

@@ -1,8 +1,8 @@
 """Fused trials: a sweep's trials that share a data pass are trained together, as one batched model.
 
 K logistic models ``Linear(784, 10)`` are one ``(784, K*10)`` matrix product per batch (one per seed
-when the seeds differ, each on its own batch order). The loss is the sum of each trial's own mean
-cross-entropy, so each trial's gradients are exactly its own; each trial keeps its own parameters,
+when the seeds differ, each on its own batch order). Each trial's gradients are those of its own mean
+cross-entropy, written out for all at once (:meth:`FusedWeights.forward_backward`); each trial keeps its own parameters,
 optimizer, schedule, history, monitor, early stopping, checkpoints and run directory. Each trial's
 Ignite trainer is driven here event by event (``STARTED``, ``EPOCH_STARTED``, ``ITERATION_STARTED``,
 ``ITERATION_COMPLETED``, ``EPOCH_COMPLETED``, ``TERMINATE``, ``COMPLETED``; not ``GET_BATCH_*``, which

@@ -169,21 +169,28 @@ def heartbeats(study: optuna.Study, trials: Sequence[optuna.Trial]) -> Iterator[
     """The storage's heartbeat for each of ``trials`` while in the ``with`` block, as ``study.optimize`` keeps it for
     its trial: a trial whose process is killed is then taken for dead and queued again.
 
-    One thread beats for all of a fused group's trials (``optimize`` starts one per trial: each start
-    waits for that thread's first write).
+    One thread beats for all of a fused group's trials (``optimize`` starts one per trial). A beat that
+    fails (a locked database, a lost connection) is logged and the next ones are tried as usual: one
+    error does not silence the group.
     """
     storage: Any = study._storage if isinstance(study._storage, _heartbeat_base()) else None
     interval = None if storage is None else storage.get_heartbeat_interval()
     if interval is None:
         yield
         return
-    ids = [trial._trial_id for trial in trials]
+    numbers = {trial._trial_id: trial.number for trial in trials}
     stop = threading.Event()
 
     def beat() -> None:
         while True:
-            for trial_id in ids:
-                storage.record_heartbeat(trial_id)
+            for trial_id, number in numbers.items():
+                try:
+                    storage.record_heartbeat(trial_id)
+                except Exception as err:  # the storage's own failure, whatever its form
+                    logger.warning(
+                        "Trial %d: its heartbeat could not be recorded (%s); trying again in %d s",
+                        number, first_line(err), interval,
+                    )  # fmt: skip
             if stop.wait(interval):
                 return
 
@@ -208,7 +215,7 @@ def asking(study: optuna.Study) -> Iterator[None]:
 
     Optuna marks its optimize loop in a thread-local flag: outside it, ``ask`` warns that the storage's
     heartbeat is meant for ``optimize``, and ``GridSampler``'s ``study.stop()`` after the grid's last
-    point raises. The fused sweep keeps the heartbeat itself (:func:`heartbeat`), as ``optimize`` does.
+    point raises. The fused sweep keeps the heartbeat itself (:func:`heartbeats`), as ``optimize`` does.
     """
     local = study._thread_local
     before = local.in_optimize_loop
