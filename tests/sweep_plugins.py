@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -66,3 +67,18 @@ class FusedTrace(Trace):
     """:class:`Trace`, declared fusion-aware: it only follows its trainer's events, so a fused sweep may train it."""
 
     fusion_aware = True
+
+
+class KillOnce:
+    """Kills its process (SIGKILL, as ``kill -9``) the first time a run is built with it, then never again
+    (``marker`` says it happened): a sweep killed while it asks the study for its trials."""
+
+    fusion_aware = True
+
+    def __init__(self, context: Context, marker: str) -> None:
+        if not Path(marker).exists():
+            Path(marker).touch()
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def __call__(self) -> None:
+        pass

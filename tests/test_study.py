@@ -17,9 +17,9 @@ from fmnist_ignite.rundir import SweepDir, exclusive_lock
 from fmnist_ignite.sweep.space import SweepPlan, grid_points, parse_arguments
 from fmnist_ignite.sweep.study import (
     HEARTBEAT_VARIABLE,
+    Heartbeat,
     Turn,
     asking,
-    heartbeats,
     make,
     open_study,
     retry_failed,
@@ -128,8 +128,6 @@ def test_one_thread_beats_for_every_trial_of_a_group_and_an_error_does_not_stop_
     monkeypatch.setenv(HEARTBEAT_VARIABLE, "1")
     plan = plan_of(tmp_path, "seed=1,2,3")
     study = open_study(plan)
-    with asking(study):
-        trials = [study.ask() for _ in range(3)]
     storage, beats = study._storage, []
     record = storage.record_heartbeat
 
@@ -141,14 +139,19 @@ def test_one_thread_beats_for_every_trial_of_a_group_and_an_error_does_not_stop_
 
     monkeypatch.setattr(storage, "record_heartbeat", flaky)
     threads = threading.active_count()
-    with caplog.at_level("WARNING", logger="fmnist_ignite"), heartbeats(study, trials):
+    with caplog.at_level("WARNING", logger="fmnist_ignite"), Heartbeat(study) as beating:
         assert threading.active_count() == threads + 1, "one thread for the group"
+        with asking(study):
+            trials = [study.ask() for _ in range(3)]
+        ids = [t._trial_id for t in trials]
+        for trial in trials:
+            beating.add(trial)
+        assert beats == ids, "each trial's first beat as it is added"
         deadline = time.monotonic() + 30
-        while len(beats) < 6 and time.monotonic() < deadline:  # a beat now, the next a second later
+        while len(beats) < 6 and time.monotonic() < deadline:  # the next ones a second later, from the thread
             time.sleep(0.05)
     assert threading.active_count() == threads, "gone at the end of the block"
-    ids = [t._trial_id for t in trials]
-    assert beats[:6] == ids + ids, "every trial, at once and again a beat later, the failed one included"
+    assert beats[:6] == ids + ids, "every trial again, the one whose beat failed included"
     warning = f"Trial {trials[1].number}: its heartbeat could not be recorded (database is locked); trying again in 1 s"
     assert warning in caplog.text
 

@@ -234,6 +234,25 @@ def wait_for(condition: Any, process: subprocess.Popen[str], timeout: float = 12
         time.sleep(0.05)
 
 
+def test_a_sweep_killed_while_it_asks_for_a_fused_group_is_finished_by_the_same_command(
+    small: list[str], tmp_path: Path
+) -> None:
+    marker = tmp_path / "killed"
+    handler = f"handlers=[{{target: 'tests.sweep_plugins:KillOnce', kwargs: {{marker: '{marker}'}}}}]"
+    args = [BASE, *small, handler, "optimizer.lr=0.01,0.02", "--name", "asking"]
+    first = subprocess.run(sweep_command(*args), cwd=REPO, env=QUICK_HEARTBEAT, capture_output=True, text=True)
+    assert first.returncode == -signal.SIGKILL and marker.exists()  # its first trial had values, no run yet
+    sweep = tmp_path / "runs" / "asking"
+    assert [(t.state.name, t.params) for t in trials_of(sweep, "asking")] == [("RUNNING", {"optimizer.lr": "0.01"})]
+
+    again = subprocess.run(
+        sweep_command(*args), cwd=REPO, env=QUICK_HEARTBEAT, capture_output=True, text=True, timeout=240
+    )  # before, it waited for ever for the trial of the killed process, which had no heartbeat to go silent
+    assert again.returncode == 0, again.stderr
+    assert "Trial 0 sent no heartbeat for a while (its process is gone): it will be run again" in again.stderr
+    assert [r["status"] for r in read_csv(sweep / "results.csv")] == ["COMPLETE", "COMPLETE"]
+
+
 def test_a_killed_sweep_started_again_keeps_finished_trials_and_resumes_the_interrupted_one(
     small: list[str], tmp_path: Path
 ) -> None:

@@ -27,7 +27,7 @@ from ..rundir import SweepDir
 from .fused import FusedGroup, group_key, unfusable
 from .results import sweep_results
 from .space import MAX_GRID, SweepPlan, grid_size, parse_arguments, trial_name
-from .study import Turn, asking, database_lock, heartbeats, load_optuna, make, open_study, retry_failed
+from .study import Heartbeat, Turn, asking, database_lock, load_optuna, make, open_study, retry_failed
 from .trial import Objective, PreparedTrial, TrialFailed
 
 logger = logging.getLogger(__name__)
@@ -154,23 +154,25 @@ def work(
 
     def fused() -> None:  # up to fuse_max trials asked under the turn, then trained as a group
         group: list[PreparedTrial] = []
-        try:
-            while True:
-                with asking(study):
-                    trial = study.ask()
-                values = objective.values(trial)
-                group.append(PreparedTrial(trial, trial_name(plan.params, values), values))
-                if len(group) == 1 and not _may_fuse(objective, group[0]):
-                    break  # it trains alone: the trials left are for processes free to start them
-                if len(group) >= min(fuse_max, turn.left):  # (the turn is held: no other process starts one)
-                    break
-        except BaseException:
-            for prepared in group:
-                tell(study, prepared.trial, state=load_optuna().trial.TrialState.FAIL)
-            raise
-        finally:
-            turn.release()
-        train_group(study, objective, group, ended)
+        with Heartbeat(study) as beating:  # each trial's from the moment it has its values
+            try:
+                while True:
+                    with asking(study):
+                        trial = study.ask()
+                    values = objective.values(trial)
+                    beating.add(trial)
+                    group.append(PreparedTrial(trial, trial_name(plan.params, values), values))
+                    if len(group) == 1 and not _may_fuse(objective, group[0]):
+                        break  # it trains alone: the trials left are for processes free to start them
+                    if len(group) >= min(fuse_max, turn.left):  # (the turn is held: no other process starts one)
+                        break
+            except BaseException:
+                for prepared in group:
+                    tell(study, prepared.trial, state=load_optuna().trial.TrialState.FAIL)
+                raise
+            finally:
+                turn.release()
+            train_group(study, objective, group, ended)
 
     waiting = False
     while parent is None or os.getppid() == parent:
@@ -193,7 +195,8 @@ def train_group(
     """Train trials the study gave this process together: those that can share a data pass as fused groups
     (:class:`~.fused.FusedGroup`), the others alone; tell the study each one's end as it comes.
 
-    The first lines say which trials are fused and why the others are not.
+    The first lines say which trials are fused and why the others are not. The caller keeps the trials'
+    heartbeat (:class:`~.study.Heartbeat`) meanwhile.
 
     Raises:
         Interrupted: SIGINT or SIGTERM stopped the trials (each keeps its last saved epoch; told as failed, so
@@ -218,54 +221,53 @@ def train_group(
         if ended is not None:
             ended(frozen)
 
-    with heartbeats(study, [prepared.trial for prepared in group]):  # as study.optimize keeps it for its trial
-        try:
-            fusable: dict[Any, list[PreparedTrial]] = {}
-            alone: list[PreparedTrial] = []
-            for prepared in group:
-                _prepare(objective, prepared)
-                if prepared.error is not None:
-                    told_of(prepared, None, prepared.error)
-                    continue
-                if prepared.experiment is None:
-                    told_of(prepared, prepared.metrics, None)
-                    continue
-                reason = unfusable(prepared.experiment)
-                if reason is None:
-                    fusable.setdefault(group_key(prepared.experiment), []).append(prepared)
-                else:
-                    logger.info("Trial %d %s is not fused: %s", prepared.trial.number, prepared.name, reason)
-                    alone.append(prepared)
-            groups = []
-            for members in fusable.values():
-                if len(members) == 1:
-                    prepared = members[0]
-                    logger.info(
-                        "Trial %d %s is not fused: no other trial at hand shares its data pass",
-                        prepared.trial.number, prepared.name,
-                    )  # fmt: skip
-                    alone.append(prepared)
-                    continue
-                numbers = ", ".join(str(p.trial.number) for p in members)
-                logger.info("Trials %s: fused, trained together as one model (%d trials)", numbers, len(members))
-                groups.append(members)
-            for members in groups:
-                experiments = [p.experiment for p in members if p.experiment is not None]
-                FusedGroup(experiments).run(partial(_told_of_member, told_of, members))
-            for prepared in alone:
-                try:
-                    metrics = prepared.experiment.run()  # type: ignore[union-attr]
-                except (Interrupted, KeyboardInterrupt):
-                    raise
-                except Exception as err:
-                    told_of(prepared, None, err)
-                else:
-                    told_of(prepared, metrics, None)
-        except BaseException:
-            for prepared in group:  # stopped: each is run again (from its last saved epoch) by the next start
-                if prepared.trial.number not in told:
-                    tell(study, prepared.trial, state=optuna.trial.TrialState.FAIL)
-            raise
+    try:
+        fusable: dict[Any, list[PreparedTrial]] = {}
+        alone: list[PreparedTrial] = []
+        for prepared in group:
+            _prepare(objective, prepared)
+            if prepared.error is not None:
+                told_of(prepared, None, prepared.error)
+                continue
+            if prepared.experiment is None:
+                told_of(prepared, prepared.metrics, None)
+                continue
+            reason = unfusable(prepared.experiment)
+            if reason is None:
+                fusable.setdefault(group_key(prepared.experiment), []).append(prepared)
+            else:
+                logger.info("Trial %d %s is not fused: %s", prepared.trial.number, prepared.name, reason)
+                alone.append(prepared)
+        groups = []
+        for members in fusable.values():
+            if len(members) == 1:
+                prepared = members[0]
+                logger.info(
+                    "Trial %d %s is not fused: no other trial at hand shares its data pass",
+                    prepared.trial.number, prepared.name,
+                )  # fmt: skip
+                alone.append(prepared)
+                continue
+            numbers = ", ".join(str(p.trial.number) for p in members)
+            logger.info("Trials %s: fused, trained together as one model (%d trials)", numbers, len(members))
+            groups.append(members)
+        for members in groups:
+            experiments = [p.experiment for p in members if p.experiment is not None]
+            FusedGroup(experiments).run(partial(_told_of_member, told_of, members))
+        for prepared in alone:
+            try:
+                metrics = prepared.experiment.run()  # type: ignore[union-attr]
+            except (Interrupted, KeyboardInterrupt):
+                raise
+            except Exception as err:
+                told_of(prepared, None, err)
+            else:
+                told_of(prepared, metrics, None)
+    except BaseException:
+        for prepared in group:  # stopped: each is run again (from its last saved epoch) by the next start
+            if prepared.trial.number not in told:
+                tell(study, prepared.trial, state=optuna.trial.TrialState.FAIL)
+        raise
 
 
 def _prepare(objective: Objective, prepared: PreparedTrial) -> None:

@@ -16,7 +16,7 @@ import re
 import threading
 import warnings
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
@@ -164,43 +164,60 @@ def open_study(plan: SweepPlan) -> optuna.Study:
     return study
 
 
-@contextmanager
-def heartbeats(study: optuna.Study, trials: Sequence[optuna.Trial]) -> Iterator[None]:
-    """The storage's heartbeat for each of ``trials`` while in the ``with`` block, as ``study.optimize`` keeps it for
-    its trial: a trial whose process is killed is then taken for dead and queued again.
+class Heartbeat:
+    """The storage's heartbeat for the trials :meth:`add` gives it, while in the ``with`` block, as
+    ``study.optimize`` keeps one for its trial: a trial whose process is killed is then taken for dead and
+    queued again.
 
-    One thread beats for all of a fused group's trials (``optimize`` starts one per trial). A beat that
-    fails (a locked database, a lost connection) is logged and the next ones are tried as usual: one
-    error does not silence the group.
+    A trial's first beat is recorded when it is added (a fused sweep adds each trial as soon as it has its
+    values: a process killed while it asks for the rest of its group leaves no trial that could never be
+    taken for dead); then one thread beats for every trial added, once an interval (``optimize`` starts a
+    thread per trial). A beat that fails (a locked database, a lost connection) is logged, and the next
+    ones are tried as usual.
     """
-    storage: Any = study._storage if isinstance(study._storage, _heartbeat_base()) else None
-    interval = None if storage is None else storage.get_heartbeat_interval()
-    if interval is None:
-        yield
-        return
-    numbers = {trial._trial_id: trial.number for trial in trials}
-    stop = threading.Event()
 
-    def beat() -> None:
-        while True:
-            for trial_id, number in numbers.items():
-                try:
-                    storage.record_heartbeat(trial_id)
-                except Exception as err:  # the storage's own failure, whatever its form
-                    logger.warning(
-                        "Trial %d: its heartbeat could not be recorded (%s); trying again in %d s",
-                        number, first_line(err), interval,
-                    )  # fmt: skip
-            if stop.wait(interval):
-                return
+    def __init__(self, study: optuna.Study) -> None:
+        storage: Any = study._storage if isinstance(study._storage, _heartbeat_base()) else None
+        self.storage = storage
+        self.interval: int | None = None if storage is None else storage.get_heartbeat_interval()
+        self.numbers: dict[int, int] = {}  # trial id: trial number
+        self.lock, self.stop = threading.Lock(), threading.Event()
+        self.thread: threading.Thread | None = None
 
-    thread = threading.Thread(target=beat, name="fmnist-ignite-heartbeat", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()
+    def add(self, trial: optuna.Trial) -> None:
+        """Beat for ``trial`` from now on; its first beat now."""
+        if self.interval is not None:
+            with self.lock:
+                self.numbers[trial._trial_id] = trial.number
+            self._beat(trial._trial_id, trial.number)
+
+    def _beat(self, trial_id: int, number: int) -> None:
+        try:
+            self.storage.record_heartbeat(trial_id)
+        except Exception as err:  # the storage's own failure, whatever its form
+            logger.warning(
+                "Trial %d: its heartbeat could not be recorded (%s); trying again in %d s",
+                number, first_line(err), self.interval,
+            )  # fmt: skip
+
+    def _run(self) -> None:
+        assert self.interval is not None
+        while not self.stop.wait(self.interval):
+            with self.lock:
+                trials = list(self.numbers.items())
+            for trial_id, number in trials:
+                self._beat(trial_id, number)
+
+    def __enter__(self) -> Heartbeat:
+        if self.interval is not None:
+            self.thread = threading.Thread(target=self._run, name="fmnist-ignite-heartbeat", daemon=True)
+            self.thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop.set()
+        if self.thread is not None:
+            self.thread.join()
 
 
 def _heartbeat_base() -> type:
@@ -215,7 +232,7 @@ def asking(study: optuna.Study) -> Iterator[None]:
 
     Optuna marks its optimize loop in a thread-local flag: outside it, ``ask`` warns that the storage's
     heartbeat is meant for ``optimize``, and ``GridSampler``'s ``study.stop()`` after the grid's last
-    point raises. The fused sweep keeps the heartbeat itself (:func:`heartbeats`), as ``optimize`` does.
+    point raises. The fused sweep keeps the heartbeat itself (:class:`Heartbeat`), as ``optimize`` does.
     """
     local = study._thread_local
     before = local.in_optimize_loop
