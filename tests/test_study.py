@@ -122,6 +122,24 @@ def test_the_trials_left_to_start_are_counted_and_the_turn_knows_how_many(tmp_pa
     assert to_start(study, sampled) == 4, "the queued one does not count against the budget"
 
 
+def test_a_grid_point_left_without_values_by_a_stopped_process_is_queued_again_and_run_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    plan = plan_of(tmp_path, "seed=1,2,3")
+    study = open_study(plan)
+    with asking(study):
+        study.ask()  # a process stopped here, before its values: the grid's first point, running for ever
+    turn = Turn(plan, study)
+    with caplog.at_level("INFO", logger="fmnist_ignite"):
+        assert turn.take() and turn.left == 3
+    assert "Trial 0 was left without its values by a process that stopped: they are queued again" in caplog.text
+    with asking(study):
+        asked = [study.ask() for _ in range(turn.left)]
+    turn.release()
+    assert sorted(suggest(t, plan.params[0]) for t in asked) == ["1", "2", "3"], "each point once"
+    assert [t.state.name for t in study.trials][:1] == ["FAIL"] and to_start(study, plan) == 0
+
+
 def test_one_thread_beats_for_every_trial_of_a_group_and_an_error_does_not_stop_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

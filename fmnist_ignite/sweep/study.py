@@ -314,6 +314,30 @@ def retry_failed(study: optuna.Study, plan: SweepPlan) -> None:
             study.enqueue_trial(tried[-1].params, user_attrs={"again": tried[-1].number})
 
 
+def requeue_valueless(study: optuna.Study, plan: SweepPlan) -> None:
+    """Fail each trial of a grid that a stopped process left between Optuna's ``ask`` and its values, and queue
+    its grid point again.
+
+    Such a trial has its grid point (``GridSampler`` counts it as running) but no values and no
+    heartbeat: nothing would ever end it, and its point would be handed out to no trial again while
+    others are handed out twice. Called while the turn is held (:meth:`Turn.take`): no process is
+    between asking and its values then.
+    """
+    if plan.trials is not None:
+        return
+    points = grid_points(plan.params)  # in the order open_study gave the sampler
+    for trial in study.get_trials(deepcopy=False, states=(load_optuna().trial.TrialState.RUNNING,)):
+        grid_id = trial.system_attrs.get("grid_id")
+        if trial.params or grid_id is None or not 0 <= grid_id < len(points):
+            continue
+        with asking(study):
+            study.tell(trial.number, state=load_optuna().trial.TrialState.FAIL)
+        study.enqueue_trial(points[grid_id], user_attrs={"again": trial.number})
+        logger.info(
+            "Trial %d was left without its values by a process that stopped: they are queued again", trial.number
+        )
+
+
 def startable(study: optuna.Study, plan: SweepPlan) -> bool:
     """Whether a trial is left to start: one queued, a grid point never started, or a sampled one within ``trials``."""
     return to_start(study, plan) > 0
@@ -330,7 +354,11 @@ def to_start(study: optuna.Study, plan: SweepPlan) -> int:
     trials = study.get_trials(deepcopy=False)
     queued = sum(t.state.name == "WAITING" for t in trials)
     if plan.trials is None:
-        started = points(plan, trials)
+        started = set(points(plan, trials)) | {
+            trial_name(plan.params, t.system_attrs["fixed_params"])
+            for t in trials
+            if t.state.name == "WAITING" and t.system_attrs.get("fixed_params")
+        }  # a point queued again is started (and counted as queued)
         return queued + sum(trial_name(plan.params, values) not in started for values in grid_points(plan.params))
     counted = sum("again" not in t.user_attrs and "failed_trial" not in t.system_attrs for t in trials)
     return queued + max(0, plan.trials - counted)
@@ -360,6 +388,7 @@ class Turn:
         with ExitStack() as held:
             held.enter_context(self.sweep.lock())
             held.enter_context(database_lock(self.plan.storage, self.plan.study))
+            requeue_valueless(self.study, self.plan)
             self.left = to_start(self.study, self.plan)
             if not self.left:
                 return False
