@@ -307,11 +307,16 @@ def retry_failed(study: optuna.Study, plan: SweepPlan) -> None:
     Optuna would not: its grid counts a failed point as done, and a sampler does not draw the same values twice.
     """
     trials = study.get_trials(deepcopy=False)
-    waiting = [t.params or t.system_attrs.get("fixed_params", {}) for t in trials if t.state.name == "WAITING"]
-    queued = {trial_name(plan.params, values) for values in waiting if values}
+    queued = _queued_points(plan, trials)
     for name, tried in points(plan, trials).items():
         if name not in queued and {t.state.name for t in tried} == {"FAIL"}:
             study.enqueue_trial(tried[-1].params, user_attrs={"again": tried[-1].number})
+
+
+def _queued_points(plan: SweepPlan, trials: list[FrozenTrial]) -> set[str]:
+    """The names of the values of the study's queued trials."""
+    waiting = [t.params or t.system_attrs.get("fixed_params", {}) for t in trials if t.state.name == "WAITING"]
+    return {trial_name(plan.params, values) for values in waiting if values}
 
 
 def requeue_valueless(study: optuna.Study, plan: SweepPlan) -> None:
@@ -354,11 +359,7 @@ def to_start(study: optuna.Study, plan: SweepPlan) -> int:
     trials = study.get_trials(deepcopy=False)
     queued = sum(t.state.name == "WAITING" for t in trials)
     if plan.trials is None:
-        started = set(points(plan, trials)) | {
-            trial_name(plan.params, t.system_attrs["fixed_params"])
-            for t in trials
-            if t.state.name == "WAITING" and t.system_attrs.get("fixed_params")
-        }  # a point queued again is started (and counted as queued)
+        started = set(points(plan, trials)) | _queued_points(plan, trials)  # one queued again: counted as queued
         return queued + sum(trial_name(plan.params, values) not in started for values in grid_points(plan.params))
     counted = sum("again" not in t.user_attrs and "failed_trial" not in t.system_attrs for t in trials)
     return queued + max(0, plan.trials - counted)
